@@ -1,0 +1,10 @@
+//! herald: durable, rate-limit-safe chat message delivery.
+//!
+//! - [`api`]: the herald.dev/v1alpha1 custom resources (CRDs, config format).
+//! - [`validate`]: offline checks of herald documents (`herald validate`).
+//! - [`engine`]: pure delivery decisions (limits, breaker, retry, scheduling).
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod engine;
+pub mod validate;
