@@ -3,8 +3,10 @@
 //! - [`api`]: the herald.dev/v1alpha1 custom resources (CRDs, config format).
 //! - [`validate`]: offline checks of herald documents (`herald validate`).
 //! - [`engine`]: pure delivery decisions (limits, breaker, retry, scheduling).
+//! - [`sandbox`]: a strict Telegram Bot API look-alike for tests and demos.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod engine;
+pub mod sandbox;
 pub mod validate;

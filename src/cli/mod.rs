@@ -1,6 +1,8 @@
 //! Command-line interface: one subcommand per file.
 
 mod crd;
+mod logging;
+mod sandbox;
 mod validate;
 
 use std::process::ExitCode;
@@ -22,6 +24,8 @@ enum Command {
     Crd(crd::Args),
     /// Check herald documents offline: schema, CEL rules and references.
     Validate(validate::Args),
+    /// Serve a Telegram Bot API look-alike with strict limits and fault injection.
+    Sandbox(sandbox::Args),
 }
 
 /// Run a parsed command; the exit code is the command's verdict.
@@ -29,5 +33,28 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Crd(a) => crd::run(a),
         Command::Validate(a) => validate::run(a),
+        Command::Sandbox(a) => sandbox::run(a),
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM, whichever comes first.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
     }
 }
