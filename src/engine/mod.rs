@@ -13,10 +13,14 @@
 pub mod breaker;
 pub mod bulkhead;
 pub mod clock;
+pub mod degradation;
+pub mod health;
 pub mod limiter;
 pub mod priority;
 pub mod retry;
 pub mod rng;
+pub mod scheduler;
+pub mod selector;
 pub mod taxonomy;
 
 pub use clock::Instant;
