@@ -112,8 +112,8 @@ pub struct LevelSpec {
     pub level: LevelName,
     /// Enter this level when any of these is reached.
     pub entry: Thresholds,
-    /// Leave this level when every signal is below these. An unset exit
-    /// threshold defaults to its entry threshold.
+    /// Leave this level when every signal is at or below these. An unset
+    /// exit threshold defaults to 80 % of its entry threshold.
     #[serde(default)]
     pub exit: Thresholds,
     /// What changes while this level is active.

@@ -17,13 +17,20 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let report = match validate_paths(&args.paths) {
+    let mut report = match validate_paths(&args.paths) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("herald validate: {e}");
             return Ok(ExitCode::from(2));
         }
     };
+    // Rules only the engine can judge (e.g. degradation thresholds that
+    // fall as severity rises), once the documents themselves are clean.
+    if report.error_count() == 0
+        && let Err(more) = herald::policy::ConfigSet::resolve(&report)
+    {
+        report.diagnostics.extend(more);
+    }
     for d in &report.diagnostics {
         if d.severity == Severity::Note && args.quiet {
             continue;

@@ -1,0 +1,279 @@
+//! The embedded backend: one redb file, group-committed writes.
+//!
+//! Owns opening the file (layout check, crash recovery), and the [`Store`]
+//! methods' plumbing: writes go to the writer thread (`groupcommit`), reads
+//! run on tokio's blocking pool against a redb read snapshot, so neither
+//! blocks the async runtime. Leaves the state rules to `transitions`.
+//!
+//! Invariant: only the writer thread writes after `open` returns, and redb's
+//! `ExclusiveWriter` mode (its default) locks the file against any other
+//! process, so no one else can hold a message in flight while we run.
+//!
+//! Durability per method: `accept`, every `record_*`, `readdress`,
+//! `retry_dead`, `purge_dead` and `cleanup` commit with fsync before they
+//! answer. `mark_in_flight` alone may commit without fsync (it rides on the
+//! next durable commit): a lost mark leaves the message `Pending`, and
+//! [`EmbeddedStore::open`] turns every persisted `InFlight` back into
+//! `Pending` anyway, so after a crash a lost mark and a kept one look the
+//! same.
+//!
+//! After a kill, redb notices the unclean shutdown at open and repairs the
+//! file (by default a walk over all of it; see
+//! [`EmbeddedOptions::quick_repair`]); the last durable commit is intact.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
+
+pub use super::groupcommit::CommitCounts;
+use super::groupcommit::{self, Writer};
+use super::layout;
+use super::record::{ChatRef, MessageId, MessageState, NewMessage, StoredMessage};
+use super::transitions::{self, Limits, Tables};
+use super::{
+    Accepted, Attempt, CleanupCounts, DeadFilter, DeadSelection, Store, StoreError, StoreStats,
+};
+
+/// Settings of an embedded store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EmbeddedOptions {
+    /// How long `accept` honours an idempotency key after its first accept.
+    pub idempotency_ttl: Duration,
+    /// Encoded records larger than this are refused (`StoreError::TooLarge`).
+    pub max_record_bytes: usize,
+    /// Save redb's allocator state with every durable commit, so that opening
+    /// after a crash is nearly instant instead of a walk over the whole file.
+    /// Costs a second fsync per commit (redb then commits in two phases).
+    pub quick_repair: bool,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        EmbeddedOptions {
+            idempotency_ttl: Duration::from_secs(24 * 60 * 60),
+            max_record_bytes: 16 * 1024 * 1024,
+            quick_repair: false,
+        }
+    }
+}
+
+/// A [`Store`] in one local redb file. Cheap to clone; the file closes when
+/// the last clone is dropped (the drop waits for queued writes).
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Arc<Database>,
+    writer: Writer,
+}
+
+impl EmbeddedStore {
+    /// Opens or creates the store at `path`, on a blocking thread.
+    pub async fn open(
+        path: impl AsRef<Path>,
+        options: EmbeddedOptions,
+    ) -> Result<EmbeddedStore, StoreError> {
+        let path = path.as_ref().to_owned();
+        tokio::task::spawn_blocking(move || EmbeddedStore::open_blocking(&path, options))
+            .await
+            .map_err(|e| StoreError::Storage(format!("open task failed: {e}")))?
+    }
+
+    /// Opens or creates the store at `path`, blocking the calling thread:
+    /// checks the layout, and turns messages left `InFlight` by a previous
+    /// process back into `Pending`, durably, before anything else runs.
+    pub fn open_blocking(path: &Path, options: EmbeddedOptions) -> Result<Self, StoreError> {
+        let limits = Limits {
+            max_record_bytes: options.max_record_bytes,
+            idempotency_ttl_ms: millis(options.idempotency_ttl),
+        };
+        let db = Database::create(path).map_err(StoreError::storage)?;
+        let txn = groupcommit::begin(&db, true, options.quick_repair)?;
+        layout::ensure(&txn)?;
+        let mut tables = Tables::open(&txn, limits)?;
+        tables.recover_in_flight()?;
+        tables.finish()?;
+        txn.commit().map_err(StoreError::storage)?;
+        let db = Arc::new(db);
+        let writer = Writer::start(Arc::clone(&db), limits, options.quick_repair)?;
+        Ok(EmbeddedStore {
+            inner: Arc::new(Inner { db, writer }),
+        })
+    }
+
+    /// The writer's batch counts since open (group-commit effectiveness).
+    pub fn commit_counts(&self) -> CommitCounts {
+        self.inner.writer.counts()
+    }
+
+    async fn read<T, F>(&self, query: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&ReadTransaction) -> Result<T, StoreError> + Send + 'static,
+    {
+        let db = Arc::clone(&self.inner.db);
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read().map_err(StoreError::storage)?;
+            query(&txn)
+        })
+        .await
+        .map_err(|e| StoreError::Storage(format!("read task failed: {e}")))?
+    }
+
+    async fn write<T, F>(&self, durable: bool, change: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Tables<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.inner.writer.submit(durable, change).await
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Store for EmbeddedStore {
+    async fn accept(
+        &self,
+        batch: Vec<NewMessage>,
+        now_ms: u64,
+    ) -> Vec<Result<Accepted, StoreError>> {
+        if batch.is_empty() {
+            return Vec::new();
+        }
+        let count = batch.len();
+        match self.write(true, move |t| t.accept(batch, now_ms)).await {
+            Ok(answers) => answers,
+            Err(e) => std::iter::repeat_n(Err(e), count).collect(),
+        }
+    }
+
+    async fn pending(&self) -> Result<Vec<StoredMessage>, StoreError> {
+        self.read(|txn| {
+            let open = txn.open_table(layout::OPEN).map_err(StoreError::storage)?;
+            let messages = txn
+                .open_table(layout::MESSAGES)
+                .map_err(StoreError::storage)?;
+            let mut found = Vec::new();
+            for entry in open.iter().map_err(StoreError::storage)? {
+                let (key, _) = entry.map_err(StoreError::storage)?;
+                let mut m = layout::load_indexed(&messages, layout::id_of(key.value())?)?;
+                if m.state == MessageState::InFlight {
+                    m.state = MessageState::Pending;
+                    m.in_flight_tier = None;
+                }
+                found.push(m);
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn get(&self, id: MessageId) -> Result<Option<StoredMessage>, StoreError> {
+        self.read(move |txn| {
+            let messages = txn
+                .open_table(layout::MESSAGES)
+                .map_err(StoreError::storage)?;
+            layout::load(&messages, id)
+        })
+        .await
+    }
+
+    async fn mark_in_flight(
+        &self,
+        id: MessageId,
+        tier: String,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.write(false, move |t| t.mark_in_flight(id, tier, now_ms))
+            .await
+    }
+
+    async fn record_delivered(
+        &self,
+        id: MessageId,
+        tier: String,
+        receipt: Option<serde_json::Value>,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.write(true, move |t| t.record_delivered(id, tier, receipt, now_ms))
+            .await
+    }
+
+    async fn record_retry(
+        &self,
+        id: MessageId,
+        attempt: Attempt,
+        next_attempt_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.write(true, move |t| t.record_retry(id, attempt, next_attempt_ms))
+            .await
+    }
+
+    async fn record_dead_letter(
+        &self,
+        id: MessageId,
+        attempt: Attempt,
+        reason: String,
+    ) -> Result<(), StoreError> {
+        self.write(true, move |t| t.record_dead_letter(id, attempt, reason))
+            .await
+    }
+
+    async fn readdress(&self, id: MessageId, new_chat: ChatRef) -> Result<(), StoreError> {
+        self.write(true, move |t| t.readdress(id, new_chat)).await
+    }
+
+    async fn list_dead(&self, filter: DeadFilter) -> Result<Vec<StoredMessage>, StoreError> {
+        self.read(move |txn| {
+            let dead = txn.open_table(layout::DEAD).map_err(StoreError::storage)?;
+            let messages = txn
+                .open_table(layout::MESSAGES)
+                .map_err(StoreError::storage)?;
+            transitions::scan_dead(&dead, &messages, &filter)
+        })
+        .await
+    }
+
+    async fn retry_dead(&self, selection: DeadSelection) -> Result<Vec<MessageId>, StoreError> {
+        self.write(true, move |t| t.retry_dead(selection)).await
+    }
+
+    async fn purge_dead(&self, selection: DeadSelection) -> Result<u64, StoreError> {
+        self.write(true, move |t| t.purge_dead(selection)).await
+    }
+
+    async fn cleanup(
+        &self,
+        now_ms: u64,
+        delivered_retention: Duration,
+        idempotency_ttl: Duration,
+    ) -> Result<CleanupCounts, StoreError> {
+        let retention = millis(delivered_retention);
+        let ttl = millis(idempotency_ttl);
+        self.write(true, move |t| t.cleanup(now_ms, retention, ttl))
+            .await
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        self.read(|txn| {
+            let counters = txn
+                .open_table(layout::COUNTERS)
+                .map_err(StoreError::storage)?;
+            Ok(layout::stats_from(layout::read_counters(&counters)?))
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod crash_tests;
+#[cfg(test)]
+mod prop_tests;
+#[cfg(test)]
+mod tests;
