@@ -1,5 +1,6 @@
 //! herald: durable, rate-limit-safe chat message delivery.
 //!
+//! - [`agent`]: the delivery agent's I/O shell (ingest, dispatch loop, operations).
 //! - [`api`]: the herald.dev/v1alpha1 custom resources (CRDs, config format).
 //! - [`validate`]: offline checks of herald documents (`herald validate`).
 //! - [`engine`]: pure delivery decisions (limits, breaker, retry, scheduling).
@@ -8,6 +9,7 @@
 //! - [`sandbox`]: a strict Telegram Bot API look-alike for tests and demos.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod api;
 pub mod engine;
 pub mod policy;

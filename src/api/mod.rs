@@ -7,6 +7,7 @@
 //! generated schema so the API server and `herald validate` enforce the same
 //! rules.
 
+pub mod agent;
 pub mod circuit_policy;
 pub mod conditions;
 pub mod crd;
@@ -16,6 +17,7 @@ pub mod duration;
 pub mod rate_limit_policy;
 pub mod refs;
 
+pub use agent::AgentSpec;
 pub use circuit_policy::{CircuitPolicy, CircuitPolicySpec};
 pub use degradation_profile::{DegradationProfile, DegradationProfileSpec};
 pub use delivery_tier::{DeliveryTier, DeliveryTierSpec};

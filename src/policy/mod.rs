@@ -71,6 +71,7 @@ impl ConfigSet {
                 Object::Tier(t) => {
                     channels.insert(o.name.as_str(), t.spec.channel);
                 }
+                Object::Agent(_) => {}
             }
         }
         let default_rl = RateLimitPolicySpec::default();

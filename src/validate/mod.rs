@@ -71,6 +71,8 @@ pub enum Object {
     RateLimit(Box<RateLimitPolicy>),
     Circuit(Box<CircuitPolicy>),
     Degradation(Box<DegradationProfile>),
+    /// A standalone agent's own settings (not a custom resource).
+    Agent(Box<api::AgentSpec>),
 }
 
 /// Where an object came from, for diagnostics about it.
@@ -162,6 +164,9 @@ impl Validation {
             let compiled = compile_schema(&schema);
             schemas.insert(kind, KindSchema { schema, compiled });
         }
+        let schema = api::agent::agent_document_schema();
+        let compiled = compile_schema(&schema);
+        schemas.insert(api::agent::AGENT_KIND, KindSchema { schema, compiled });
         Validation {
             schemas,
             checker: structural::Checker::default(),
@@ -238,8 +243,9 @@ impl Validation {
                 "kind",
                 None,
                 format!(
-                    "unknown kind {kind:?}: expected one of {}",
-                    api::crd::KINDS.join(", ")
+                    "unknown kind {kind:?}: expected one of {}, {}",
+                    api::crd::KINDS.join(", "),
+                    api::agent::AGENT_KIND
                 ),
             ));
             return;
@@ -343,6 +349,12 @@ fn decode(kind: &str, value: &Value) -> Result<Object, (String, String)> {
         "RateLimitPolicy" => Object::RateLimit(Box::new(typed(value)?)),
         "CircuitPolicy" => Object::Circuit(Box::new(typed(value)?)),
         "DegradationProfile" => Object::Degradation(Box::new(typed(value)?)),
+        "Agent" => {
+            let spec = value.get("spec").cloned().unwrap_or_default();
+            Object::Agent(Box::new(
+                typed(&spec).map_err(|(p, m)| (format!("spec.{p}"), m))?,
+            ))
+        }
         other => return Err((String::new(), format!("unknown kind {other:?}"))),
     })
 }

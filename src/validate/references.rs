@@ -81,6 +81,16 @@ pub fn check(report: &mut Report) {
                     }
                 }
             }
+            Object::Agent(a) => {
+                if let Some(entry) = &a.entry_tier
+                    && !exists("DeliveryTier", ns, entry)
+                {
+                    found.push(o.diag(
+                        "spec.entryTier",
+                        format!("DeliveryTier {entry:?} not found in namespace {ns:?}"),
+                    ));
+                }
+            }
             _ => {}
         }
     }

@@ -1,0 +1,8 @@
+//! The delivery agent: ingest, the durable queue, the dispatcher that drives
+//! the engine against real sinks, and the operations API.
+//!
+//! Owns the I/O shell around `crate::engine`: HTTP servers, tokio tasks,
+//! the store, secrets and config reload. Decisions stay in the engine.
+
+pub mod ingest;
+pub mod secrets;

@@ -1,0 +1,197 @@
+//! `Agent`: the one document of a standalone agent's config file that is not
+//! a custom resource — where to listen, where the queue lives, where secrets
+//! come from. It sits beside the herald documents in the same YAML file and
+//! is checked by `herald validate` with the same strictness (its schema is
+//! generated the way kube generates CRD schemas).
+//!
+//! In a cluster the operator writes this document into the tier's ConfigMap.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::DurationString;
+use super::refs::SecretKeyRef;
+
+/// The `kind` of the agent document.
+pub const AGENT_KIND: &str = "Agent";
+
+/// Settings of one agent process.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentSpec {
+    /// Address of the HTTP server (ingest, Bot API drop-in, health, metrics, admin).
+    #[serde(default = "default_listen")]
+    #[schemars(length(min = 1, max = 256))]
+    pub listen: String,
+    /// The tier messages enter when they name none; by default the tier with
+    /// the highest priority that is not another tier's fallback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub entry_tier: Option<String>,
+    /// Embedded queue file (used when the entry tier's store is embedded).
+    #[serde(default = "default_store_path")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub store_path: String,
+    /// Where `secretRef`s are looked up.
+    #[serde(default)]
+    pub secrets: SecretSources,
+    /// Bearer token for `/admin`; the admin API is off when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token_ref: Option<SecretKeyRef>,
+    /// How the Telegram Bot API drop-in endpoint answers.
+    #[serde(default)]
+    pub bot_api: BotApiSpec,
+    /// Ingest limits.
+    #[serde(default)]
+    pub ingest: IngestSpec,
+    /// A directory watched for message files; off when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub spool_source: Option<String>,
+    /// How long delivered records and idempotency keys are kept.
+    #[serde(default = "default_retention")]
+    pub retention: DurationString,
+    /// Time allowed on SIGTERM to finish in-flight sends before exiting.
+    #[serde(default = "default_grace")]
+    pub shutdown_grace: DurationString,
+}
+
+impl Default for AgentSpec {
+    fn default() -> Self {
+        AgentSpec {
+            listen: default_listen(),
+            entry_tier: None,
+            store_path: default_store_path(),
+            secrets: SecretSources::default(),
+            admin_token_ref: None,
+            bot_api: BotApiSpec::default(),
+            ingest: IngestSpec::default(),
+            spool_source: None,
+            retention: default_retention(),
+            shutdown_grace: default_grace(),
+        }
+    }
+}
+
+/// Secret lookup: first the file `<dir>/<name>/<key>` (the layout of a
+/// mounted Kubernetes Secret), then the environment variable
+/// `<envPrefix><NAME>_<KEY>` (upper-cased, non-alphanumerics as `_`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretSources {
+    /// Directory of mounted secrets.
+    #[serde(default = "default_secrets_dir")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub dir: String,
+    /// Prefix of environment variables holding secrets.
+    #[serde(default = "default_env_prefix")]
+    #[schemars(length(max = 64))]
+    pub env_prefix: String,
+}
+
+impl Default for SecretSources {
+    fn default() -> Self {
+        SecretSources {
+            dir: default_secrets_dir(),
+            env_prefix: default_env_prefix(),
+        }
+    }
+}
+
+/// Telegram Bot API drop-in behaviour.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BotApiSpec {
+    /// Answer send methods at acceptance instead of waiting for delivery
+    /// (a request can also ask with the header `X-Herald-Async: 1`).
+    #[serde(default)]
+    pub async_accept: bool,
+    /// Longest wait for a delivery before answering 202-style
+    /// `{"ok":true,"result":{"herald_id":...}}`.
+    #[serde(default = "default_wait")]
+    pub wait_for_delivery: DurationString,
+}
+
+impl Default for BotApiSpec {
+    fn default() -> Self {
+        BotApiSpec {
+            async_accept: false,
+            wait_for_delivery: default_wait(),
+        }
+    }
+}
+
+/// Ingest limits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IngestSpec {
+    /// Messages per batch request.
+    #[serde(default = "default_max_batch")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_batch: u32,
+    /// Largest request body in bytes.
+    #[serde(default = "default_max_body")]
+    #[schemars(range(min = 1024, max = 67108864))]
+    pub max_body_bytes: u32,
+}
+
+impl Default for IngestSpec {
+    fn default() -> Self {
+        IngestSpec {
+            max_batch: default_max_batch(),
+            max_body_bytes: default_max_body(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".to_owned()
+}
+fn default_store_path() -> String {
+    "herald-data/queue.redb".to_owned()
+}
+fn default_secrets_dir() -> String {
+    "/etc/herald/secrets".to_owned()
+}
+fn default_env_prefix() -> String {
+    "HERALD_SECRET_".to_owned()
+}
+fn default_retention() -> DurationString {
+    DurationString::lit("24h")
+}
+fn default_grace() -> DurationString {
+    DurationString::lit("10s")
+}
+fn default_wait() -> DurationString {
+    DurationString::lit("30s")
+}
+fn default_max_batch() -> u32 {
+    1000
+}
+fn default_max_body() -> u32 {
+    1024 * 1024
+}
+
+/// The structural schema of an Agent document (`{spec: AgentSpec}`), made
+/// with the settings kube uses for CRDs so one checker serves both.
+pub fn agent_document_schema() -> serde_json::Value {
+    let generator = schemars::generate::SchemaSettings::openapi3()
+        .with(|s| {
+            s.inline_subschemas = true;
+            s.meta_schema = None;
+        })
+        .with_transform(schemars::transform::AddNullable::default())
+        .with_transform(kube::core::schema::StructuralSchemaRewriter)
+        .into_generator();
+    let spec = generator.into_root_schema_for::<AgentSpec>();
+    let mut spec = serde_json::to_value(spec).unwrap_or_default();
+    if let Some(o) = spec.as_object_mut() {
+        o.remove("title");
+        o.remove("$schema");
+    }
+    serde_json::json!({
+        "type": "object",
+        "required": ["spec"],
+        "properties": {"spec": spec}
+    })
+}
