@@ -5,4 +5,5 @@
 //! the store, secrets and config reload. Decisions stay in the engine.
 
 pub mod ingest;
+pub mod metrics;
 pub mod secrets;
