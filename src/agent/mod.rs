@@ -4,6 +4,9 @@
 //! Owns the I/O shell around `crate::engine`: HTTP servers, tokio tasks,
 //! the store, secrets and config reload. Decisions stay in the engine.
 
+pub mod config;
+pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod secrets;
+pub mod state;

@@ -23,7 +23,7 @@ pub mod counters;
 pub mod faults;
 mod handle;
 pub mod limits;
-mod params;
+pub mod params;
 mod reply;
 mod server;
 mod state;

@@ -68,6 +68,10 @@ impl Params {
         self.0.get(name)
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Value)> {
+        self.0.iter()
+    }
+
     fn extend_form(&mut self, encoded: &[u8]) {
         for (k, v) in form_urlencoded::parse(encoded) {
             self.insert(k.into_owned(), Value::Text(v.into_owned()));

@@ -1,0 +1,204 @@
+//! Loading a standalone agent's config file: herald documents plus one
+//! `Agent` document, validated exactly as `herald validate` does, resolved
+//! into engine policy, with every secret looked up once.
+//!
+//! A reload builds a whole new [`AgentConfig`]; if anything is wrong the
+//! caller keeps the old one.
+
+use std::path::{Path, PathBuf};
+
+use crate::agent::secrets::{self, MissingSecret, Secret};
+use crate::api::AgentSpec;
+use crate::api::delivery_tier::Channel;
+use crate::policy::{ConfigSet, TierPolicy};
+use crate::validate::{Diagnostic, InputError, Object, validate_paths};
+
+/// Why a config could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error("{}", .0.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Diagnostic>),
+    #[error("{0}")]
+    Missing(String),
+    #[error(transparent)]
+    Secret(#[from] MissingSecret),
+}
+
+/// Secrets a tier's sink needs.
+#[derive(Clone, Debug, Default)]
+pub struct TierSecrets {
+    pub bot_token: Option<Secret>,
+    pub hmac_key: Option<Secret>,
+}
+
+/// One tier, resolved, with its secrets.
+#[derive(Clone, Debug)]
+pub struct TierRuntime {
+    pub policy: TierPolicy,
+    pub secrets: TierSecrets,
+}
+
+/// A complete, usable agent configuration.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub source: PathBuf,
+    pub agent: AgentSpec,
+    /// The tier new messages enter unless they name another.
+    pub entry_tier: String,
+    pub tiers: Vec<TierRuntime>,
+    pub admin_token: Option<Secret>,
+}
+
+impl AgentConfig {
+    /// Load and check `path`, reading secrets through `env`.
+    pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let report = validate_paths(&[path.to_path_buf()])?;
+        if report.error_count() > 0 {
+            return Err(ConfigError::Invalid(
+                report
+                    .diagnostics
+                    .into_iter()
+                    .filter(|d| d.severity == crate::validate::Severity::Error)
+                    .collect(),
+            ));
+        }
+        let set = ConfigSet::resolve(&report).map_err(ConfigError::Invalid)?;
+        let agents: Vec<&AgentSpec> = report
+            .objects
+            .iter()
+            .filter_map(|o| match &o.object {
+                Object::Agent(a) => Some(a.as_ref()),
+                _ => None,
+            })
+            .collect();
+        let agent = match agents.as_slice() {
+            [] => AgentSpec::default(),
+            [one] => (*one).clone(),
+            _ => {
+                return Err(ConfigError::Missing(format!(
+                    "{}: more than one Agent document",
+                    path.display()
+                )));
+            }
+        };
+        if set.tiers.is_empty() {
+            return Err(ConfigError::Missing(format!(
+                "{}: no DeliveryTier documents: the agent has nowhere to deliver",
+                path.display()
+            )));
+        }
+        let entry_tier = match &agent.entry_tier {
+            Some(t) => t.clone(),
+            None => default_entry(&set),
+        };
+        let mut tiers = Vec::new();
+        for t in &set.tiers {
+            let mut s = TierSecrets::default();
+            if t.spec.channel == Channel::Telegram
+                && let Some(r) = t
+                    .spec
+                    .telegram
+                    .as_ref()
+                    .and_then(|tg| tg.token_secret_ref.as_ref())
+            {
+                s.bot_token = Some(secrets::resolve(&agent.secrets, r, env)?);
+            }
+            if let Some(r) = t
+                .spec
+                .webhook
+                .as_ref()
+                .and_then(|w| w.hmac_secret_ref.as_ref())
+            {
+                s.hmac_key = Some(secrets::resolve(&agent.secrets, r, env)?);
+            }
+            tiers.push(TierRuntime {
+                policy: t.clone(),
+                secrets: s,
+            });
+        }
+        let admin_token = match &agent.admin_token_ref {
+            Some(r) => Some(secrets::resolve(&agent.secrets, r, env)?),
+            None => None,
+        };
+        Ok(AgentConfig {
+            source: path.to_path_buf(),
+            agent,
+            entry_tier,
+            tiers,
+            admin_token,
+        })
+    }
+
+    pub fn tier(&self, name: &str) -> Option<&TierRuntime> {
+        self.tiers.iter().find(|t| t.policy.name == name)
+    }
+
+    /// The tier whose bot token is `token`, compared in constant time.
+    pub fn tier_for_token(&self, token: &str) -> Option<&TierRuntime> {
+        self.tiers.iter().find(|t| {
+            t.secrets
+                .bot_token
+                .as_ref()
+                .is_some_and(|s| constant_time_eq(s.expose().as_bytes(), token.as_bytes()))
+        })
+    }
+
+    pub fn tier_names(&self) -> Vec<String> {
+        self.tiers.iter().map(|t| t.policy.name.clone()).collect()
+    }
+}
+
+/// The highest-priority tier that is nobody's fallback.
+fn default_entry(set: &ConfigSet) -> String {
+    let fallbacks: Vec<&String> = set
+        .tiers
+        .iter()
+        .flat_map(|t| t.spec.fallback_tiers.iter())
+        .collect();
+    set.tiers
+        .iter()
+        .filter(|t| !fallbacks.contains(&&t.name))
+        .max_by_key(|t| t.spec.priority)
+        .or_else(|| set.tiers.iter().max_by_key(|t| t.spec.priority))
+        .map(|t| t.name.clone())
+        .unwrap_or_default()
+}
+
+/// Equal-length comparison without early exit, so response timing does not
+/// reveal how much of a guessed token was right.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_standalone_sample_loads_with_its_token() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/samples/standalone.yaml");
+        let env = |v: &str| match v {
+            "HERALD_SECRET_DEMO_BOT_TOKEN" => Some("123:abc".to_owned()),
+            "HERALD_SECRET_HERALD_ADMIN_TOKEN" => Some("admin-secret".to_owned()),
+            _ => None,
+        };
+        let c = AgentConfig::load(&path, &env).unwrap();
+        assert_eq!(c.entry_tier, "demo-telegram");
+        assert_eq!(c.tiers.len(), 2);
+        assert!(c.tier_for_token("123:abc").is_some());
+        assert!(c.tier_for_token("123:abd").is_none());
+        let debug = format!("{c:?}");
+        assert!(
+            !debug.contains("123:abc") && !debug.contains("admin-secret"),
+            "{debug}"
+        );
+        // A missing secret names where it was looked for.
+        let err = AgentConfig::load(&path, &|_| None).unwrap_err().to_string();
+        assert!(err.contains("HERALD_SECRET_DEMO_BOT_TOKEN"), "{err}");
+    }
+}

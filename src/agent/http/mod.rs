@@ -1,0 +1,31 @@
+//! The agent's HTTP surface, one router: native ingest (`/v1/messages`),
+//! the Bot API drop-in (`/bot<token>/<method>`), health and metrics, and
+//! the admin API under `/admin` (bearer token).
+
+pub mod admin;
+pub mod native;
+pub mod ops;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+
+use crate::agent::state::AppState;
+
+/// Build the router over shared state.
+pub fn router(state: Arc<AppState>) -> Router {
+    let max_body = state.config().agent.ingest.max_body_bytes as usize;
+    Router::new()
+        .route("/v1/messages", post(native::accept))
+        .route("/v1/messages/{id}", get(native::status))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/healthz/details", get(ops::details))
+        .route("/metrics", get(ops::metrics))
+        .nest("/admin", admin::router(state.clone()))
+        .fallback(ops::not_found)
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
