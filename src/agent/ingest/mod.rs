@@ -7,5 +7,6 @@
 
 pub mod error;
 pub mod message;
+pub mod spool_source;
 
 pub use error::IngestError;
