@@ -5,6 +5,7 @@
 //! - [`validate`]: offline checks of herald documents (`herald validate`).
 //! - [`engine`]: pure delivery decisions (limits, breaker, retry, scheduling).
 //! - [`policy`]: a tier and its policies resolved into engine configuration.
+//! - [`sink`]: where messages go (Telegram Bot API, webhook, spool) and receipts.
 //! - [`store`]: the durable queue (trait and contract; embedded redb backend).
 //! - [`sandbox`]: a strict Telegram Bot API look-alike for tests and demos.
 #![forbid(unsafe_code)]
@@ -14,5 +15,6 @@ pub mod api;
 pub mod engine;
 pub mod policy;
 pub mod sandbox;
+pub mod sink;
 pub mod store;
 pub mod validate;

@@ -11,6 +11,7 @@ use crate::agent::secrets::{self, MissingSecret, Secret};
 use crate::api::AgentSpec;
 use crate::api::delivery_tier::Channel;
 use crate::policy::{ConfigSet, TierPolicy};
+pub use crate::sink::TierSecrets;
 use crate::validate::{Diagnostic, InputError, Object, validate_paths};
 
 /// Why a config could not be used.
@@ -24,13 +25,6 @@ pub enum ConfigError {
     Missing(String),
     #[error(transparent)]
     Secret(#[from] MissingSecret),
-}
-
-/// Secrets a tier's sink needs.
-#[derive(Clone, Debug, Default)]
-pub struct TierSecrets {
-    pub bot_token: Option<Secret>,
-    pub hmac_key: Option<Secret>,
 }
 
 /// One tier, resolved, with its secrets.
@@ -111,7 +105,7 @@ impl AgentConfig {
                 .as_ref()
                 .and_then(|w| w.hmac_secret_ref.as_ref())
             {
-                s.hmac_key = Some(secrets::resolve(&agent.secrets, r, env)?);
+                s.hmac_secret = Some(secrets::resolve(&agent.secrets, r, env)?);
             }
             tiers.push(TierRuntime {
                 policy: t.clone(),

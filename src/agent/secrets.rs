@@ -4,38 +4,12 @@
 //!
 //! Values are wrapped in [`Secret`], whose Debug and Display never show them.
 
-use std::fmt;
 use std::path::Path;
 
 use crate::api::agent::SecretSources;
 use crate::api::refs::SecretKeyRef;
 
-/// A secret value. Printing it shows `<redacted>`; use [`Secret::expose`]
-/// only where the value is sent to its recipient.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
+pub use crate::sink::Secret;
 
 /// A secret could not be found; names where herald looked, never a value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -28,7 +28,11 @@ const RESCAN: Duration = Duration::from_secs(5);
 const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Watch `dir` until `shutdown` resolves.
-pub async fn run(state: Arc<AppState>, dir: PathBuf, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+pub async fn run(
+    state: Arc<AppState>,
+    dir: PathBuf,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     if let Err(e) = std::fs::create_dir_all(dir.join("rejected")) {
         tracing::error!(dir = %dir.display(), error = %e, "spool source directory unusable");
         return;
@@ -76,7 +80,9 @@ pub fn is_candidate(name: &str) -> bool {
 }
 
 async fn scan(state: &AppState, dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     let mut names: Vec<String> = entries
         .filter_map(|e| e.ok())
         .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
@@ -106,11 +112,18 @@ async fn ingest_file(state: &AppState, path: &Path) -> Result<(), IngestError> {
     let meta = std::fs::symlink_metadata(path)
         .map_err(|e| IngestError::invalid("", format!("unreadable: {e}")))?;
     if meta.len() > MAX_FILE_BYTES {
-        return Err(IngestError::invalid("", format!("file larger than {MAX_FILE_BYTES} bytes")));
+        return Err(IngestError::invalid(
+            "",
+            format!("file larger than {MAX_FILE_BYTES} bytes"),
+        ));
     }
-    let bytes = std::fs::read(path).map_err(|e| IngestError::invalid("", format!("unreadable: {e}")))?;
+    let bytes =
+        std::fs::read(path).map_err(|e| IngestError::invalid("", format!("unreadable: {e}")))?;
     let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
-        IngestError::invalid("", format!("malformed JSON at line {} column {}", e.line(), e.column()))
+        IngestError::invalid(
+            "",
+            format!("malformed JSON at line {} column {}", e.line(), e.column()),
+        )
     })?;
     let config = state.config();
     let tiers = config.tier_names();
@@ -150,7 +163,14 @@ mod tests {
     #[test]
     fn only_plain_json_names_are_read() {
         assert!(is_candidate("alert-1.json"));
-        for bad in [".hidden.json", "x.json.tmp", "x.txt", "../x.json", "a/b.json", ".json"] {
+        for bad in [
+            ".hidden.json",
+            "x.json.tmp",
+            "x.txt",
+            "../x.json",
+            "a/b.json",
+            ".json",
+        ] {
             assert!(!is_candidate(bad), "{bad}");
         }
     }
