@@ -43,6 +43,8 @@ pub struct AppState {
     pub config: RwLock<Arc<AgentConfig>>,
     pub store: EmbeddedStore,
     pub metrics: Metrics,
+    /// One HTTP connection pool for pass-through calls and receipts.
+    pub http: reqwest::Client,
     pub dispatch: mpsc::Sender<DispatchCmd>,
     /// Bot API callers waiting for a delivery, by message id.
     pub waiters: Mutex<HashMap<MessageId, Vec<oneshot::Sender<Final>>>>,

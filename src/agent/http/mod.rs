@@ -3,6 +3,7 @@
 //! the admin API under `/admin` (bearer token).
 
 pub mod admin;
+pub mod botapi;
 pub mod native;
 pub mod ops;
 
@@ -10,7 +11,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 
 use crate::agent::state::AppState;
 
@@ -25,6 +26,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz/details", get(ops::details))
         .route("/metrics", get(ops::metrics))
         .nest("/admin", admin::router(state.clone()))
+        .route("/{bot_path}/{method}", any(botapi::handle))
         .fallback(ops::not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)

@@ -126,20 +126,22 @@ async fn ingest_file(state: &AppState, path: &Path) -> Result<(), IngestError> {
         )
     })?;
     let config = state.config();
-    let tiers = config.tier_names();
-    let fresh = || MessageId::generate().to_string();
-    let ctx = Context {
-        bot: &config.entry_tier,
-        known_tiers: &tiers,
-        fresh_correlation_id: &fresh,
-    };
-    let messages: Vec<NewMessage> = match value.get("messages").and_then(|m| m.as_array()) {
-        Some(items) => items
-            .iter()
-            .enumerate()
-            .map(|(i, v)| parse_native(v, &ctx).map_err(|e| e.at_index(i)))
-            .collect::<Result<_, _>>()?,
-        None => vec![parse_native(&value, &ctx)?],
+    let messages: Vec<NewMessage> = {
+        let tiers = config.tier_names();
+        let fresh = || MessageId::generate().to_string();
+        let ctx = Context {
+            bot: &config.entry_tier,
+            known_tiers: &tiers,
+            fresh_correlation_id: &fresh,
+        };
+        match value.get("messages").and_then(|m| m.as_array()) {
+            Some(items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| parse_native(v, &ctx).map_err(|e| e.at_index(i)))
+                .collect::<Result<_, _>>()?,
+            None => vec![parse_native(&value, &ctx)?],
+        }
     };
     admit(state, &messages)?;
     store_batch(state, messages, "spool").await.map(|_| ())

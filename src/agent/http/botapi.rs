@@ -1,0 +1,322 @@
+//! The Telegram Bot API drop-in: `/bot<token>/<method>`, so an existing bot
+//! moves onto herald by changing its API base URL.
+//!
+//! Send methods (`sendMessage`, `sendPhoto`, `sendDocument`) are queued
+//! under the token's tier. By default the call waits (bounded by
+//! `botApi.waitForDelivery`) and returns Telegram's own status and body;
+//! with `X-Herald-Async: 1` or `botApi.asyncAccept` it answers at
+//! acceptance with `{"ok":true,"result":{"herald_id":..}}`. Other methods
+//! pass straight through to the tier's API (they are not sends, so the send
+//! limits do not apply to them). An unknown token gets 401 like Telegram's.
+//!
+//! herald's own per-message settings come from headers: `X-Herald-Priority`,
+//! `X-Herald-Message-Type`, `Idempotency-Key`, `X-Correlation-Id`,
+//! `X-Herald-Callback-Url`, `X-Herald-Not-Before`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+use crate::agent::http::native::{admit, store_batch};
+use crate::agent::ingest::IngestError;
+use crate::agent::ingest::message::{Context, HeraldFields, SEND_METHODS, parse_bot_api};
+use crate::agent::state::{AppState, Final};
+use crate::sandbox::params::{self, ParamError, Value as ParamValue};
+use crate::sink::TelegramSink;
+use crate::store::{MessageId, MessageState, Store};
+
+/// A Telegram-shaped error, with herald's field name alongside.
+fn tg_error(status: StatusCode, description: String, field: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({
+            "ok": false,
+            "error_code": status.as_u16(),
+            "description": description,
+            "herald": {"field": field},
+        })),
+    )
+        .into_response()
+}
+
+fn from_ingest(e: IngestError) -> Response {
+    let prefix = match e.status {
+        StatusCode::SERVICE_UNAVAILABLE => "Service Unavailable",
+        StatusCode::PAYLOAD_TOO_LARGE => "Request Entity Too Large",
+        _ => "Bad Request",
+    };
+    let field_text = if e.field.is_empty() {
+        String::new()
+    } else {
+        format!("{}: ", e.field)
+    };
+    let mut resp = tg_error(
+        e.status,
+        format!("{prefix}: {field_text}{}", e.message),
+        &e.field,
+    );
+    if let Some(secs) = e.retry_after
+        && let Ok(v) = secs.to_string().parse()
+    {
+        resp.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    resp
+}
+
+pub async fn handle(
+    State(state): State<Arc<AppState>>,
+    Path((bot_path, method)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    let Some(token) = bot_path.strip_prefix("bot") else {
+        return tg_error(StatusCode::NOT_FOUND, "Not Found".into(), "");
+    };
+    let config = state.config();
+    let Some(tier) = config.tier_for_token(token) else {
+        state
+            .metrics
+            .rejected
+            .with_label_values(&["botapi", "unauthorized"])
+            .inc();
+        return tg_error(StatusCode::UNAUTHORIZED, "Unauthorized".into(), "");
+    };
+    let tier_name = tier.policy.name.clone();
+    let headers = req.headers().clone();
+    let max_body = config.agent.ingest.max_body_bytes as usize;
+    let params = match params::read(req, max_body).await {
+        Ok(p) => p,
+        Err(ParamError::TooLarge) => {
+            return tg_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Request Entity Too Large".into(),
+                "",
+            );
+        }
+        Err(ParamError::Json) => {
+            return tg_error(
+                StatusCode::BAD_REQUEST,
+                "Bad Request: can't parse JSON object".into(),
+                "",
+            );
+        }
+        Err(ParamError::Multipart) => {
+            return tg_error(
+                StatusCode::BAD_REQUEST,
+                "Bad Request: malformed multipart body".into(),
+                "",
+            );
+        }
+    };
+    let mut map = Map::new();
+    for (k, v) in params.iter() {
+        match v {
+            ParamValue::Text(t) => {
+                map.insert(k.clone(), Value::String(t.clone()));
+            }
+            ParamValue::File { .. } => {
+                return tg_error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "Bad Request: {k}: file uploads are not queued by herald; send a URL or file_id"
+                    ),
+                    k,
+                );
+            }
+        }
+    }
+    let canonical = SEND_METHODS
+        .iter()
+        .find(|m| m.eq_ignore_ascii_case(&method));
+    match canonical {
+        Some(m) => send(&state, &headers, &tier_name, m, map).await,
+        None => passthrough(&state, &tier_name, &method, map).await,
+    }
+}
+
+fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+async fn send(
+    state: &AppState,
+    headers: &HeaderMap,
+    tier: &str,
+    method: &str,
+    params: Map<String, Value>,
+) -> Response {
+    let herald = match HeraldFields::from_strs(
+        header_str(headers, "x-herald-priority"),
+        header_str(headers, "x-herald-message-type"),
+        header_str(headers, "idempotency-key"),
+        header_str(headers, "x-correlation-id"),
+        header_str(headers, "x-herald-callback-url"),
+        header_str(headers, "x-herald-not-before"),
+        None,
+    ) {
+        Ok(h) => h,
+        Err(e) => return from_ingest(e),
+    };
+    let config = state.config();
+    let parsed = {
+        let tiers = config.tier_names();
+        let fresh = || MessageId::generate().to_string();
+        let ctx = Context {
+            bot: tier,
+            known_tiers: &tiers,
+            fresh_correlation_id: &fresh,
+        };
+        parse_bot_api(method, params, &herald, &ctx)
+    };
+    let msg = match parsed {
+        Ok(m) => m,
+        Err(e) => {
+            state
+                .metrics
+                .rejected
+                .with_label_values(&["botapi", e.code])
+                .inc();
+            return from_ingest(e);
+        }
+    };
+    if let Err(e) = admit(state, std::slice::from_ref(&msg)) {
+        state
+            .metrics
+            .rejected
+            .with_label_values(&["botapi", e.code])
+            .inc();
+        return from_ingest(e);
+    }
+    let asynchronous =
+        config.agent.bot_api.async_accept || header_str(headers, "x-herald-async") == Some("1");
+    let wait = config.agent.bot_api.wait_for_delivery.get();
+    let stored = match store_batch(state, vec![msg], "botapi").await {
+        Ok(mut v) => match v.pop() {
+            Some((m, _)) => m,
+            None => {
+                return tg_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Internal Server Error".into(),
+                    "",
+                );
+            }
+        },
+        Err(e) => return from_ingest(e),
+    };
+    let id = stored.id;
+    if asynchronous {
+        return accepted(id, "accepted");
+    }
+    let waiter = state.wait_for(id);
+    // The delivery may have finished before the waiter was registered.
+    if let Ok(Some(m)) = state.store.get(id).await
+        && !m.state.is_open()
+    {
+        return from_stored(&m);
+    }
+    match tokio::time::timeout(wait, waiter).await {
+        Ok(Ok(f)) => from_final(id, f),
+        _ => match state.store.get(id).await {
+            Ok(Some(m)) if !m.state.is_open() => from_stored(&m),
+            _ => accepted(id, "queued"),
+        },
+    }
+}
+
+fn accepted(id: MessageId, what: &str) -> Response {
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"ok": true, "result": {"herald_id": id.to_string(), "state": what}})),
+    )
+        .into_response()
+}
+
+fn raw(status: Option<u16>, body: Option<bytes::Bytes>) -> Option<Response> {
+    let status = StatusCode::from_u16(status?).ok()?;
+    let body = body?;
+    Some((status, [(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+fn from_final(id: MessageId, f: Final) -> Response {
+    if let Some(r) = raw(f.status, f.body.clone()) {
+        return r;
+    }
+    if f.delivered {
+        return accepted(id, "delivered");
+    }
+    tg_error(
+        StatusCode::BAD_REQUEST,
+        format!(
+            "Bad Request: not delivered: {}",
+            f.reason.unwrap_or_default()
+        ),
+        "",
+    )
+}
+
+fn from_stored(m: &crate::store::StoredMessage) -> Response {
+    match m.state {
+        MessageState::Delivered => match &m.receipt {
+            Some(r) => axum::Json(json!({"ok": true, "result": r})).into_response(),
+            None => accepted(m.id, "delivered"),
+        },
+        _ => tg_error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "Bad Request: not delivered: {}",
+                m.dead_reason.clone().unwrap_or_default()
+            ),
+            "",
+        ),
+    }
+}
+
+async fn passthrough(
+    state: &AppState,
+    tier: &str,
+    method: &str,
+    params: Map<String, Value>,
+) -> Response {
+    let config = state.config();
+    let Some(t) = config.tier(tier) else {
+        return tg_error(StatusCode::UNAUTHORIZED, "Unauthorized".into(), "");
+    };
+    let (Some(tg), Some(token)) = (t.policy.spec.telegram.as_ref(), t.secrets.bot_token.clone())
+    else {
+        return tg_error(StatusCode::NOT_FOUND, "Not Found".into(), "");
+    };
+    let sink = match TelegramSink::new(state.http.clone(), &tg.api_url, token) {
+        Ok(s) => s,
+        Err(e) => {
+            return tg_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("Internal Server Error: {e}"),
+                "",
+            );
+        }
+    };
+    // getUpdates long-polls; allow its own timeout plus a margin.
+    let timeout = params
+        .get("timeout")
+        .and_then(|v| {
+            v.as_str()
+                .and_then(|s| s.parse::<u64>().ok())
+                .or(v.as_u64())
+        })
+        .map(|s| Duration::from_secs(s.min(600) + 10))
+        .unwrap_or(t.policy.per_attempt_timeout);
+    let result = sink.passthrough(method, &params, timeout).await;
+    raw(result.status, result.body).unwrap_or_else(|| {
+        tg_error(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "Bad Gateway: {}",
+                result.detail.unwrap_or_else(|| "no answer".into())
+            ),
+            "",
+        )
+    })
+}

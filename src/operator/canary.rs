@@ -1,0 +1,684 @@
+//! The canary rollout as a pure state machine, and the exact split of queue
+//! partitions between the two tracks.
+//!
+//! Owns the decision of each pass: start, analyse, advance, pause for the
+//! manual gate, promote, abort. It leaves to the caller reading metrics
+//! (counts over the analysis window, see [`RolloutState::window_start`]),
+//! persisting the state, and applying the actions. Rules:
+//!
+//! - A rollout starts when the desired pod revision differs from what the
+//!   stable Deployment runs. Before the first deploy, or with zero replicas,
+//!   or without steps, the revision is promoted at once.
+//! - Each `analysis.interval` the canary is compared with stable and with
+//!   the absolute thresholds. Fewer than [`MIN_REQUESTS`] canary requests,
+//!   or no latency figure, is *insufficient data*: the window keeps
+//!   growing and the rollout waits — it never fails for lack of data, and
+//!   never advances without one passed analysis in the step.
+//! - Error-rate checks allow [`ERROR_GRACE`] error: one failed send in a
+//!   small window is noise, not a verdict. With that, a stable error rate of
+//!   zero is handled without a special case: the canary fails the relative
+//!   check at its second error. The relative check is skipped when stable
+//!   itself has too few requests (at 100 % weight it has none); the
+//!   absolute thresholds still apply.
+//! - One failed analysis aborts. Abort is sticky until the desired revision
+//!   changes; a desired revision equal to stable's again ends it (rollback).
+//! - A new desired revision during a rollout restarts it at step 0.
+//! - With `autoPromote: false` the rollout pauses after the last step until
+//!   `herald.dev/promote` names the revision; a promote during the steps
+//!   skips the rest. `herald.dev/abort` aborts; it wins over promote.
+//!
+//! Actions: `SetWeight`, `ScaleCanary` and `SetCondition` describe the
+//! desired state and come on every pass; `Promote` comes on the transition
+//! and on every pass until stable runs the revision; `Abort` and every
+//! `EmitEvent` come only on a transition, so events are never repeated.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::api::conditions::types;
+use crate::api::delivery_tier::{CanaryAnalysis, RolloutSpec};
+
+use super::condition::{CondStatus, ConditionSpec};
+use super::desired::{CanaryTrack, Tracks};
+use super::time::{after, elapsed};
+
+/// Fewest canary requests in a window for an analysis to count.
+pub const MIN_REQUESTS: u64 = 30;
+/// Canary errors tolerated by the error-rate checks, whatever the rates.
+pub const ERROR_GRACE: u64 = 1;
+
+/// `(canary, stable)` partitions for a canary weight in percent.
+///
+/// Exact: the two always add up to `partitions`. The canary gets
+/// `partitions × weight / 100` rounded half up, then, when `0 < weight <
+/// 100` and `partitions ≥ 2`, clamped to `1..=partitions-1` so that neither
+/// side is left without a partition. Weights above 100 count as 100. With
+/// a single partition it goes to the canary from weight 50 on.
+pub fn partition_split(partitions: u32, weight: u32) -> (u32, u32) {
+    let weight = weight.min(100);
+    if weight == 0 || partitions == 0 {
+        return (0, partitions);
+    }
+    if weight == 100 {
+        return (partitions, 0);
+    }
+    let p = u64::from(partitions);
+    let mut canary = (p * u64::from(weight) + 50) / 100;
+    if partitions >= 2 {
+        canary = canary.clamp(1, p - 1);
+    }
+    let canary = u32::try_from(canary).unwrap_or(partitions);
+    (canary, partitions - canary)
+}
+
+/// Canary pods for a weight: `replicas × weight / 100` rounded up, at least
+/// one while the canary has any weight, never more than `replicas`.
+pub fn canary_replicas(replicas: u32, weight: u32) -> u32 {
+    if weight == 0 || replicas == 0 {
+        return 0;
+    }
+    let n = (u64::from(replicas) * u64::from(weight.min(100))).div_ceil(100);
+    u32::try_from(n).unwrap_or(replicas).clamp(1, replicas)
+}
+
+/// Delivery figures of one track over the analysis window.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Metrics {
+    /// Send attempts.
+    pub requests: u64,
+    /// Attempts that failed (not counting 429s).
+    pub errors: u64,
+    /// 95th percentile send latency; `None` when unknown.
+    pub p95_ms: Option<u64>,
+    /// 429 answers received.
+    pub rate_limited_429: u64,
+}
+
+/// What one pass knows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CanaryInput {
+    pub now: Timestamp,
+    /// The pod revision the stable Deployment runs (its template's
+    /// `herald.dev/pod-revision`); `None` before the first deploy.
+    pub stable_revision: Option<String>,
+    /// The pod revision the tier asks for now.
+    pub desired_revision: String,
+    /// `spec.replicas`.
+    pub replicas: u32,
+    /// Queue partitions (`spec.store.redis.partitions`).
+    pub partitions: u32,
+    /// Canary figures since [`RolloutState::window_start`].
+    pub canary_metrics: Option<Metrics>,
+    /// Stable figures over the same window.
+    pub stable_metrics: Option<Metrics>,
+    /// `herald.dev/promote` names the desired revision.
+    pub manual_promote: bool,
+    /// `herald.dev/abort` names the desired revision.
+    pub manual_abort: bool,
+}
+
+/// Where a rollout stands. Serializable, so the caller can keep it in the
+/// tier's status.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "camelCase")]
+pub enum RolloutState {
+    /// No rollout has run; stable runs what it runs.
+    #[default]
+    Stable,
+    /// Stepping through `spec.rollout.steps`.
+    Progressing(Progress),
+    /// Analysis passed after the last step; waiting for the manual gate.
+    Paused(Progress),
+    /// The revision was handed to stable.
+    Promoted { revision: String, at: Timestamp },
+    /// The revision was withdrawn; stable keeps the old one.
+    Aborted {
+        revision: String,
+        reason: String,
+        at: Timestamp,
+    },
+}
+
+/// A rollout underway.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Progress {
+    /// The pod revision the canary runs.
+    pub revision: String,
+    /// Index into `steps`.
+    pub step: u32,
+    /// The step's weight, percent.
+    pub weight: u32,
+    pub step_started_at: Timestamp,
+    /// Start of the current analysis window.
+    pub window_start: Timestamp,
+    /// Analyses passed in this step.
+    pub analyses_passed: u32,
+    /// Outcome of the latest analysis in this step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_analysis: Option<AnalysisOutcome>,
+}
+
+/// Outcome of an analysis that did not abort.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum AnalysisOutcome {
+    Passed,
+    InsufficientData,
+}
+
+/// Kubernetes event type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+/// What the caller does after a pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CanaryAction {
+    /// The canary's share of partitions, percent.
+    SetWeight(u32),
+    /// Canary Deployment replicas.
+    ScaleCanary(u32),
+    /// Stable takes `revision` (the desired template).
+    Promote {
+        revision: String,
+    },
+    /// Canary to zero, stable back to every partition.
+    Abort {
+        reason: String,
+    },
+    EmitEvent {
+        type_: EventType,
+        reason: &'static str,
+        message: String,
+    },
+    SetCondition(ConditionSpec),
+}
+
+/// Verdict of one analysis.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    InsufficientData(&'static str),
+    Fail(String),
+}
+
+/// Compare canary with stable and the thresholds over a window of length
+/// `window`. See the module doc for the rules.
+pub fn analyse(
+    a: &CanaryAnalysis,
+    canary: Option<&Metrics>,
+    stable: Option<&Metrics>,
+    window: Duration,
+) -> Verdict {
+    let Some(c) = canary.filter(|c| c.requests >= MIN_REQUESTS) else {
+        return Verdict::InsufficientData("the canary made fewer than 30 sends in the window");
+    };
+    let Some(p95) = c.p95_ms else {
+        return Verdict::InsufficientData("the canary reported no latency");
+    };
+    let errors = c.errors.min(c.requests);
+    let rate = errors as f64 / c.requests as f64;
+
+    let max_percent = finite_or(a.max_error_rate_percent, 1.0).clamp(0.0, 100.0);
+    if errors > ERROR_GRACE && rate * 100.0 > max_percent {
+        return Verdict::Fail(format!(
+            "canary error rate {:.2}% is above maxErrorRatePercent {max_percent}%",
+            rate * 100.0
+        ));
+    }
+    if let Some(s) = stable.filter(|s| s.requests >= MIN_REQUESTS) {
+        let stable_rate = s.errors.min(s.requests) as f64 / s.requests as f64;
+        let ratio = finite_or(a.max_error_rate_ratio, 1.1).max(1.0);
+        let allowed = ratio * stable_rate * c.requests as f64;
+        if errors > ERROR_GRACE && errors as f64 > allowed {
+            return Verdict::Fail(format!(
+                "canary error rate {:.2}% is above {ratio} × stable's {:.2}%",
+                rate * 100.0,
+                stable_rate * 100.0
+            ));
+        }
+    }
+    let max_p95 = u64::try_from(a.max_p95_latency.get().as_millis()).unwrap_or(u64::MAX);
+    if p95 > max_p95 {
+        return Verdict::Fail(format!(
+            "canary p95 latency {p95}ms is above maxP95Latency {}",
+            a.max_p95_latency
+        ));
+    }
+    let interval = a.interval.get().as_secs_f64();
+    let intervals = if interval > 0.0 {
+        (window.as_secs_f64() / interval).ceil().max(1.0) as u64
+    } else {
+        1
+    };
+    let allowed_429 = u64::from(a.max429s).saturating_mul(intervals);
+    if c.rate_limited_429 > allowed_429 {
+        return Verdict::Fail(format!(
+            "canary got {} answers 429, more than max429s {} per interval",
+            c.rate_limited_429, a.max429s
+        ));
+    }
+    Verdict::Pass
+}
+
+fn finite_or(x: f64, default: f64) -> f64 {
+    if x.is_finite() { x } else { default }
+}
+
+/// Event reasons.
+pub mod reasons {
+    pub const DEPLOYED: &str = "Deployed";
+    pub const STARTED: &str = "RolloutStarted";
+    pub const RESTARTED: &str = "RolloutRestarted";
+    pub const STEP: &str = "RolloutStepAdvanced";
+    pub const PAUSED: &str = "RolloutPaused";
+    pub const PROMOTED: &str = "RolloutPromoted";
+    pub const ABORTED: &str = "RolloutAborted";
+    pub const CANCELLED: &str = "RolloutCancelled";
+}
+
+/// One pass of the state machine.
+pub fn step(
+    state: &RolloutState,
+    spec: &RolloutSpec,
+    input: &CanaryInput,
+) -> (RolloutState, Vec<CanaryAction>) {
+    let mut acts = Vec::new();
+    let desired = input.desired_revision.as_str();
+    let stable_runs_desired = input.stable_revision.as_deref() == Some(desired);
+
+    let next = match state {
+        RolloutState::Progressing(p) | RolloutState::Paused(p) if p.revision == desired => {
+            let paused = matches!(state, RolloutState::Paused(_));
+            advance(p, paused, spec, input, &mut acts)
+        }
+        RolloutState::Progressing(p) | RolloutState::Paused(p) => {
+            if stable_runs_desired {
+                event(
+                    &mut acts,
+                    EventType::Normal,
+                    reasons::CANCELLED,
+                    format!(
+                        "desired revision is back to stable's {desired}; canary of {} withdrawn",
+                        p.revision
+                    ),
+                );
+                RolloutState::Stable
+            } else {
+                start(spec, input, reasons::RESTARTED, &mut acts)
+            }
+        }
+        RolloutState::Aborted { revision, .. } if revision == desired => state.clone(),
+        RolloutState::Promoted { revision, .. } if revision == desired => {
+            if !stable_runs_desired {
+                acts.push(CanaryAction::Promote {
+                    revision: desired.to_owned(),
+                });
+            }
+            state.clone()
+        }
+        RolloutState::Stable | RolloutState::Promoted { .. } | RolloutState::Aborted { .. } => {
+            if stable_runs_desired {
+                RolloutState::Stable
+            } else {
+                start(spec, input, reasons::STARTED, &mut acts)
+            }
+        }
+    };
+
+    let weight = next.canary_weight();
+    acts.push(CanaryAction::SetWeight(weight));
+    acts.push(CanaryAction::ScaleCanary(canary_replicas(
+        input.replicas,
+        weight,
+    )));
+    acts.push(CanaryAction::SetCondition(analysis_condition(&next, spec)));
+    (next, acts)
+}
+
+fn event(acts: &mut Vec<CanaryAction>, type_: EventType, reason: &'static str, message: String) {
+    acts.push(CanaryAction::EmitEvent {
+        type_,
+        reason,
+        message,
+    });
+}
+
+fn start(
+    spec: &RolloutSpec,
+    input: &CanaryInput,
+    reason: &'static str,
+    acts: &mut Vec<CanaryAction>,
+) -> RolloutState {
+    let desired = input.desired_revision.clone();
+    let direct = if input.stable_revision.is_none() {
+        Some("first revision of the tier")
+    } else if input.replicas == 0 {
+        Some("no replicas to compare")
+    } else if spec.steps.is_empty() {
+        Some("the rollout has no steps")
+    } else {
+        None
+    };
+    if let Some(why) = direct {
+        event(
+            acts,
+            EventType::Normal,
+            reasons::DEPLOYED,
+            format!("revision {desired} deployed without a canary: {why}"),
+        );
+        return promote(desired, input.now, acts);
+    }
+    let weight = spec.steps[0].weight;
+    event(
+        acts,
+        EventType::Normal,
+        reason,
+        format!(
+            "canary of revision {desired} at {weight}% (step 1/{})",
+            spec.steps.len()
+        ),
+    );
+    RolloutState::Progressing(Progress {
+        revision: desired,
+        step: 0,
+        weight,
+        step_started_at: input.now,
+        window_start: input.now,
+        analyses_passed: 0,
+        last_analysis: None,
+    })
+}
+
+fn promote(revision: String, now: Timestamp, acts: &mut Vec<CanaryAction>) -> RolloutState {
+    acts.push(CanaryAction::Promote {
+        revision: revision.clone(),
+    });
+    RolloutState::Promoted { revision, at: now }
+}
+
+fn abort(
+    revision: String,
+    reason: String,
+    now: Timestamp,
+    acts: &mut Vec<CanaryAction>,
+) -> RolloutState {
+    event(
+        acts,
+        EventType::Warning,
+        reasons::ABORTED,
+        format!("revision {revision} aborted: {reason}"),
+    );
+    acts.push(CanaryAction::Abort {
+        reason: reason.clone(),
+    });
+    RolloutState::Aborted {
+        revision,
+        reason,
+        at: now,
+    }
+}
+
+fn advance(
+    p: &Progress,
+    paused: bool,
+    spec: &RolloutSpec,
+    input: &CanaryInput,
+    acts: &mut Vec<CanaryAction>,
+) -> RolloutState {
+    let now = input.now;
+    let mut p = p.clone();
+    if input.manual_abort {
+        return abort(p.revision, "aborted by hand".to_owned(), now, acts);
+    }
+    if input.manual_promote {
+        event(
+            acts,
+            EventType::Normal,
+            reasons::PROMOTED,
+            format!(
+                "revision {} promoted by hand at {}% (step {})",
+                p.revision,
+                p.weight,
+                p.step + 1
+            ),
+        );
+        return promote(p.revision, now, acts);
+    }
+    let Some(last) = spec.steps.len().checked_sub(1) else {
+        return promote(p.revision, now, acts);
+    };
+    // The steps may have been edited during the rollout.
+    let index = (p.step as usize).min(last);
+    p.step = index as u32;
+    p.weight = spec.steps[index].weight;
+
+    // A step whose weight gives the canary no partition has nothing to
+    // analyse; it only holds for its pause.
+    let vacuous = partition_split(input.partitions, p.weight).0 == 0;
+    let window = elapsed(now, p.window_start);
+    if !vacuous && window >= spec.analysis.interval.get() {
+        let verdict = analyse(
+            &spec.analysis,
+            input.canary_metrics.as_ref(),
+            input.stable_metrics.as_ref(),
+            window,
+        );
+        match verdict {
+            Verdict::Fail(why) => return abort(p.revision, why, now, acts),
+            Verdict::Pass => {
+                p.analyses_passed = p.analyses_passed.saturating_add(1);
+                p.window_start = now;
+                p.last_analysis = Some(AnalysisOutcome::Passed);
+            }
+            Verdict::InsufficientData(_) => {
+                p.last_analysis = Some(AnalysisOutcome::InsufficientData);
+            }
+        }
+    }
+    if paused {
+        return RolloutState::Paused(p);
+    }
+    let held = elapsed(now, p.step_started_at) >= spec.steps[index].pause.get();
+    if !(held && (vacuous || p.analyses_passed >= 1)) {
+        return RolloutState::Progressing(p);
+    }
+    if index < last {
+        p.step += 1;
+        p.weight = spec.steps[index + 1].weight;
+        p.step_started_at = now;
+        p.window_start = now;
+        p.analyses_passed = 0;
+        p.last_analysis = None;
+        event(
+            acts,
+            EventType::Normal,
+            reasons::STEP,
+            format!(
+                "canary of revision {} at {}% (step {}/{})",
+                p.revision,
+                p.weight,
+                p.step + 1,
+                spec.steps.len()
+            ),
+        );
+        return RolloutState::Progressing(p);
+    }
+    if spec.auto_promote {
+        event(
+            acts,
+            EventType::Normal,
+            reasons::PROMOTED,
+            format!("revision {} passed every step", p.revision),
+        );
+        return promote(p.revision, now, acts);
+    }
+    event(
+        acts,
+        EventType::Normal,
+        reasons::PAUSED,
+        format!(
+            "revision {} passed every step; promote with the annotation herald.dev/promote={}",
+            p.revision, p.revision
+        ),
+    );
+    RolloutState::Paused(p)
+}
+
+/// The CanaryAnalysis condition for a state.
+pub fn analysis_condition(state: &RolloutState, spec: &RolloutSpec) -> ConditionSpec {
+    let t = types::CANARY_ANALYSIS;
+    let steps = spec.steps.len();
+    match state {
+        RolloutState::Stable => {
+            ConditionSpec::new(t, CondStatus::False, "NoRollout", "no canary is running")
+        }
+        RolloutState::Progressing(p) => {
+            let at = format!("step {}/{steps} at {}%", p.step + 1, p.weight);
+            match p.last_analysis {
+                None => ConditionSpec::new(
+                    t,
+                    CondStatus::Unknown,
+                    "Pending",
+                    format!("{at}: first analysis after {}", spec.analysis.interval),
+                ),
+                Some(AnalysisOutcome::InsufficientData) => ConditionSpec::new(
+                    t,
+                    CondStatus::Unknown,
+                    "InsufficientData",
+                    format!("{at}: waiting for at least {MIN_REQUESTS} canary sends with latency"),
+                ),
+                Some(AnalysisOutcome::Passed) => ConditionSpec::new(
+                    t,
+                    CondStatus::True,
+                    "AnalysisPassing",
+                    format!("{at}: {} analyses passed", p.analyses_passed),
+                ),
+            }
+        }
+        RolloutState::Paused(p) => ConditionSpec::new(
+            t,
+            CondStatus::True,
+            "AwaitingPromotion",
+            format!(
+                "revision {} passed every step; annotate herald.dev/promote={} to promote",
+                p.revision, p.revision
+            ),
+        ),
+        RolloutState::Promoted { revision, .. } => ConditionSpec::new(
+            t,
+            CondStatus::True,
+            "Promoted",
+            format!("revision {revision} promoted"),
+        ),
+        RolloutState::Aborted {
+            revision, reason, ..
+        } => ConditionSpec::new(
+            t,
+            CondStatus::False,
+            "Aborted",
+            format!("revision {revision} aborted: {reason}"),
+        ),
+    }
+}
+
+impl RolloutState {
+    /// The canary's share of partitions, percent.
+    pub fn canary_weight(&self) -> u32 {
+        match self {
+            RolloutState::Progressing(p) | RolloutState::Paused(p) => p.weight,
+            _ => 0,
+        }
+    }
+
+    /// Whether a rollout holds the stable Deployment at its current
+    /// template (underway, or aborted).
+    pub fn pins_stable(&self) -> bool {
+        matches!(
+            self,
+            RolloutState::Progressing(_) | RolloutState::Paused(_) | RolloutState::Aborted { .. }
+        )
+    }
+
+    /// Start of the window the next analysis covers; the caller measures
+    /// metrics from here to `now`.
+    pub fn window_start(&self) -> Option<Timestamp> {
+        match self {
+            RolloutState::Progressing(p) | RolloutState::Paused(p) => Some(p.window_start),
+            _ => None,
+        }
+    }
+
+    /// When a pass could next change something (requeue hint).
+    pub fn next_check_at(&self, spec: &RolloutSpec) -> Option<Timestamp> {
+        let interval = spec.analysis.interval.get();
+        match self {
+            RolloutState::Progressing(p) => {
+                let analysis = after(p.window_start, interval);
+                let pause = spec
+                    .steps
+                    .get(p.step as usize)
+                    .map(|s| after(p.step_started_at, s.pause.get()));
+                Some(pause.map_or(analysis, |t| t.min(analysis)))
+            }
+            RolloutState::Paused(p) => Some(after(p.window_start, interval)),
+            _ => None,
+        }
+    }
+
+    /// `Analysing`, `Paused`, `Promoted` or `Aborted`; `None` at rest
+    /// before any rollout.
+    pub fn verdict(&self) -> Option<&'static str> {
+        match self {
+            RolloutState::Stable => None,
+            RolloutState::Progressing(_) => Some("Analysing"),
+            RolloutState::Paused(_) => Some("Paused"),
+            RolloutState::Promoted { .. } => Some("Promoted"),
+            RolloutState::Aborted { .. } => Some("Aborted"),
+        }
+    }
+
+    /// One line for `kubectl get tier`, e.g. `50% analysing`.
+    pub fn summary(&self) -> Option<String> {
+        match self {
+            RolloutState::Stable => None,
+            RolloutState::Progressing(p) => Some(format!("{}% analysing", p.weight)),
+            RolloutState::Paused(p) => Some(format!("{}% paused", p.weight)),
+            RolloutState::Promoted { .. } => Some("promoted".to_owned()),
+            RolloutState::Aborted { .. } => Some("aborted".to_owned()),
+        }
+    }
+
+    /// How the two Deployments run in this state. `live_stable` is the
+    /// template the stable Deployment runs now; it is kept while the state
+    /// pins stable.
+    pub fn tracks(&self, replicas: u32, live_stable: Option<&PodTemplateSpec>) -> Tracks {
+        let weight = self.canary_weight();
+        Tracks {
+            stable_template: if self.pins_stable() {
+                live_stable.cloned()
+            } else {
+                None
+            },
+            canary: Some(CanaryTrack {
+                replicas: canary_replicas(replicas, weight),
+                weight,
+            }),
+        }
+    }
+}
+
+/// Whether a gate annotation applies to `revision`: it must name it, so a
+/// promote left over from an earlier rollout never promotes a later one.
+pub fn gate_names(annotation: Option<&str>, revision: &str) -> bool {
+    annotation.is_some_and(|v| v.trim() == revision)
+}
+
+#[cfg(test)]
+mod tests;

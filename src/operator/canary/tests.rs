@@ -1,0 +1,643 @@
+use super::*;
+use crate::operator::time::ts;
+use proptest::prelude::*;
+
+fn spec(auto_promote: bool) -> RolloutSpec {
+    serde_json::from_value(serde_json::json!({
+        "steps": [
+            {"weight": 10, "pause": "5m"},
+            {"weight": 50, "pause": "5m"},
+            {"weight": 100, "pause": "5m"},
+        ],
+        "analysis": {"interval": "1m", "maxErrorRateRatio": 1.1, "maxErrorRatePercent": 1,
+                     "maxP95Latency": "500ms", "max429s": 0},
+        "autoPromote": auto_promote,
+    }))
+    .unwrap()
+}
+
+fn good() -> Metrics {
+    Metrics {
+        requests: 1000,
+        errors: 1,
+        p95_ms: Some(180),
+        rate_limited_429: 0,
+    }
+}
+
+fn input(now: i64, stable: Option<&str>, desired: &str) -> CanaryInput {
+    CanaryInput {
+        now: ts(now),
+        stable_revision: stable.map(str::to_owned),
+        desired_revision: desired.to_owned(),
+        replicas: 4,
+        partitions: 64,
+        canary_metrics: Some(good()),
+        stable_metrics: Some(good()),
+        manual_promote: false,
+        manual_abort: false,
+    }
+}
+
+fn events(acts: &[CanaryAction]) -> Vec<&'static str> {
+    acts.iter()
+        .filter_map(|a| match a {
+            CanaryAction::EmitEvent { reason, .. } => Some(*reason),
+            _ => None,
+        })
+        .collect()
+}
+
+fn weight_of(acts: &[CanaryAction]) -> u32 {
+    acts.iter()
+        .find_map(|a| match a {
+            CanaryAction::SetWeight(w) => Some(*w),
+            _ => None,
+        })
+        .unwrap()
+}
+
+fn scale_of(acts: &[CanaryAction]) -> u32 {
+    acts.iter()
+        .find_map(|a| match a {
+            CanaryAction::ScaleCanary(n) => Some(*n),
+            _ => None,
+        })
+        .unwrap()
+}
+
+fn promotes(acts: &[CanaryAction]) -> bool {
+    acts.iter()
+        .any(|a| matches!(a, CanaryAction::Promote { .. }))
+}
+
+fn condition_reason(acts: &[CanaryAction]) -> &'static str {
+    acts.iter()
+        .find_map(|a| match a {
+            CanaryAction::SetCondition(c) => Some(c.reason),
+            _ => None,
+        })
+        .unwrap()
+}
+
+/// Drive passes every 30 s from `from` to `to`, with `f` shaping each input.
+fn run(
+    mut state: RolloutState,
+    spec: &RolloutSpec,
+    from: i64,
+    to: i64,
+    f: impl Fn(&mut CanaryInput),
+) -> (RolloutState, Vec<&'static str>, Vec<CanaryAction>) {
+    let mut all_events = Vec::new();
+    let mut last = Vec::new();
+    let mut t = from;
+    while t <= to {
+        let mut i = input(t, Some("old"), "new");
+        f(&mut i);
+        let (next, acts) = step(&state, spec, &i);
+        all_events.extend(events(&acts));
+        state = next;
+        last = acts;
+        t += 30;
+    }
+    (state, all_events, last)
+}
+
+#[test]
+fn the_first_revision_is_deployed_without_a_canary() {
+    let (s, acts) = step(&RolloutState::Stable, &spec(true), &input(0, None, "r1"));
+    assert!(matches!(s, RolloutState::Promoted { ref revision, .. } if revision == "r1"));
+    assert!(promotes(&acts));
+    assert_eq!(events(&acts), [reasons::DEPLOYED]);
+    assert_eq!((weight_of(&acts), scale_of(&acts)), (0, 0));
+    // Promote is repeated until stable runs it, without a second event.
+    let (s2, acts) = step(&s, &spec(true), &input(10, None, "r1"));
+    assert_eq!(s2, s);
+    assert!(promotes(&acts) && events(&acts).is_empty());
+    let (s3, acts) = step(&s, &spec(true), &input(20, Some("r1"), "r1"));
+    assert_eq!(s3, s);
+    assert!(!promotes(&acts) && events(&acts).is_empty());
+}
+
+#[test]
+fn at_rest_nothing_happens() {
+    let (s, acts) = step(
+        &RolloutState::Stable,
+        &spec(true),
+        &input(0, Some("r1"), "r1"),
+    );
+    assert_eq!(s, RolloutState::Stable);
+    assert!(events(&acts).is_empty() && !promotes(&acts));
+    assert_eq!((weight_of(&acts), scale_of(&acts)), (0, 0));
+    assert_eq!(condition_reason(&acts), "NoRollout");
+}
+
+#[test]
+fn a_healthy_canary_walks_the_steps_and_is_promoted() {
+    let sp = spec(true);
+    let (s, acts) = step(&RolloutState::Stable, &sp, &input(0, Some("old"), "new"));
+    assert_eq!(events(&acts), [reasons::STARTED]);
+    assert_eq!((weight_of(&acts), scale_of(&acts)), (10, 1));
+    assert_eq!(condition_reason(&acts), "Pending");
+
+    // Each step holds for its 5 minute pause, analysing every minute.
+    let (s, ev, acts) = run(s, &sp, 30, 299, |_| {});
+    assert!(ev.is_empty(), "{ev:?}");
+    assert!(matches!(&s, RolloutState::Progressing(p) if p.step == 0 && p.analyses_passed == 4));
+    assert_eq!(condition_reason(&acts), "AnalysisPassing");
+    let (s, ev, acts) = run(s, &sp, 300, 300, |_| {});
+    assert_eq!(ev, [reasons::STEP]);
+    assert_eq!((weight_of(&acts), scale_of(&acts)), (50, 2));
+    let (s, ev, acts) = run(s, &sp, 330, 600, |_| {});
+    assert_eq!(ev, [reasons::STEP]);
+    assert_eq!((weight_of(&acts), scale_of(&acts)), (100, 4));
+    let (s, ev, acts) = run(s, &sp, 630, 900, |_| {});
+    assert_eq!(ev, [reasons::PROMOTED]);
+    assert!(promotes(&acts));
+    assert!(
+        matches!(s, RolloutState::Promoted { ref revision, at } if revision == "new" && at == ts(900))
+    );
+    assert_eq!((weight_of(&acts), scale_of(&acts)), (0, 0));
+}
+
+#[test]
+fn insufficient_data_waits_and_never_fails() {
+    let sp = spec(true);
+    let (s, _) = step(&RolloutState::Stable, &sp, &input(0, Some("old"), "new"));
+    // An hour of a quiet canary: no verdict, no advance, window keeps growing.
+    let quiet = |i: &mut CanaryInput| {
+        i.canary_metrics = Some(Metrics {
+            requests: 5,
+            errors: 5,
+            p95_ms: Some(9_999),
+            rate_limited_429: 9,
+        })
+    };
+    let (s, ev, acts) = run(s, &sp, 30, 3600, quiet);
+    assert!(ev.is_empty(), "{ev:?}");
+    let RolloutState::Progressing(p) = &s else {
+        panic!("{s:?}")
+    };
+    assert_eq!((p.step, p.analyses_passed), (0, 0));
+    assert_eq!(p.window_start, ts(0));
+    assert_eq!(p.last_analysis, Some(AnalysisOutcome::InsufficientData));
+    assert_eq!(condition_reason(&acts), "InsufficientData");
+    // No metrics at all, or no latency: the same.
+    let (s2, acts) = step(
+        &s,
+        &sp,
+        &CanaryInput {
+            canary_metrics: None,
+            ..input(3630, Some("old"), "new")
+        },
+    );
+    assert_eq!(s2, s);
+    assert!(events(&acts).is_empty());
+    let no_latency = Metrics {
+        p95_ms: None,
+        ..good()
+    };
+    assert!(matches!(
+        analyse(
+            &sp.analysis,
+            Some(&no_latency),
+            None,
+            Duration::from_secs(60)
+        ),
+        Verdict::InsufficientData(_)
+    ));
+    // Traffic arrives: the accumulated window passes, the step completes.
+    let (s, ev, _) = run(s, &sp, 3660, 3660, |_| {});
+    assert_eq!(ev, [reasons::STEP]);
+    assert!(matches!(&s, RolloutState::Progressing(p) if p.step == 1));
+}
+
+#[test]
+fn the_manual_gate_pauses_until_promoted() {
+    let sp = spec(false);
+    let (s, _) = step(&RolloutState::Stable, &sp, &input(0, Some("old"), "new"));
+    let (s, ev, acts) = run(s, &sp, 30, 900, |_| {});
+    assert_eq!(ev, [reasons::STEP, reasons::STEP, reasons::PAUSED]);
+    assert!(matches!(&s, RolloutState::Paused(p) if p.weight == 100));
+    assert!(!promotes(&acts));
+    assert_eq!(condition_reason(&acts), "AwaitingPromotion");
+    // It waits as long as it takes, still analysing.
+    let (s, ev, _) = run(s, &sp, 930, 7200, |_| {});
+    assert!(ev.is_empty());
+    assert!(matches!(&s, RolloutState::Paused(_)));
+    // A promote naming the revision promotes.
+    let (s, ev, acts) = run(s, &sp, 7230, 7230, |i| i.manual_promote = true);
+    assert_eq!(ev, [reasons::PROMOTED]);
+    assert!(promotes(&acts));
+    assert!(matches!(s, RolloutState::Promoted { .. }));
+}
+
+#[test]
+fn a_paused_canary_that_goes_bad_is_aborted() {
+    let sp = spec(false);
+    let (s, _) = step(&RolloutState::Stable, &sp, &input(0, Some("old"), "new"));
+    let (s, _, _) = run(s, &sp, 30, 900, |_| {});
+    assert!(matches!(s, RolloutState::Paused(_)));
+    let (s, ev, _) = run(s, &sp, 960, 960, |i| {
+        i.canary_metrics = Some(Metrics {
+            errors: 100,
+            ..good()
+        })
+    });
+    assert_eq!(ev, [reasons::ABORTED]);
+    assert!(matches!(s, RolloutState::Aborted { .. }));
+}
+
+#[test]
+fn a_manual_promote_skips_the_remaining_steps() {
+    let sp = spec(true);
+    let (s, _) = step(&RolloutState::Stable, &sp, &input(0, Some("old"), "new"));
+    let (s, ev, acts) = run(s, &sp, 30, 30, |i| i.manual_promote = true);
+    assert_eq!(ev, [reasons::PROMOTED]);
+    assert!(promotes(&acts));
+    assert!(matches!(s, RolloutState::Promoted { .. }));
+}
+
+#[test]
+fn a_failing_canary_is_aborted_and_stays_aborted() {
+    let sp = spec(true);
+    let (s, _) = step(&RolloutState::Stable, &sp, &input(0, Some("old"), "new"));
+    let bad = |i: &mut CanaryInput| {
+        i.canary_metrics = Some(Metrics {
+            requests: 1000,
+            errors: 50,
+            p95_ms: Some(180),
+            rate_limited_429: 0,
+        })
+    };
+    let (s, ev, acts) = run(s, &sp, 60, 60, bad);
+    assert_eq!(ev, [reasons::ABORTED]);
+    assert!(
+        acts.iter()
+            .any(|a| matches!(a, CanaryAction::Abort { reason } if reason.contains("5.00%")))
+    );
+    assert_eq!((weight_of(&acts), scale_of(&acts)), (0, 0));
+    assert_eq!(condition_reason(&acts), "Aborted");
+    assert!(s.pins_stable());
+    // Healthy figures later do not revive it; no further events.
+    let (s2, ev, acts) = run(s.clone(), &sp, 90, 3600, |_| {});
+    assert_eq!(s2, s);
+    assert!(ev.is_empty());
+    assert_eq!((weight_of(&acts), scale_of(&acts)), (0, 0));
+    assert!(!acts.iter().any(|a| matches!(a, CanaryAction::Abort { .. })));
+    // Reverting the spec to stable's revision ends it: rolled back.
+    let (s3, acts) = step(&s, &sp, &input(3630, Some("old"), "old"));
+    assert_eq!(s3, RolloutState::Stable);
+    assert!(!s3.pins_stable());
+    assert!(events(&acts).is_empty());
+    // A new revision starts a new rollout.
+    let (s4, acts) = step(&s, &sp, &input(3630, Some("old"), "newer"));
+    assert_eq!(events(&acts), [reasons::STARTED]);
+    assert!(matches!(&s4, RolloutState::Progressing(p) if p.revision == "newer" && p.step == 0));
+}
+
+#[test]
+fn a_manual_abort_wins_over_a_promote() {
+    let sp = spec(true);
+    let (s, _) = step(&RolloutState::Stable, &sp, &input(0, Some("old"), "new"));
+    let (s, ev, _) = run(s, &sp, 30, 30, |i| {
+        i.manual_abort = true;
+        i.manual_promote = true;
+    });
+    assert_eq!(ev, [reasons::ABORTED]);
+    assert!(matches!(s, RolloutState::Aborted { ref reason, .. } if reason == "aborted by hand"));
+}
+
+#[test]
+fn a_new_revision_during_a_rollout_restarts_it() {
+    let sp = spec(true);
+    let (s, _) = step(&RolloutState::Stable, &sp, &input(0, Some("old"), "new"));
+    let (s, _, _) = run(s, &sp, 30, 330, |_| {});
+    assert!(matches!(&s, RolloutState::Progressing(p) if p.step == 1));
+    let (s, acts) = step(&s, &sp, &input(360, Some("old"), "newer"));
+    assert_eq!(events(&acts), [reasons::RESTARTED]);
+    assert!(matches!(&s, RolloutState::Progressing(p)
+        if p.revision == "newer" && p.step == 0 && p.step_started_at == ts(360) && p.analyses_passed == 0));
+    assert_eq!(weight_of(&acts), 10);
+    // Going back to stable's revision cancels instead.
+    let (s, acts) = step(&s, &sp, &input(390, Some("old"), "old"));
+    assert_eq!(events(&acts), [reasons::CANCELLED]);
+    assert_eq!(s, RolloutState::Stable);
+}
+
+#[test]
+fn error_rate_rules_handle_a_clean_stable() {
+    let a = spec(true).analysis;
+    let w = Duration::from_secs(60);
+    let stable = Metrics {
+        errors: 0,
+        ..good()
+    };
+    let canary = |errors| Metrics {
+        requests: 1000,
+        errors,
+        p95_ms: Some(100),
+        rate_limited_429: 0,
+    };
+    // Stable has no errors: one canary error is grace, the second fails.
+    assert_eq!(
+        analyse(&a, Some(&canary(0)), Some(&stable), w),
+        Verdict::Pass
+    );
+    assert_eq!(
+        analyse(&a, Some(&canary(1)), Some(&stable), w),
+        Verdict::Pass
+    );
+    assert!(
+        matches!(analyse(&a, Some(&canary(2)), Some(&stable), w), Verdict::Fail(m) if m.contains("stable"))
+    );
+    // Relative to a noisy stable: 0.5 % vs 0.5 % × 1.1.
+    let noisy = Metrics {
+        errors: 5,
+        ..good()
+    };
+    assert_eq!(
+        analyse(&a, Some(&canary(5)), Some(&noisy), w),
+        Verdict::Pass
+    );
+    assert!(matches!(
+        analyse(&a, Some(&canary(7)), Some(&noisy), w),
+        Verdict::Fail(_)
+    ));
+    // Stable with too little traffic (e.g. at 100 %): absolute rules only.
+    let idle = Metrics {
+        requests: 3,
+        errors: 0,
+        p95_ms: None,
+        rate_limited_429: 0,
+    };
+    assert_eq!(analyse(&a, Some(&canary(9)), Some(&idle), w), Verdict::Pass);
+    assert!(
+        matches!(analyse(&a, Some(&canary(11)), Some(&idle), w), Verdict::Fail(m) if m.contains("maxErrorRatePercent"))
+    );
+}
+
+#[test]
+fn latency_and_429s_fail_the_analysis() {
+    let a = spec(true).analysis;
+    let slow = Metrics {
+        p95_ms: Some(501),
+        ..good()
+    };
+    assert!(
+        matches!(analyse(&a, Some(&slow), Some(&good()), Duration::from_secs(60)), Verdict::Fail(m) if m.contains("p95"))
+    );
+    let limited = Metrics {
+        rate_limited_429: 1,
+        ..good()
+    };
+    assert!(
+        matches!(analyse(&a, Some(&limited), Some(&good()), Duration::from_secs(60)), Verdict::Fail(m) if m.contains("429"))
+    );
+    // max429s is per interval: a three-interval window allows three times as many.
+    let mut a3 = a.clone();
+    a3.max429s = 2;
+    let six = Metrics {
+        rate_limited_429: 6,
+        ..good()
+    };
+    assert_eq!(
+        analyse(&a3, Some(&six), None, Duration::from_secs(180)),
+        Verdict::Pass
+    );
+    assert!(matches!(
+        analyse(&a3, Some(&six), None, Duration::from_secs(120)),
+        Verdict::Fail(_)
+    ));
+}
+
+#[test]
+fn a_step_without_partitions_only_holds_its_pause() {
+    let sp = spec(true);
+    let one = |i: &mut CanaryInput| {
+        i.partitions = 1;
+        i.canary_metrics = None;
+    };
+    let (s, _) = step(
+        &RolloutState::Stable,
+        &sp,
+        &CanaryInput {
+            partitions: 1,
+            ..input(0, Some("old"), "new")
+        },
+    );
+    // 10 %: no partition for the canary, so nothing to analyse; it advances.
+    let (s, ev, _) = run(s, &sp, 30, 300, one);
+    assert_eq!(ev, [reasons::STEP]);
+    // 50 %: the canary owns the only partition and must show data.
+    let (s, ev, _) = run(s, &sp, 330, 1200, one);
+    assert!(ev.is_empty());
+    assert!(matches!(&s, RolloutState::Progressing(p) if p.step == 1));
+}
+
+#[test]
+fn edited_steps_are_followed() {
+    let sp = spec(true);
+    let (s, _) = step(&RolloutState::Stable, &sp, &input(0, Some("old"), "new"));
+    let (s, _, _) = run(s, &sp, 30, 600, |_| {});
+    assert!(
+        matches!(&s, RolloutState::Progressing(p) if p.step == 2 && p.step_started_at == ts(600))
+    );
+    let shorter: RolloutSpec = serde_json::from_value(serde_json::json!({
+        "steps": [{"weight": 25, "pause": "1m"}, {"weight": 100, "pause": "1m"}],
+    }))
+    .unwrap();
+    let (s, acts) = step(&s, &shorter, &input(630, Some("old"), "new"));
+    assert!(matches!(&s, RolloutState::Progressing(p) if p.step == 1 && p.weight == 100));
+    assert_eq!(weight_of(&acts), 100);
+    // Its shorter pause and interval apply from the step's start.
+    let (s, acts) = step(&s, &shorter, &input(660, Some("old"), "new"));
+    assert!(matches!(s, RolloutState::Promoted { .. }));
+    assert_eq!(events(&acts), [reasons::PROMOTED]);
+}
+
+#[test]
+fn zero_replicas_or_no_steps_promote_directly() {
+    let (s, acts) = step(
+        &RolloutState::Stable,
+        &spec(true),
+        &CanaryInput {
+            replicas: 0,
+            ..input(0, Some("old"), "new")
+        },
+    );
+    assert!(matches!(s, RolloutState::Promoted { .. }));
+    assert_eq!(events(&acts), [reasons::DEPLOYED]);
+}
+
+#[test]
+fn the_state_round_trips_through_json() {
+    let sp = spec(true);
+    let (s, _) = step(&RolloutState::Stable, &sp, &input(0, Some("old"), "new"));
+    let (s, _, _) = run(s, &sp, 30, 120, |_| {});
+    for state in [
+        RolloutState::Stable,
+        s,
+        RolloutState::Aborted {
+            revision: "r".into(),
+            reason: "why".into(),
+            at: ts(5),
+        },
+    ] {
+        let text = serde_json::to_string(&state).unwrap();
+        let back: RolloutState = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, state, "{text}");
+    }
+    assert_eq!(
+        serde_json::to_value(RolloutState::Stable).unwrap(),
+        serde_json::json!({"phase": "stable"})
+    );
+}
+
+#[test]
+fn tracks_follow_the_state() {
+    let tpl = PodTemplateSpec::default();
+    let p = Progress {
+        revision: "r".into(),
+        step: 1,
+        weight: 50,
+        step_started_at: ts(0),
+        window_start: ts(0),
+        analyses_passed: 0,
+        last_analysis: None,
+    };
+    let t = RolloutState::Progressing(p).tracks(4, Some(&tpl));
+    assert_eq!(t.stable_template, Some(tpl.clone()));
+    assert_eq!(
+        t.canary,
+        Some(CanaryTrack {
+            replicas: 2,
+            weight: 50
+        })
+    );
+    let t = RolloutState::Promoted {
+        revision: "r".into(),
+        at: ts(0),
+    }
+    .tracks(4, Some(&tpl));
+    assert_eq!(t.stable_template, None);
+    assert_eq!(
+        t.canary,
+        Some(CanaryTrack {
+            replicas: 0,
+            weight: 0
+        })
+    );
+}
+
+#[test]
+fn gates_must_name_the_revision() {
+    assert!(gate_names(Some("abc123"), "abc123"));
+    assert!(gate_names(Some(" abc123\n"), "abc123"));
+    assert!(!gate_names(Some("true"), "abc123"));
+    assert!(!gate_names(Some("old"), "abc123"));
+    assert!(!gate_names(None, "abc123"));
+}
+
+#[test]
+fn next_check_is_the_sooner_of_analysis_and_pause() {
+    let sp = spec(true);
+    let (s, _) = step(&RolloutState::Stable, &sp, &input(0, Some("old"), "new"));
+    assert_eq!(s.next_check_at(&sp), Some(ts(60)));
+    assert_eq!(RolloutState::Stable.next_check_at(&sp), None);
+}
+
+#[test]
+fn partition_split_examples() {
+    assert_eq!(partition_split(64, 10), (6, 58));
+    assert_eq!(partition_split(64, 50), (32, 32));
+    assert_eq!(partition_split(64, 100), (64, 0));
+    assert_eq!(partition_split(64, 0), (0, 64));
+    assert_eq!(partition_split(10, 1), (1, 9));
+    assert_eq!(partition_split(10, 99), (9, 1));
+    assert_eq!(partition_split(2, 1), (1, 1));
+    assert_eq!(partition_split(1, 49), (0, 1));
+    assert_eq!(partition_split(1, 50), (1, 0));
+    assert_eq!(partition_split(0, 50), (0, 0));
+    assert_eq!(partition_split(7, 250), (7, 0));
+    assert_eq!(canary_replicas(3, 10), 1);
+    assert_eq!(canary_replicas(3, 50), 2);
+    assert_eq!(canary_replicas(3, 100), 3);
+    assert_eq!(canary_replicas(0, 50), 0);
+}
+
+proptest! {
+    #[test]
+    fn partition_split_is_exact(partitions in 0u32..5000, weight in 0u32..150) {
+        let (c, s) = partition_split(partitions, weight);
+        prop_assert_eq!(c + s, partitions);
+        if partitions >= 2 && weight > 0 && weight < 100 {
+            prop_assert!(c >= 1 && s >= 1);
+        }
+        if weight == 0 { prop_assert_eq!(c, 0); }
+        if weight >= 100 { prop_assert_eq!(s, 0); }
+        // Within half a partition of the exact share, unless clamped.
+        let exact = f64::from(partitions) * f64::from(weight.min(100)) / 100.0;
+        if c > 1 && s > 1 {
+            prop_assert!((f64::from(c) - exact).abs() <= 0.5 + 1e-9);
+        }
+        // More weight never gives the canary fewer partitions.
+        let (c2, _) = partition_split(partitions, weight + 1);
+        prop_assert!(c2 >= c);
+    }
+
+    #[test]
+    fn canary_replicas_stay_in_bounds(replicas in 0u32..200, weight in 0u32..150) {
+        let n = canary_replicas(replicas, weight);
+        prop_assert!(n <= replicas);
+        prop_assert_eq!(n == 0, replicas == 0 || weight == 0);
+    }
+
+    /// Whatever the inputs: an event only with a state change, an abort
+    /// stays until the desired revision changes, and nothing panics.
+    #[test]
+    fn events_mean_transitions_and_aborts_stick(
+        passes in proptest::collection::vec(
+            (0i64..200, 0usize..3, 0u64..100, 0u64..60, 0u64..900, any::<bool>(), any::<bool>(), any::<bool>()),
+            1..60,
+        ),
+        auto in any::<bool>(),
+    ) {
+        let sp = spec(auto);
+        let revs = ["a", "b", "c"];
+        let mut state = RolloutState::Stable;
+        let mut stable = Some("a".to_owned());
+        let mut now = 0i64;
+        for (dt, rev, requests, errors, p95, promote, abort, has_metrics) in passes {
+            now += dt;
+            let desired = revs[rev].to_owned();
+            let i = CanaryInput {
+                now: ts(now),
+                stable_revision: stable.clone(),
+                desired_revision: desired.clone(),
+                replicas: 3,
+                partitions: 16,
+                canary_metrics: has_metrics.then_some(Metrics { requests, errors, p95_ms: Some(p95), rate_limited_429: 0 }),
+                stable_metrics: Some(good()),
+                manual_promote: promote,
+                manual_abort: abort,
+            };
+            let (next, acts) = step(&state, &sp, &i);
+            if !events(&acts).is_empty() {
+                prop_assert_ne!(&next, &state);
+            }
+            if let RolloutState::Aborted { revision, .. } = &state
+                && *revision == desired
+            {
+                prop_assert_eq!(&next, &state);
+            }
+            prop_assert!(weight_of(&acts) <= 100);
+            for a in &acts {
+                if let CanaryAction::Promote { revision } = a {
+                    stable = Some(revision.clone());
+                }
+            }
+            state = next;
+        }
+    }
+}

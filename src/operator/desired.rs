@@ -1,0 +1,848 @@
+//! The child objects of a DeliveryTier, as a pure function of the tier, the
+//! policies it references, the operator's options and (during a canary) the
+//! two tracks' plan.
+//!
+//! Owns every field herald sets on its children; the shell applies them with
+//! server-side apply under one manager ([`MANAGER`](super::names::MANAGER)),
+//! so a field left `None` here is a field herald does not own. Decisions
+//! taken here:
+//!
+//! - **Two revisions.** `config_revision` hashes the ConfigMap (tier +
+//!   policies + Agent document); agents hot-reload it, so it is written on
+//!   the ConfigMap only. `pod_revision` hashes what the pods run — the pod
+//!   spec (image, pull policy, resources, env and secret wiring, volumes),
+//!   the store settings, and the versions of the referenced Secrets (env is
+//!   read at start, so a rotated token must restart pods) — and is the pod
+//!   template's [`ANNOTATION_POD_REVISION`](super::names::ANNOTATION_POD_REVISION).
+//!   A policy edit changes the first only; an image edit changes both.
+//!   `replicas` is in neither: scaling does not roll pods.
+//! - **Replicas.** herald owns `spec.replicas` of both Deployments, from
+//!   `spec.replicas` and the canary plan. An HPA on the agent Deployment
+//!   would fight the apply; autoscaling belongs in the tier spec first.
+//! - **PodDisruptionBudget.** `maxUnavailable: 1` over both tracks, with
+//!   `unhealthyPodEvictionPolicy: AlwaysAllow`. `minAvailable: replicas-1`
+//!   would need recomputing on every scale and, at one replica, becomes
+//!   `minAvailable: 1`, which blocks every node drain; `maxUnavailable: 1`
+//!   is right at any size. AlwaysAllow lets a pod that is not ready be
+//!   evicted (by a drain or by healing) even when the budget is spent — it
+//!   serves nothing anyway.
+//! - **Storage.** An embedded queue must survive the pod (healing deletes
+//!   pods), so it lives on a claim `<tier>-queue`; a spool directory on
+//!   `<tier>-spool`. A Deployment mounting a ReadWriteOnce claim uses the
+//!   `Recreate` strategy (one writer; a surge pod on another node could not
+//!   attach the volume); others roll one extra pod at a time. Claims are
+//!   never listed for deletion: they may hold undelivered messages.
+//! - **Canary.** With `spec.rollout`, a canary Deployment `<tier>-canary`
+//!   always exists (zero replicas at rest) and runs the desired template.
+//!   While a rollout is underway the caller pins the stable Deployment to
+//!   the template it runs now ([`Tracks::stable_template`]).
+//!
+//! Invariants: every object has apiVersion/kind (k8s-openapi writes them),
+//! name, namespace, the common labels and one controller owner reference to
+//! the tier; no secret value appears anywhere — Secrets reach pods only as
+//! `secretKeyRef` env.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecurityContext, Service,
+    ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource;
+
+use crate::api::delivery_tier::{Channel, EmbeddedStoreSpec, StoreKind};
+use crate::api::{
+    CircuitPolicySpec, DegradationProfileSpec, DeliveryTier, DeliveryTierSpec, RateLimitPolicySpec,
+};
+
+use super::agent_config::{self, CONFIG_DIR, CONFIG_KEY, CONFIG_PATH, ConfigInput, secret_refs};
+use super::hash::Fnv64;
+use super::index::RefKind;
+use super::names::{self, Track};
+
+/// The policies a tier references, as read from the cache. A `None` for a
+/// policy the tier references is a missing reference.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ResolvedPolicies {
+    pub rate_limit: Option<RateLimitPolicySpec>,
+    pub circuit: Option<CircuitPolicySpec>,
+    pub degradation: Option<DegradationProfileSpec>,
+    /// A version token (the `resourceVersion`) of each referenced Secret, by
+    /// Secret name. Part of the pod revision, so a rotated Secret rolls the
+    /// pods that read it from env. Never the Secret's data.
+    pub secret_versions: BTreeMap<String, String>,
+}
+
+/// Operator-wide settings (flags of `herald operator`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OperatorOptions {
+    /// Agent image for tiers that set none (the operator's own image).
+    pub default_image: String,
+    /// `imagePullPolicy`; `None` leaves the Kubernetes default.
+    pub image_pull_policy: Option<String>,
+    /// StorageClass of the claims; `None` uses the cluster default.
+    pub storage_class: Option<String>,
+    /// Size of the embedded-queue claim.
+    pub queue_volume_size: Quantity,
+    /// Size of the spool claim.
+    pub spool_volume_size: Quantity,
+    /// Access mode of the spool claim. A spool tier with more than one
+    /// replica or a rollout needs `ReadWriteMany` storage.
+    pub spool_access_mode: String,
+    /// UID and GID agent containers run as (the image's `nonroot` user).
+    pub run_as_user: i64,
+}
+
+impl OperatorOptions {
+    /// Defaults around an image: 1Gi claims, ReadWriteOnce spool, UID 65532.
+    pub fn new(default_image: impl Into<String>) -> Self {
+        OperatorOptions {
+            default_image: default_image.into(),
+            image_pull_policy: None,
+            storage_class: None,
+            queue_volume_size: Quantity("1Gi".to_owned()),
+            spool_volume_size: Quantity("1Gi".to_owned()),
+            spool_access_mode: "ReadWriteOnce".to_owned(),
+            run_as_user: 65532,
+        }
+    }
+}
+
+/// How the two Deployments run in this pass; derived from the rollout
+/// state by [`RolloutState::tracks`](super::canary::RolloutState::tracks).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Tracks {
+    /// While a rollout is underway: the pod template the stable Deployment
+    /// runs now, read back from it, so applying does not change it. `None`:
+    /// stable runs the desired template.
+    pub stable_template: Option<PodTemplateSpec>,
+    /// The canary's replicas and share of partitions; `None` means none.
+    pub canary: Option<CanaryTrack>,
+}
+
+/// The canary's size and share.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CanaryTrack {
+    pub replicas: u32,
+    /// Percent of queue partitions.
+    pub weight: u32,
+}
+
+/// A kind of child object, for the deletion list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChildKind {
+    Deployment,
+}
+
+/// Everything herald applies for one tier.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DesiredObjects {
+    pub config_map: ConfigMap,
+    /// `<tier>-agent`.
+    pub stable: Deployment,
+    /// `<tier>-canary`, when the tier has a rollout.
+    pub canary: Option<Deployment>,
+    pub service: Service,
+    pub pdb: PodDisruptionBudget,
+    pub service_account: ServiceAccount,
+    pub role: Role,
+    pub role_binding: RoleBinding,
+    /// Queue and/or spool claims.
+    pub claims: Vec<PersistentVolumeClaim>,
+    /// Objects herald may have created earlier that must go now (the canary
+    /// Deployment after `spec.rollout` is removed).
+    pub delete: Vec<(ChildKind, String)>,
+    /// Hash of the ConfigMap's config file.
+    pub config_revision: String,
+    /// Hash of what the pods run.
+    pub pod_revision: String,
+}
+
+/// Why a tier's objects cannot be built. None of these is transient: each
+/// waits for the tier (or a policy) to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DesiredError {
+    #[error("the DeliveryTier has no metadata.uid yet; owner references need one")]
+    NoUid,
+    #[error("the DeliveryTier has no {0}")]
+    NoMetadata(&'static str),
+    #[error("tier name {name:?} cannot name its Service: it {why}")]
+    InvalidName { name: String, why: &'static str },
+    #[error("{kind} {name:?} referenced at {field} is not available")]
+    MissingReference {
+        kind: RefKind,
+        name: String,
+        field: &'static str,
+    },
+    #[error("{field}: {why}")]
+    InvalidSpec {
+        field: &'static str,
+        why: &'static str,
+    },
+    #[error("rendering the agent config: {0}")]
+    Render(String),
+}
+
+/// The tier's objects at rest (no rollout underway).
+pub fn desired_objects(
+    tier: &DeliveryTier,
+    policies: &ResolvedPolicies,
+    opts: &OperatorOptions,
+) -> Result<DesiredObjects, DesiredError> {
+    desired_objects_with(tier, policies, opts, &Tracks::default())
+}
+
+/// The tier's objects with the tracks planned by the rollout.
+pub fn desired_objects_with(
+    tier: &DeliveryTier,
+    policies: &ResolvedPolicies,
+    opts: &OperatorOptions,
+    tracks: &Tracks,
+) -> Result<DesiredObjects, DesiredError> {
+    let name = tier
+        .metadata
+        .name
+        .as_deref()
+        .ok_or(DesiredError::NoMetadata("metadata.name"))?;
+    names::check_tier_name(name).map_err(|why| DesiredError::InvalidName {
+        name: name.to_owned(),
+        why,
+    })?;
+    let ns = tier
+        .metadata
+        .namespace
+        .as_deref()
+        .ok_or(DesiredError::NoMetadata("metadata.namespace"))?;
+    let owner = owner_reference(tier)?;
+    let spec = &tier.spec;
+    check_store(spec)?;
+    let volumes = plan_volumes(spec, opts)?;
+
+    let canary_weight = tracks.canary.map_or(0, |c| c.weight);
+    let config = agent_config::render(&ConfigInput {
+        tier_name: name,
+        namespace: ns,
+        spec,
+        policies,
+        canary_weight,
+    })?;
+
+    let m = Meta { name, ns, owner };
+    let pod_spec = pod_spec(name, spec, opts, &volumes);
+    let pod_revision = pod_revision(&pod_spec, spec, policies)?;
+    let template = |track| PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(names::pod_labels(name, track)),
+            annotations: Some(BTreeMap::from([(
+                names::ANNOTATION_POD_REVISION.to_owned(),
+                pod_revision.clone(),
+            )])),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(pod_spec.clone()),
+    };
+
+    let stable_template = tracks
+        .stable_template
+        .clone()
+        .unwrap_or_else(|| template(Track::Stable));
+    let stable = deployment(&m, Track::Stable, stable_template, spec.replicas, &volumes);
+    let (canary, delete) = if spec.rollout.is_some() {
+        let replicas = tracks.canary.map_or(0, |c| c.replicas);
+        let d = deployment(
+            &m,
+            Track::Canary,
+            template(Track::Canary),
+            replicas,
+            &volumes,
+        );
+        (Some(d), Vec::new())
+    } else {
+        let gone = names::deployment_name(name, Track::Canary);
+        (None, vec![(ChildKind::Deployment, gone)])
+    };
+
+    Ok(DesiredObjects {
+        config_map: config_map(&m, &config.yaml, &config.revision),
+        stable,
+        canary,
+        service: service(&m),
+        pdb: pdb(&m),
+        service_account: service_account(&m),
+        role: role(&m),
+        role_binding: role_binding(&m),
+        claims: volumes.claims(&m, opts),
+        delete,
+        config_revision: config.revision,
+        pod_revision,
+    })
+}
+
+impl DesiredObjects {
+    /// Every object's `(kind, name)`, in apply order (configuration and
+    /// identity before the workloads that use them).
+    pub fn names(&self) -> Vec<(&'static str, String)> {
+        let mut out = vec![
+            ("ServiceAccount", name_of(&self.service_account.metadata)),
+            ("Role", name_of(&self.role.metadata)),
+            ("RoleBinding", name_of(&self.role_binding.metadata)),
+            ("ConfigMap", name_of(&self.config_map.metadata)),
+        ];
+        out.extend(
+            self.claims
+                .iter()
+                .map(|c| ("PersistentVolumeClaim", name_of(&c.metadata))),
+        );
+        out.push(("Deployment", name_of(&self.stable.metadata)));
+        if let Some(c) = &self.canary {
+            out.push(("Deployment", name_of(&c.metadata)));
+        }
+        out.push(("Service", name_of(&self.service.metadata)));
+        out.push(("PodDisruptionBudget", name_of(&self.pdb.metadata)));
+        out
+    }
+
+    /// Every object's metadata, in the order of [`names`](Self::names).
+    pub fn metadata(&self) -> Vec<&ObjectMeta> {
+        let mut out = vec![
+            &self.service_account.metadata,
+            &self.role.metadata,
+            &self.role_binding.metadata,
+            &self.config_map.metadata,
+        ];
+        out.extend(self.claims.iter().map(|c| &c.metadata));
+        out.push(&self.stable.metadata);
+        if let Some(c) = &self.canary {
+            out.push(&c.metadata);
+        }
+        out.push(&self.service.metadata);
+        out.push(&self.pdb.metadata);
+        out
+    }
+}
+
+fn name_of(m: &ObjectMeta) -> String {
+    m.name.clone().unwrap_or_default()
+}
+
+/// The tier as controlling owner: deleting the tier deletes its children,
+/// and foreground deletion waits for them.
+fn owner_reference(tier: &DeliveryTier) -> Result<OwnerReference, DesiredError> {
+    let uid = tier
+        .metadata
+        .uid
+        .clone()
+        .filter(|u| !u.is_empty())
+        .ok_or(DesiredError::NoUid)?;
+    Ok(OwnerReference {
+        api_version: DeliveryTier::api_version(&()).into_owned(),
+        kind: DeliveryTier::kind(&()).into_owned(),
+        name: tier.metadata.name.clone().unwrap_or_default(),
+        uid,
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    })
+}
+
+/// The CRD's CEL rules already forbid these; a tier that slipped past them
+/// (an older CRD) must not get two writers on one embedded queue.
+fn check_store(spec: &DeliveryTierSpec) -> Result<(), DesiredError> {
+    if spec.store.kind == StoreKind::Embedded && (spec.replicas > 1 || spec.rollout.is_some()) {
+        return Err(DesiredError::InvalidSpec {
+            field: "spec.store.type",
+            why: "replicas > 1 or a rollout requires store.type redis: agents must share one queue",
+        });
+    }
+    if spec.store.kind == StoreKind::Redis && spec.store.redis.is_none() {
+        return Err(DesiredError::InvalidSpec {
+            field: "spec.store.redis",
+            why: "store.type redis requires store.redis",
+        });
+    }
+    Ok(())
+}
+
+struct Meta<'a> {
+    name: &'a str,
+    ns: &'a str,
+    owner: OwnerReference,
+}
+
+impl Meta<'_> {
+    fn object(&self, name: String) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name),
+            namespace: Some(self.ns.to_owned()),
+            labels: Some(names::common_labels(self.name)),
+            owner_references: Some(vec![self.owner.clone()]),
+            ..ObjectMeta::default()
+        }
+    }
+}
+
+/// A claim to create and where pods mount it.
+struct ClaimMount {
+    volume: &'static str,
+    mount_path: String,
+    access_mode: String,
+    size: Quantity,
+}
+
+struct Volumes {
+    claims: Vec<ClaimMount>,
+}
+
+impl Volumes {
+    /// A ReadWriteOnce claim admits one node, so pods must not overlap.
+    fn needs_recreate(&self) -> bool {
+        self.claims.iter().any(|c| c.access_mode == "ReadWriteOnce")
+    }
+
+    fn claims(&self, m: &Meta<'_>, opts: &OperatorOptions) -> Vec<PersistentVolumeClaim> {
+        self.claims
+            .iter()
+            .map(|c| PersistentVolumeClaim {
+                metadata: m.object(claim_name(m.name, c.volume)),
+                spec: Some(PersistentVolumeClaimSpec {
+                    access_modes: Some(vec![c.access_mode.clone()]),
+                    resources: Some(VolumeResourceRequirements {
+                        requests: Some(BTreeMap::from([("storage".to_owned(), c.size.clone())])),
+                        ..VolumeResourceRequirements::default()
+                    }),
+                    storage_class_name: opts.storage_class.clone(),
+                    ..PersistentVolumeClaimSpec::default()
+                }),
+                status: None,
+            })
+            .collect()
+    }
+}
+
+fn plan_volumes(spec: &DeliveryTierSpec, opts: &OperatorOptions) -> Result<Volumes, DesiredError> {
+    let mut claims = Vec::new();
+    if spec.store.kind == StoreKind::Embedded {
+        let path = match &spec.store.embedded {
+            Some(e) => e.path.clone(),
+            // The API's default, read from the type rather than restated.
+            None => {
+                serde_json::from_value::<EmbeddedStoreSpec>(serde_json::json!({}))
+                    .map_err(|e| DesiredError::Render(e.to_string()))?
+                    .path
+            }
+        };
+        let field = "spec.store.embedded.path";
+        check_path(field, &path)?;
+        let dir = match path.rsplit_once('/') {
+            Some((dir, _)) if !dir.is_empty() => dir.to_owned(),
+            _ => {
+                return Err(DesiredError::InvalidSpec {
+                    field,
+                    why: "the queue file must sit in a directory below /",
+                });
+            }
+        };
+        claims.push(ClaimMount {
+            volume: "queue",
+            mount_path: dir,
+            access_mode: "ReadWriteOnce".to_owned(),
+            size: opts.queue_volume_size.clone(),
+        });
+    }
+    if spec.channel == Channel::Spool {
+        let field = "spec.spool.path";
+        let path =
+            spec.spool
+                .as_ref()
+                .and_then(|s| s.path.clone())
+                .ok_or(DesiredError::InvalidSpec {
+                    field,
+                    why: "a spool channel requires spool.path",
+                })?;
+        check_path(field, &path)?;
+        if let Some(q) = claims.first()
+            && overlaps(&q.mount_path, &path)
+        {
+            return Err(DesiredError::InvalidSpec {
+                field,
+                why: "the spool directory overlaps the embedded queue's directory",
+            });
+        }
+        claims.push(ClaimMount {
+            volume: "spool",
+            mount_path: path.trim_end_matches('/').to_owned(),
+            access_mode: opts.spool_access_mode.clone(),
+            size: opts.spool_volume_size.clone(),
+        });
+    }
+    Ok(Volumes { claims })
+}
+
+/// Absolute, normalised (a trailing `/` is allowed), and clear of the
+/// paths herald mounts itself.
+fn check_path(field: &'static str, path: &str) -> Result<(), DesiredError> {
+    let bad = |why| Err(DesiredError::InvalidSpec { field, why });
+    if !path.starts_with('/') {
+        return bad("must be an absolute path");
+    }
+    let trimmed = path.trim_end_matches('/');
+    if trimmed
+        .split('/')
+        .skip(1)
+        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
+        return bad("must not contain empty, '.' or '..' segments");
+    }
+    if trimmed.is_empty() {
+        return bad("cannot be /");
+    }
+    for reserved in [CONFIG_DIR, "/tmp"] {
+        if overlaps(reserved, trimmed) {
+            return bad("must not be inside or above /etc/herald or /tmp, which herald mounts");
+        }
+    }
+    Ok(())
+}
+
+/// Whether one directory is the other or contains it.
+fn overlaps(a: &str, b: &str) -> bool {
+    let inside =
+        |x: &str, y: &str| x == y || y.starts_with(&format!("{}/", x.trim_end_matches('/')));
+    inside(a, b) || inside(b, a)
+}
+
+fn pod_spec(
+    tier: &str,
+    spec: &DeliveryTierSpec,
+    opts: &OperatorOptions,
+    volumes: &Volumes,
+) -> PodSpec {
+    let field_env = |name: &str, path: String| EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path,
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    };
+    let mut env = vec![
+        field_env(agent_config::env::POD_NAME, "metadata.name".to_owned()),
+        field_env(
+            agent_config::env::POD_NAMESPACE,
+            "metadata.namespace".to_owned(),
+        ),
+        // From the label, so the container is identical in both tracks.
+        field_env(
+            agent_config::env::TRACK,
+            format!("metadata.labels['{}']", names::LABEL_TRACK),
+        ),
+        EnvVar {
+            name: agent_config::env::CONFIG_MAP.to_owned(),
+            value: Some(names::config_map_name(tier)),
+            ..EnvVar::default()
+        },
+    ];
+    for (role, r) in secret_refs(spec) {
+        env.push(EnvVar {
+            name: role.env().to_owned(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: r.name.clone(),
+                    key: r.key.clone(),
+                    optional: None,
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        });
+    }
+
+    let mut mounts = vec![
+        VolumeMount {
+            name: "config".to_owned(),
+            mount_path: CONFIG_DIR.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+        VolumeMount {
+            name: "tmp".to_owned(),
+            mount_path: "/tmp".to_owned(),
+            ..VolumeMount::default()
+        },
+    ];
+    let mut pod_volumes = vec![
+        Volume {
+            name: "config".to_owned(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: names::config_map_name(tier),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: "tmp".to_owned(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        },
+    ];
+    for c in &volumes.claims {
+        mounts.push(VolumeMount {
+            name: c.volume.to_owned(),
+            mount_path: c.mount_path.clone(),
+            ..VolumeMount::default()
+        });
+        pod_volumes.push(Volume {
+            name: c.volume.to_owned(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: claim_name(tier, c.volume),
+                read_only: None,
+            }),
+            ..Volume::default()
+        });
+    }
+
+    let probe = |path: &str, period: i32, failures: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String("http".to_owned()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    };
+    let runtime_default = || SeccompProfile {
+        type_: "RuntimeDefault".to_owned(),
+        localhost_profile: None,
+    };
+
+    let container = Container {
+        name: "agent".to_owned(),
+        image: Some(
+            spec.image
+                .clone()
+                .unwrap_or_else(|| opts.default_image.clone()),
+        ),
+        image_pull_policy: opts.image_pull_policy.clone(),
+        args: Some(vec![
+            "agent".to_owned(),
+            "--config".to_owned(),
+            CONFIG_PATH.to_owned(),
+        ]),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".to_owned()),
+            container_port: i32::from(agent_config::HTTP_PORT),
+            protocol: Some("TCP".to_owned()),
+            ..ContainerPort::default()
+        }]),
+        env: Some(env),
+        resources: spec.resources.clone(),
+        // Opening an embedded queue can take a while after a crash; the
+        // startup probe holds liveness off for up to a minute.
+        startup_probe: Some(probe("/healthz", 2, 30)),
+        liveness_probe: Some(probe("/healthz", 10, 3)),
+        readiness_probe: Some(probe("/readyz", 5, 2)),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_owned()]),
+                add: None,
+            }),
+            seccomp_profile: Some(runtime_default()),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(mounts),
+        ..Container::default()
+    };
+
+    PodSpec {
+        containers: vec![container],
+        service_account_name: Some(names::agent_account_name(tier)),
+        // The agent watches its ConfigMap through the API (hot reload within
+        // seconds, where the kubelet's volume refresh takes a minute).
+        automount_service_account_token: Some(true),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(opts.run_as_user),
+            run_as_group: Some(opts.run_as_user),
+            fs_group: Some(opts.run_as_user),
+            seccomp_profile: Some(runtime_default()),
+            ..PodSecurityContext::default()
+        }),
+        volumes: Some(pod_volumes),
+        ..PodSpec::default()
+    }
+}
+
+fn claim_name(tier: &str, volume: &str) -> String {
+    if volume == "queue" {
+        names::queue_claim_name(tier)
+    } else {
+        names::spool_claim_name(tier)
+    }
+}
+
+/// Hash of what the pods run: pod spec, store settings (read at start),
+/// and the versions of the Secrets the pods read from env.
+fn pod_revision(
+    pod: &PodSpec,
+    spec: &DeliveryTierSpec,
+    policies: &ResolvedPolicies,
+) -> Result<String, DesiredError> {
+    let render = |e: serde_json::Error| DesiredError::Render(e.to_string());
+    let mut h = Fnv64::default();
+    h.write_part(&serde_json::to_vec(pod).map_err(render)?);
+    h.write_part(&serde_json::to_vec(&spec.store).map_err(render)?);
+    for (_, r) in secret_refs(spec) {
+        h.write_part(r.name.as_bytes());
+        let version = policies
+            .secret_versions
+            .get(&r.name)
+            .map(String::as_str)
+            .unwrap_or("");
+        h.write_part(version.as_bytes());
+    }
+    Ok(h.hex())
+}
+
+fn deployment(
+    m: &Meta<'_>,
+    track: Track,
+    template: PodTemplateSpec,
+    replicas: u32,
+    volumes: &Volumes,
+) -> Deployment {
+    let strategy = if volumes.needs_recreate() {
+        DeploymentStrategy {
+            type_: Some("Recreate".to_owned()),
+            rolling_update: None,
+        }
+    } else {
+        DeploymentStrategy {
+            type_: Some("RollingUpdate".to_owned()),
+            rolling_update: Some(RollingUpdateDeployment {
+                max_surge: Some(IntOrString::Int(1)),
+                max_unavailable: Some(IntOrString::Int(0)),
+            }),
+        }
+    };
+    Deployment {
+        metadata: m.object(names::deployment_name(m.name, track)),
+        spec: Some(DeploymentSpec {
+            replicas: Some(i32::try_from(replicas).unwrap_or(i32::MAX)),
+            selector: LabelSelector {
+                match_labels: Some(names::track_selector(m.name, track)),
+                match_expressions: None,
+            },
+            strategy: Some(strategy),
+            template,
+            ..DeploymentSpec::default()
+        }),
+        status: None,
+    }
+}
+
+fn config_map(m: &Meta<'_>, yaml: &str, revision: &str) -> ConfigMap {
+    let mut metadata = m.object(names::config_map_name(m.name));
+    metadata.annotations = Some(BTreeMap::from([(
+        names::ANNOTATION_CONFIG_REVISION.to_owned(),
+        revision.to_owned(),
+    )]));
+    ConfigMap {
+        metadata,
+        data: Some(BTreeMap::from([(CONFIG_KEY.to_owned(), yaml.to_owned())])),
+        ..ConfigMap::default()
+    }
+}
+
+fn service(m: &Meta<'_>) -> Service {
+    Service {
+        metadata: m.object(names::service_name(m.name)),
+        spec: Some(ServiceSpec {
+            selector: Some(names::tier_selector(m.name)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".to_owned()),
+                port: i32::from(agent_config::HTTP_PORT),
+                target_port: Some(IntOrString::String("http".to_owned())),
+                protocol: Some("TCP".to_owned()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+fn pdb(m: &Meta<'_>) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: m.object(names::pdb_name(m.name)),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            min_available: None,
+            selector: Some(LabelSelector {
+                match_labels: Some(names::tier_selector(m.name)),
+                match_expressions: None,
+            }),
+            unhealthy_pod_eviction_policy: Some("AlwaysAllow".to_owned()),
+        }),
+        status: None,
+    }
+}
+
+fn service_account(m: &Meta<'_>) -> ServiceAccount {
+    ServiceAccount {
+        metadata: m.object(names::agent_account_name(m.name)),
+        ..ServiceAccount::default()
+    }
+}
+
+/// The agent may read and watch its own ConfigMap, nothing else.
+fn role(m: &Meta<'_>) -> Role {
+    Role {
+        metadata: m.object(names::agent_account_name(m.name)),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec![String::new()]),
+            resources: Some(vec!["configmaps".to_owned()]),
+            resource_names: Some(vec![names::config_map_name(m.name)]),
+            verbs: vec!["get".to_owned(), "list".to_owned(), "watch".to_owned()],
+            non_resource_urls: None,
+        }]),
+    }
+}
+
+fn role_binding(m: &Meta<'_>) -> RoleBinding {
+    let account = names::agent_account_name(m.name);
+    RoleBinding {
+        metadata: m.object(account.clone()),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".to_owned(),
+            kind: "Role".to_owned(),
+            name: account.clone(),
+        },
+        subjects: Some(vec![Subject {
+            api_group: None,
+            kind: "ServiceAccount".to_owned(),
+            name: account,
+            namespace: Some(m.ns.to_owned()),
+        }]),
+    }
+}
+
+#[cfg(test)]
+mod tests;

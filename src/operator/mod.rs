@@ -1,0 +1,56 @@
+//! The operator's decisions: what a DeliveryTier should look like in the
+//! cluster, how a canary moves, when a pod is restarted, what the status
+//! says. Every file here is pure — no `kube::Client`, no tokio, no clock:
+//! the controller shell reads the cluster and the time, calls these
+//! functions, and applies what they return.
+//!
+//! What the operator watches, and how it links:
+//!
+//! ```text
+//!   RateLimitPolicy ─┐ spec.rateLimitPolicyRef
+//!     CircuitPolicy ─┤ spec.circuitPolicyRef
+//! DegradationProfile ┤ spec.degradationProfileRef
+//!            Secret ─┤ spec.telegram.tokenSecretRef, spec.webhook.hmacSecretRef,
+//!                    │ spec.store.redis.urlSecretRef
+//!      DeliveryTier ─┘ spec.fallbackTiers (missing-reference checks only)
+//!                    ▼
+//!      DeliveryTier ──owns──▶ ConfigMap <tier>-config (tier + policies + Agent document)
+//!                            Deployment <tier>-agent (stable) and <tier>-canary
+//!                            Service <tier>, PodDisruptionBudget <tier>
+//!                            ServiceAccount / Role / RoleBinding <tier>-agent
+//!                            PersistentVolumeClaims <tier>-queue, <tier>-spool
+//! ```
+//!
+//! Files:
+//! - [`names`]: object names, labels, selectors and annotation keys.
+//! - [`index`]: which tiers reference which policy or Secret (watch mapper,
+//!   policies' `usedBy`, missing references).
+//! - [`agent_config`]: the agent's config file (multi-document YAML) and its
+//!   revision hash.
+//! - [`desired`]: the typed child objects of a tier.
+//! - [`canary`]: the rollout state machine and the exact partition split.
+//! - [`healing`]: which unhealthy pods to restart, and when not to.
+//! - [`status`]: the tier's and the policies' status, and when it changed.
+//! - [`condition`]: conditions without timestamps, and stamping them.
+//! - [`hash`]: the stable content hash behind every revision.
+//! - [`time`]: timestamp arithmetic with `std::time::Duration`.
+//! - [`error`]: the operator's error type, labelled for metrics.
+//!
+//! Time: every function that needs the time takes `now` as a
+//! [`jiff::Timestamp`](k8s_openapi::jiff::Timestamp) — the type
+//! k8s-openapi's `Time` wraps — so what goes into a status or a decision
+//! is exactly what the caller passed.
+
+pub mod agent_config;
+pub mod canary;
+pub mod condition;
+pub mod desired;
+pub mod error;
+pub mod hash;
+pub mod healing;
+pub mod index;
+pub mod names;
+pub mod status;
+pub mod time;
+
+pub use error::Error;
