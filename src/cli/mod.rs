@@ -1,5 +1,6 @@
 //! Command-line interface: one subcommand per file.
 
+mod client;
 mod crd;
 mod logging;
 mod sandbox;
@@ -26,6 +27,16 @@ enum Command {
     Validate(validate::Args),
     /// Serve a Telegram Bot API look-alike with strict limits and fault injection.
     Sandbox(sandbox::Args),
+    /// Show a running agent's state (GET /healthz/details).
+    Status(client::StatusArgs),
+    /// Send one message through a running agent.
+    Send(client::SendArgs),
+    /// Dead letters of a running agent: list, retry, purge (admin token).
+    Dlq(client::DlqArgs),
+    /// Circuit breakers of a running agent (admin token).
+    Breaker(client::BreakerArgs),
+    /// Pin or release a running agent's degradation level (admin token).
+    Degrade(client::DegradeArgs),
 }
 
 /// Run a parsed command; the exit code is the command's verdict.
@@ -34,6 +45,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Crd(a) => crd::run(a),
         Command::Validate(a) => validate::run(a),
         Command::Sandbox(a) => sandbox::run(a),
+        Command::Status(a) => client::status(a),
+        Command::Send(a) => client::send(a),
+        Command::Dlq(a) => client::dlq(a),
+        Command::Breaker(a) => client::breaker(a),
+        Command::Degrade(a) => client::degrade(a),
     }
 }
 

@@ -221,7 +221,7 @@ fn an_open_breaker_routes_to_the_fallback_and_a_probe_closes_it() {
     let s = d.snapshot(now);
     assert_eq!(s.tiers[0].breaker, BreakerState::Open);
     let events = d.tick(now);
-    assert!(events.iter().any(|e| matches!(e, Event::Breaker { tier: 0, chat: None, transition } if transition.to == BreakerState::Open)));
+    assert!(events.iter().any(|e| matches!(e, Event::Breaker { tier: 0, chat: None, transition, .. } if transition.to == BreakerState::Open)));
     // While open, sends go to the webhook.
     let o = send(d.poll(now));
     assert_eq!(o.tier, 1);

@@ -300,6 +300,7 @@ fn d_resources() -> Option<k8s_openapi::api::core::v1::ResourceRequirements> {
 #[test]
 fn secrets_reach_pods_only_through_secret_key_refs() {
     const TOKEN: &str = "123456789:AAHfake-token-value-never-rendered_xyz";
+    let token_shape = regex::Regex::new(r"\d{6,}:[A-Za-z0-9_-]{20,}").unwrap();
     for (channel, redis, replicas, rollout) in matrix() {
         if !valid(redis, replicas, rollout) {
             continue;
@@ -314,7 +315,6 @@ fn secrets_reach_pods_only_through_secret_key_refs() {
             !yaml.contains(TOKEN) && !yaml.contains("secret-team"),
             "{yaml}"
         );
-        let token_shape = regex::Regex::new(r"\d{6,}:[A-Za-z0-9_-]{20,}").unwrap();
         assert!(!token_shape.is_match(yaml));
 
         let env = container_of(&d.stable).env.clone().unwrap();
@@ -419,21 +419,22 @@ fn what_pods_run_changes_the_pod_revision() {
     let base = tier_from(spec_json("telegram", true, 3, false));
     let a = build(&base);
     assert_eq!(template_revision(&a.stable), a.pod_revision);
-    let edits: Vec<(&str, Box<dyn Fn(&mut DeliveryTier)>)> = vec![
+    type Edit = fn(&mut DeliveryTier);
+    let edits: Vec<(&str, Edit)> = vec![
         (
             "image",
-            Box::new(|t| t.spec.image = Some("ghcr.io/herald/herald:0.2.0".into())),
+            (|t| t.spec.image = Some("ghcr.io/herald/herald:0.2.0".into())),
         ),
         (
             "resources",
-            Box::new(|t| {
+            (|t| {
                 t.spec.resources =
                     serde_json::from_value(json!({"requests": {"cpu": "200m"}})).unwrap()
             }),
         ),
         (
             "store partitions",
-            Box::new(|t| {
+            (|t| {
                 if let Some(r) = t.spec.store.redis.as_mut() {
                     r.partitions = 32;
                 }
@@ -441,7 +442,7 @@ fn what_pods_run_changes_the_pod_revision() {
         ),
         (
             "token secret",
-            Box::new(|t| {
+            (|t| {
                 if let Some(tg) = t.spec.telegram.as_mut() {
                     tg.token_secret_ref = Some(crate::api::refs::SecretKeyRef {
                         name: "bot2".into(),

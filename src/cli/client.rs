@@ -1,0 +1,276 @@
+//! Client commands that talk to a running agent over HTTP: `herald status`,
+//! `herald send`, `herald dlq list|retry|purge`, `herald breaker reset`,
+//! `herald degrade set|clear`.
+//!
+//! The admin token comes from `--token-file` or `HERALD_ADMIN_TOKEN`; it is
+//! sent as a bearer token and never printed.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args as ClapArgs, Subcommand};
+use serde_json::{Value, json};
+
+#[derive(Debug, ClapArgs)]
+pub struct Conn {
+    /// The agent's base URL.
+    #[arg(
+        long,
+        global = true,
+        env = "HERALD_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    url: String,
+    /// File holding the admin token (else HERALD_ADMIN_TOKEN).
+    #[arg(long, global = true)]
+    token_file: Option<std::path::PathBuf>,
+}
+
+impl Conn {
+    fn token(&self) -> anyhow::Result<Option<String>> {
+        if let Some(f) = &self.token_file {
+            let t =
+                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+            return Ok(Some(t.trim_end().to_owned()));
+        }
+        Ok(std::env::var("HERALD_ADMIN_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()))
+    }
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct SendArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// Chat id or @username.
+    #[arg(long)]
+    chat: String,
+    /// Message text.
+    #[arg(long)]
+    text: String,
+    /// critical, high, normal or low.
+    #[arg(long, default_value = "normal")]
+    priority: String,
+    /// Message type (for bulkheads and degradation).
+    #[arg(long)]
+    message_type: Option<String>,
+    /// Idempotency key: the same key within the retention is one message.
+    #[arg(long)]
+    idempotency_key: Option<String>,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    conn: Conn,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct DlqArgs {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    command: DlqCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// List dead letters.
+    List {
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Re-queue dead letters: one (--id), by reason (--reason) or all (--all).
+    Retry(Selection),
+    /// Delete dead letters: one (--id), by reason (--reason) or all (--all).
+    Purge(Selection),
+}
+
+#[derive(Debug, ClapArgs)]
+struct Selection {
+    #[arg(long)]
+    id: Option<String>,
+    #[arg(long)]
+    reason: Option<String>,
+    #[arg(long)]
+    all: bool,
+}
+
+impl Selection {
+    fn body(&self) -> anyhow::Result<Value> {
+        Ok(match (&self.id, &self.reason, self.all) {
+            (Some(id), None, false) => json!({"id": id}),
+            (None, Some(r), false) => json!({"reason": r}),
+            (None, None, true) => json!({"all": true}),
+            _ => anyhow::bail!("give exactly one of --id, --reason or --all"),
+        })
+    }
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct BreakerArgs {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    command: BreakerCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum BreakerCommand {
+    /// Close a tier's breaker now.
+    Reset { tier: String },
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct DegradeArgs {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    command: DegradeCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum DegradeCommand {
+    /// Pin the degradation level (NORMAL, MINOR, MODERATE, SEVERE, CRITICAL).
+    Set { level: String },
+    /// Let the signals decide again.
+    Clear,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")
+}
+
+/// Send one request; print the JSON answer; exit 0 on 2xx, 1 otherwise.
+fn call(
+    conn: &Conn,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+    admin: bool,
+) -> anyhow::Result<ExitCode> {
+    let token = if admin { conn.token()? } else { None };
+    let url = format!("{}{}", conn.url.trim_end_matches('/'), path);
+    runtime()?.block_on(async move {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .context("building the HTTP client")?;
+        let mut req = client.request(method, &url);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("{url}: {}", e.without_url()))?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        match serde_json::from_str::<Value>(&text) {
+            Ok(v) => println!("{}", serde_json::to_string_pretty(&v).unwrap_or(text)),
+            Err(_) => println!("{text}"),
+        }
+        Ok(if status.is_success() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        })
+    })
+}
+
+pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
+    call(
+        &a.conn,
+        reqwest::Method::GET,
+        "/healthz/details",
+        None,
+        false,
+    )
+}
+
+pub fn send(a: SendArgs) -> anyhow::Result<ExitCode> {
+    let mut m = json!({"chat_id": a.chat, "text": a.text, "priority": a.priority});
+    if let Some(t) = a.message_type {
+        m["message_type"] = json!(t);
+    }
+    if let Some(k) = a.idempotency_key {
+        m["idempotency_key"] = json!(k);
+    }
+    call(
+        &a.conn,
+        reqwest::Method::POST,
+        "/v1/messages",
+        Some(m),
+        false,
+    )
+}
+
+pub fn dlq(a: DlqArgs) -> anyhow::Result<ExitCode> {
+    match &a.command {
+        DlqCommand::List { reason, limit } => {
+            let mut path = format!("/admin/dlq?limit={limit}");
+            if let Some(r) = reason {
+                let enc: String = form_urlencoded::byte_serialize(r.as_bytes()).collect();
+                path.push_str(&format!("&reason={enc}"));
+            }
+            call(&a.conn, reqwest::Method::GET, &path, None, true)
+        }
+        DlqCommand::Retry(s) => call(
+            &a.conn,
+            reqwest::Method::POST,
+            "/admin/dlq/retry",
+            Some(s.body()?),
+            true,
+        ),
+        DlqCommand::Purge(s) => call(
+            &a.conn,
+            reqwest::Method::POST,
+            "/admin/dlq/purge",
+            Some(s.body()?),
+            true,
+        ),
+    }
+}
+
+pub fn breaker(a: BreakerArgs) -> anyhow::Result<ExitCode> {
+    match &a.command {
+        BreakerCommand::Reset { tier } => {
+            let enc: String = form_urlencoded::byte_serialize(tier.as_bytes()).collect();
+            call(
+                &a.conn,
+                reqwest::Method::POST,
+                &format!("/admin/breaker/{enc}/reset"),
+                None,
+                true,
+            )
+        }
+    }
+}
+
+pub fn degrade(a: DegradeArgs) -> anyhow::Result<ExitCode> {
+    match &a.command {
+        DegradeCommand::Set { level } => call(
+            &a.conn,
+            reqwest::Method::POST,
+            "/admin/degradation",
+            Some(json!({"level": level})),
+            true,
+        ),
+        DegradeCommand::Clear => call(
+            &a.conn,
+            reqwest::Method::DELETE,
+            "/admin/degradation",
+            None,
+            true,
+        ),
+    }
+}
