@@ -4,6 +4,7 @@
 //! - [`api`]: the herald.dev/v1alpha1 custom resources (CRDs, config format).
 //! - [`validate`]: offline checks of herald documents (`herald validate`).
 //! - [`engine`]: pure delivery decisions (limits, breaker, retry, scheduling).
+//! - [`operator`]: the operator's pure decisions (desired objects, canary, healing, status).
 //! - [`policy`]: a tier and its policies resolved into engine configuration.
 //! - [`sink`]: where messages go (Telegram Bot API, webhook, spool) and receipts.
 //! - [`store`]: the durable queue (trait and contract; embedded redb backend).
@@ -13,6 +14,7 @@
 pub mod agent;
 pub mod api;
 pub mod engine;
+pub mod operator;
 pub mod policy;
 pub mod sandbox;
 pub mod sink;

@@ -38,6 +38,8 @@ use super::refs::{LocalRef, SecretKeyRef};
     printcolumn(name = "LEVEL", type_ = "string", json_path = ".status.degradationLevel"),
     printcolumn(name = "CANARY", type_ = "string", json_path = ".status.canary.summary"),
     printcolumn(name = "AGE", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("size(self.metadata.name) <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')")
+        .message("a tier name must be a DNS-1035 label (lowercase letters, digits and '-', at most 63 characters, starting with a letter): it names the tier's Service").reason(Reason::FieldValueInvalid),
     validation = Rule::new("!has(self.spec.fallbackTiers) || !(self.metadata.name in self.spec.fallbackTiers)")
         .message("a tier cannot fall back to itself").field_path(".spec.fallbackTiers").reason(Reason::FieldValueInvalid)
 )]

@@ -28,6 +28,7 @@
 //! - [`agent_config`]: the agent's config file (multi-document YAML) and its
 //!   revision hash.
 //! - [`desired`]: the typed child objects of a tier.
+//! - [`pod`]: the agent pod inside them, and its revision.
 //! - [`canary`]: the rollout state machine and the exact partition split.
 //! - [`healing`]: which unhealthy pods to restart, and when not to.
 //! - [`status`]: the tier's and the policies' status, and when it changed.
@@ -50,6 +51,7 @@ pub mod hash;
 pub mod healing;
 pub mod index;
 pub mod names;
+pub mod pod;
 pub mod status;
 pub mod time;
 

@@ -123,8 +123,6 @@ pub struct Observed<'a> {
     pub health: Option<HealthSummary>,
     /// The rollout state; `None` when the tier has no rollout.
     pub rollout: Option<&'a RolloutState>,
-    /// Steps in the rollout, for messages.
-    pub rollout_steps: usize,
     pub missing_refs: &'a [MissingRef],
     /// Why the tier's objects cannot be built (spec invalid), if so.
     pub desired_error: Option<String>,
@@ -143,122 +141,195 @@ pub mod phases {
     pub const FAILED: &str = "Failed";
 }
 
+/// Replica totals over both tracks.
+struct Counts {
+    stable: ReplicaCounts,
+    desired: i32,
+    ready: i32,
+}
+
+impl Counts {
+    fn of(tier: &DeliveryTier, o: &Observed<'_>) -> Counts {
+        // Before the Deployment exists, the tier still asks for spec.replicas.
+        let spec_replicas = i32::try_from(tier.spec.replicas).unwrap_or(i32::MAX);
+        let stable = o.stable.unwrap_or(ReplicaCounts {
+            desired: spec_replicas,
+            ready: 0,
+            updated: 0,
+        });
+        let canary = o.canary.unwrap_or_default();
+        Counts {
+            stable,
+            desired: stable.desired.saturating_add(canary.desired),
+            ready: stable.ready.saturating_add(canary.ready),
+        }
+    }
+}
+
 /// The tier's status.
 pub fn tier_status(tier: &DeliveryTier, o: &Observed<'_>) -> DeliveryTierStatus {
     let previous = tier.status.as_ref();
     let generation = tier.metadata.generation;
-    let stable = o.stable.unwrap_or_default();
-    let canary = o.canary.unwrap_or_default();
-    // Before the Deployment exists, the tier still asks for spec.replicas.
-    let stable_desired = o
-        .stable
-        .map_or(i32::try_from(tier.spec.replicas).unwrap_or(i32::MAX), |s| {
-            s.desired
-        });
-    let desired = stable_desired.saturating_add(canary.desired);
-    let ready = stable.ready.saturating_add(canary.ready);
-    let broken = o.desired_error.is_some() || !o.missing_refs.is_empty();
-    let rollout = o.rollout;
+    let counts = Counts::of(tier, o);
+    let health = o.health.as_ref();
 
-    // Ready: can the tier deliver?
-    let ready_cond = if let Some(e) = &o.desired_error {
-        cond(types::READY, CondStatus::False, "InvalidSpec", e.clone())
+    let ready = ready_condition(o, &counts);
+    let progressing = progressing_condition(tier, o, &counts);
+    let degraded = degraded_condition(o, &counts);
+    let dependency = dependency_condition(health);
+    let phase = phase(tier, o, &counts, degraded.status, progressing.status);
+    let mut specs = vec![ready, progressing, degraded, dependency];
+    if let (Some(state), Some(spec)) = (o.rollout, tier.spec.rollout.as_ref()) {
+        specs.push(analysis_condition(state, spec));
+    }
+
+    let previous_conditions = previous
+        .map(|p| p.conditions.as_slice())
+        .unwrap_or_default();
+    DeliveryTierStatus {
+        observed_generation: generation,
+        conditions: stamp_all(&specs, previous_conditions, o.now, generation),
+        phase: Some(phase.to_owned()),
+        ready: Some(format!("{}/{}", counts.ready, counts.desired)),
+        ready_replicas: o.stable.map(|_| counts.ready),
+        delivery_rate: health.map(|h| format_rate(h.delivery_rate)),
+        success_ratio: health.and_then(|h| h.success_ratio).map(format_percent),
+        p95_latency: health.and_then(|h| h.p95_ms).map(format_latency),
+        queue_depth: health.and_then(|h| h.queue_depth),
+        circuit: health
+            .and_then(|h| h.circuit)
+            .map(|c| c.as_str().to_owned()),
+        degradation_level: health
+            .and_then(|h| h.level)
+            .map(|l| level_str(l).to_owned()),
+        canary: o.rollout.and_then(canary_status),
+        last_restart: o
+            .last_restart
+            .clone()
+            .or_else(|| previous.and_then(|p| p.last_restart.clone())),
+        config_revision: o
+            .config_revision
+            .clone()
+            .or_else(|| previous.and_then(|p| p.config_revision.clone())),
+    }
+}
+
+/// Failed when the spec cannot be realised; Pending until an agent has
+/// been ready once; then the worst of Degraded, Progressing, Ready.
+fn phase(
+    tier: &DeliveryTier,
+    o: &Observed<'_>,
+    c: &Counts,
+    degraded: CondStatus,
+    progressing: CondStatus,
+) -> &'static str {
+    let was_pending = tier
+        .status
+        .as_ref()
+        .and_then(|p| p.phase.as_deref())
+        .is_none_or(|p| p == phases::PENDING);
+    if o.desired_error.is_some() || !o.missing_refs.is_empty() {
+        phases::FAILED
+    } else if o.stable.is_none() || (c.desired > 0 && c.ready == 0 && was_pending) {
+        phases::PENDING
+    } else if degraded == CondStatus::True {
+        phases::DEGRADED
+    } else if progressing == CondStatus::True {
+        phases::PROGRESSING
+    } else {
+        phases::READY
+    }
+}
+
+/// Ready: can the tier deliver at all?
+fn ready_condition(o: &Observed<'_>, c: &Counts) -> ConditionSpec {
+    let (ready, desired) = (c.ready, c.desired);
+    let (status, reason, message) = if let Some(e) = &o.desired_error {
+        (CondStatus::False, "InvalidSpec", e.clone())
     } else if !o.missing_refs.is_empty() {
-        cond(
-            types::READY,
+        (
             CondStatus::False,
             "MissingReference",
             missing_message(o.missing_refs),
         )
     } else if o.stable.is_none() {
-        cond(
-            types::READY,
+        (
             CondStatus::False,
             "DeploymentPending",
-            "the agent Deployment does not exist yet",
+            "the agent Deployment does not exist yet".to_owned(),
         )
     } else if desired == 0 {
-        cond(
-            types::READY,
+        (
             CondStatus::True,
             "ScaledToZero",
-            "the tier is scaled to zero replicas",
+            "the tier is scaled to zero replicas".to_owned(),
         )
     } else if ready >= desired {
-        cond(
-            types::READY,
+        (
             CondStatus::True,
             "AllReplicasReady",
             format!("{ready}/{desired} agents ready"),
         )
     } else if ready > 0 {
-        cond(
-            types::READY,
+        (
             CondStatus::True,
             "ReplicasPartiallyReady",
             format!("{ready}/{desired} agents ready"),
         )
     } else {
-        cond(
-            types::READY,
+        (
             CondStatus::False,
             "NoReplicasReady",
             format!("0/{desired} agents ready"),
         )
     };
+    cond(types::READY, status, reason, message)
+}
 
-    // Progressing: is a change rolling out?
-    let progressing = match rollout {
-        Some(RolloutState::Progressing(p)) => Some(cond(
-            types::PROGRESSING,
+/// Progressing: is a change rolling out (canary or plain rolling update)?
+fn progressing_condition(tier: &DeliveryTier, o: &Observed<'_>, c: &Counts) -> ConditionSpec {
+    let steps = tier.spec.rollout.as_ref().map_or(0, |r| r.steps.len());
+    let s = c.stable;
+    let (status, reason, message) = match o.rollout {
+        Some(RolloutState::Progressing(p)) => (
             CondStatus::True,
             "CanaryProgressing",
             format!(
-                "canary of revision {} at {}% (step {}/{})",
+                "canary of revision {} at {}% (step {}/{steps})",
                 p.revision,
                 p.weight,
-                p.step + 1,
-                o.rollout_steps
+                p.step + 1
             ),
-        )),
-        Some(RolloutState::Paused(p)) => Some(cond(
-            types::PROGRESSING,
+        ),
+        Some(RolloutState::Paused(p)) => (
             CondStatus::True,
             "AwaitingPromotion",
             format!("revision {} awaits herald.dev/promote", p.revision),
-        )),
-        _ => None,
-    }
-    .unwrap_or_else(|| {
-        if o.stable.is_some() && (stable.updated < stable.desired || stable.ready < stable.desired)
-        {
-            cond(
-                types::PROGRESSING,
-                CondStatus::True,
-                "RollingUpdate",
-                format!(
-                    "{}/{} agents updated, {} ready",
-                    stable.updated, stable.desired, stable.ready
-                ),
-            )
-        } else if let Some(RolloutState::Aborted { revision, .. }) = rollout {
-            cond(
-                types::PROGRESSING,
-                CondStatus::False,
-                "RolloutAborted",
-                format!("revision {revision} was aborted"),
-            )
-        } else {
-            cond(
-                types::PROGRESSING,
-                CondStatus::False,
-                "Complete",
-                "the agents run the desired revision",
-            )
-        }
-    });
+        ),
+        _ if o.stable.is_some() && (s.updated < s.desired || s.ready < s.desired) => (
+            CondStatus::True,
+            "RollingUpdate",
+            format!(
+                "{}/{} agents updated, {} ready",
+                s.updated, s.desired, s.ready
+            ),
+        ),
+        Some(RolloutState::Aborted { revision, .. }) => (
+            CondStatus::False,
+            "RolloutAborted",
+            format!("revision {revision} was aborted"),
+        ),
+        _ => (
+            CondStatus::False,
+            "Complete",
+            "the agents run the desired revision".to_owned(),
+        ),
+    };
+    cond(types::PROGRESSING, status, reason, message)
+}
 
-    // Degraded: every cause, worst first.
+/// Degraded: every known cause, worst first; the first names the reason.
+fn degraded_condition(o: &Observed<'_>, c: &Counts) -> ConditionSpec {
     let mut causes: Vec<(&'static str, String)> = Vec::new();
     if let Some(e) = &o.desired_error {
         causes.push(("InvalidSpec", e.clone()));
@@ -268,21 +339,20 @@ pub fn tier_status(tier: &DeliveryTier, o: &Observed<'_>) -> DeliveryTierStatus 
     }
     if let Some(RolloutState::Aborted {
         revision, reason, ..
-    }) = rollout
+    }) = o.rollout
     {
         causes.push((
             "RolloutAborted",
             format!("revision {revision} aborted: {reason}"),
         ));
     }
-    if o.stable.is_some() && ready < desired {
+    if o.stable.is_some() && c.ready < c.desired {
         causes.push((
             "ReplicasUnavailable",
-            format!("{ready}/{desired} agents ready"),
+            format!("{}/{} agents ready", c.ready, c.desired),
         ));
     }
-    let health = o.health.as_ref();
-    if let Some(h) = health {
+    if let Some(h) = &o.health {
         if h.dependencies.any_down() {
             causes.push((
                 "DependencyDegraded",
@@ -299,7 +369,7 @@ pub fn tier_status(tier: &DeliveryTier, o: &Observed<'_>) -> DeliveryTierStatus 
             ));
         }
     }
-    let degraded = match causes.first() {
+    match causes.first() {
         Some((reason, _)) => cond(
             types::DEGRADED,
             CondStatus::True,
@@ -316,101 +386,37 @@ pub fn tier_status(tier: &DeliveryTier, o: &Observed<'_>) -> DeliveryTierStatus 
             "AsExpected",
             "no known problem",
         ),
-    };
+    }
+}
 
-    let dependency = match health {
-        None => cond(
-            types::DEPENDENCY_DEGRADED,
+/// DependencyDegraded: an outage most agents agree on; healing restarts
+/// nothing while it is True.
+fn dependency_condition(health: Option<&HealthSummary>) -> ConditionSpec {
+    let t = types::DEPENDENCY_DEGRADED;
+    let Some(h) = health else {
+        return cond(
+            t,
             CondStatus::Unknown,
             "NoHealthReports",
             "no agent reported its health",
-        ),
-        Some(h) => {
-            let down = h.dependencies.down();
-            match down.as_slice() {
-                [] => cond(
-                    types::DEPENDENCY_DEGRADED,
-                    CondStatus::False,
-                    "DependenciesHealthy",
-                    "Redis and the delivery API are reachable",
-                ),
-                [Dependency::Redis] => cond(
-                    types::DEPENDENCY_DEGRADED,
-                    CondStatus::True,
-                    "RedisUnavailable",
-                    "most agents cannot reach Redis; pods are not restarted",
-                ),
-                [Dependency::Telegram] => cond(
-                    types::DEPENDENCY_DEGRADED,
-                    CondStatus::True,
-                    "TelegramUnavailable",
-                    "most agents cannot reach the Telegram Bot API; pods are not restarted",
-                ),
-                _ => cond(
-                    types::DEPENDENCY_DEGRADED,
-                    CondStatus::True,
-                    "DependenciesUnavailable",
-                    format!(
-                        "most agents cannot reach {}; pods are not restarted",
-                        deps_text(&down)
-                    ),
-                ),
-            }
-        }
+        );
     };
-
-    let mut specs = vec![ready_cond, progressing, degraded.clone(), dependency];
-    if let (Some(state), Some(spec)) = (rollout, tier.spec.rollout.as_ref()) {
-        specs.push(analysis_condition(state, spec));
-    }
-
-    let phase = if broken {
-        phases::FAILED
-    } else if o.stable.is_none()
-        || (desired > 0
-            && ready == 0
-            && previous
-                .and_then(|p| p.phase.as_deref())
-                .is_none_or(|p| p == phases::PENDING))
-    {
-        phases::PENDING
-    } else if degraded.status == CondStatus::True {
-        phases::DEGRADED
-    } else if specs[1].status == CondStatus::True {
-        phases::PROGRESSING
+    let down = h.dependencies.down();
+    let (status, reason) = match down.as_slice() {
+        [] => (CondStatus::False, "DependenciesHealthy"),
+        [Dependency::Redis] => (CondStatus::True, "RedisUnavailable"),
+        [Dependency::Telegram] => (CondStatus::True, "TelegramUnavailable"),
+        _ => (CondStatus::True, "DependenciesUnavailable"),
+    };
+    let message = if down.is_empty() {
+        "no shared dependency is reported down".to_owned()
     } else {
-        phases::READY
+        format!(
+            "most agents cannot reach {}; pods are not restarted",
+            deps_text(&down)
+        )
     };
-
-    let previous_conditions = previous
-        .map(|p| p.conditions.as_slice())
-        .unwrap_or_default();
-    DeliveryTierStatus {
-        observed_generation: generation,
-        conditions: stamp_all(&specs, previous_conditions, o.now, generation),
-        phase: Some(phase.to_owned()),
-        ready: Some(format!("{ready}/{desired}")),
-        ready_replicas: o.stable.map(|_| ready),
-        delivery_rate: health.map(|h| format_rate(h.delivery_rate)),
-        success_ratio: health.and_then(|h| h.success_ratio).map(format_percent),
-        p95_latency: health.and_then(|h| h.p95_ms).map(format_latency),
-        queue_depth: health.and_then(|h| h.queue_depth),
-        circuit: health
-            .and_then(|h| h.circuit)
-            .map(|c| c.as_str().to_owned()),
-        degradation_level: health
-            .and_then(|h| h.level)
-            .map(|l| level_str(l).to_owned()),
-        canary: rollout.and_then(canary_status),
-        last_restart: o
-            .last_restart
-            .clone()
-            .or_else(|| previous.and_then(|p| p.last_restart.clone())),
-        config_revision: o
-            .config_revision
-            .clone()
-            .or_else(|| previous.and_then(|p| p.config_revision.clone())),
-    }
+    cond(t, status, reason, message)
 }
 
 fn cond(

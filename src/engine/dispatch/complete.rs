@@ -308,7 +308,7 @@ impl Dispatcher {
                     health_floor: 0,
                     ewma_success: 1.0,
                     chat_unreachable: t.is_unreachable(chat, now),
-                    is_spool: t.is_spool() && !left,
+                    is_spool: t.is_spool() && !left && t.stopped.is_none(),
                 }
             })
             .collect();

@@ -263,7 +263,7 @@ impl Offer<'_> {
                 health_floor: t.cfg.health_floor,
                 ewma_success: t.ewma.value(),
                 chat_unreachable: left || chat_open || t.is_unreachable(chat, now),
-                is_spool: t.is_spool() && !left,
+                is_spool: t.is_spool() && !left && t.stopped.is_none(),
             };
         }
         let views = &mut views[..n];

@@ -1,6 +1,7 @@
 use super::*;
 use crate::api::delivery_tier::StoreSpec;
-use crate::operator::agent_config::SecretRole;
+use crate::operator::agent_config::{SecretRole, secret_refs};
+use k8s_openapi::api::core::v1::{Container, PodSpec, Probe};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 

@@ -55,7 +55,6 @@ fn observed<'a>(now: i64, rollout: Option<&'a RolloutState>) -> Observed<'a> {
         canary: None,
         health: Some(healthy()),
         rollout,
-        rollout_steps: 2,
         missing_refs: &[],
         desired_error: None,
         last_restart: None,
