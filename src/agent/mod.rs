@@ -5,8 +5,11 @@
 //! the store, secrets and config reload. Decisions stay in the engine.
 
 pub mod config;
+pub mod dispatch_config;
+pub mod dispatch_loop;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
+pub mod run;
 pub mod secrets;
 pub mod state;

@@ -62,7 +62,6 @@ pub struct AppState {
 pub struct IngestGate {
     pub refuse_all: bool,
     pub shed: Vec<crate::engine::Priority>,
-    pub paused_types: Vec<String>,
     pub retry_after_secs: u64,
     pub level: String,
 }

@@ -3,6 +3,7 @@
 mod client;
 mod crd;
 mod logging;
+mod run;
 mod sandbox;
 mod validate;
 
@@ -21,6 +22,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a standalone agent on its embedded store (no cluster needed).
+    Run(run::Args),
+    /// Run the agent as the operator deploys it (same as `run`).
+    Agent(run::Args),
     /// Print the CustomResourceDefinitions as YAML.
     Crd(crd::Args),
     /// Check herald documents offline: schema, CEL rules and references.
@@ -42,6 +47,7 @@ enum Command {
 /// Run a parsed command; the exit code is the command's verdict.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Run(a) | Command::Agent(a) => run::run(a),
         Command::Crd(a) => crd::run(a),
         Command::Validate(a) => validate::run(a),
         Command::Sandbox(a) => sandbox::run(a),

@@ -14,6 +14,7 @@ pub mod breaker;
 pub mod bulkhead;
 pub mod clock;
 pub mod degradation;
+pub mod dispatch;
 pub mod health;
 pub mod limiter;
 pub mod priority;

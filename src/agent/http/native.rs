@@ -182,17 +182,6 @@ pub fn admit(state: &AppState, messages: &[NewMessage]) -> Result<(), IngestErro
                 gate.retry_after_secs,
             ));
         }
-        if gate.paused_types.contains(&m.message_type) {
-            let field = field.replace("priority", "message_type");
-            return Err(overloaded(
-                field,
-                format!(
-                    "message type {} is paused at level {}",
-                    m.message_type, gate.level
-                ),
-                gate.retry_after_secs,
-            ));
-        }
     }
     Ok(())
 }

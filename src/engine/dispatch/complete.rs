@@ -118,12 +118,9 @@ impl Dispatcher {
                 Verdict::RetryAt(until)
             }
             Action::Retry => self.retry(now, id, tier, tier_key, outcome),
-            Action::FailOver => self.leave_tier(
-                now,
-                id,
-                tier,
-                LastFailure::TierFailed { reason: c.reason },
-            ),
+            Action::FailOver => {
+                self.leave_tier(now, id, tier, LastFailure::TierFailed { reason: c.reason })
+            }
             Action::DeadLetter if c.class == Class::RecipientUnreachable => {
                 if let Some(i) = tier {
                     let until = now + self.settings.unreachable_ttl;

@@ -152,10 +152,12 @@ impl DispatchConfig {
                 return Err(DispatchError::DuplicateTier(t.name.clone()));
             }
             let tier = || t.name.clone();
-            t.limits.validate().map_err(|source| DispatchError::Limits {
-                tier: tier(),
-                source,
-            })?;
+            t.limits
+                .validate()
+                .map_err(|source| DispatchError::Limits {
+                    tier: tier(),
+                    source,
+                })?;
             t.breaker
                 .validate()
                 .map_err(|source| DispatchError::Breaker {

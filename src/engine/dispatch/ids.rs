@@ -53,6 +53,11 @@ mod tests {
             low.insert(h & 0xfff);
             high.insert(h >> 52);
         }
-        assert!(low.len() > 2300 && high.len() > 2300, "{} {}", low.len(), high.len());
+        assert!(
+            low.len() > 2300 && high.len() > 2300,
+            "{} {}",
+            low.len(),
+            high.len()
+        );
     }
 }

@@ -333,7 +333,13 @@ impl Dispatcher {
             t.in_flight = t.in_flight.saturating_sub(1);
             let ty = *f.permit.message_type();
             t.bulkheads.release(f.permit);
-            self.release_aside(BlockKey::Bulkhead { tier: f.tier_key, ty }, 1);
+            self.release_aside(
+                BlockKey::Bulkhead {
+                    tier: f.tier_key,
+                    ty,
+                },
+                1,
+            );
         }
         if let Some(ticket) = f.tier_ticket {
             self.breakers.abandon(&f.tier_key, None, ticket);

@@ -131,7 +131,10 @@ impl Offer<'_> {
             let t = &self.tiers[tier];
             let key = t.key;
             if !t.has_slot(meta.ty) {
-                let block = BlockKey::Bulkhead { tier: key, ty: meta.ty };
+                let block = BlockKey::Bulkhead {
+                    tier: key,
+                    ty: meta.ty,
+                };
                 self.set_aside.push((item.chat, block));
                 return Gate::DeferChat(Instant::MAX);
             }
@@ -193,14 +196,24 @@ impl Offer<'_> {
                     // Unreachable after `has_slot`; never leave a waiter behind.
                     bulkheads.cancel(w);
                     self.give_back(key, item.chat, tier_ticket, chat_ticket);
-                    self.set_aside
-                        .push((item.chat, BlockKey::Bulkhead { tier: key, ty: meta.ty }));
+                    self.set_aside.push((
+                        item.chat,
+                        BlockKey::Bulkhead {
+                            tier: key,
+                            ty: meta.ty,
+                        },
+                    ));
                     return Gate::DeferChat(Instant::MAX);
                 }
                 Acquire::Rejected(_) => {
                     self.give_back(key, item.chat, tier_ticket, chat_ticket);
-                    self.set_aside
-                        .push((item.chat, BlockKey::Bulkhead { tier: key, ty: meta.ty }));
+                    self.set_aside.push((
+                        item.chat,
+                        BlockKey::Bulkhead {
+                            tier: key,
+                            ty: meta.ty,
+                        },
+                    ));
                     return Gate::DeferChat(Instant::MAX);
                 }
             };

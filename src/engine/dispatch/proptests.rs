@@ -91,21 +91,27 @@ fn run(seed: u64, msgs: &[(usize, usize, u64)], readdress: bool) -> Result<Recor
     let mut out_chats: HashMap<i64, u64> = HashMap::new();
     let mut now = start;
     let mut next_tick = start;
-    for _ in 0..200_000 {
+    for _ in 0..30_000 {
         while next_arrival < arrivals.len() && arrivals[next_arrival].0 <= now {
             let (t, id, chat, p) = arrivals[next_arrival];
-            d.enqueue(now, QueuedMessage::new(id, chat, p, ty, t)).unwrap();
+            d.enqueue(now, QueuedMessage::new(id, chat, p, ty, t))
+                .unwrap();
             next_arrival += 1;
         }
         pending.sort_by_key(|p| std::cmp::Reverse(p.0));
         while pending.last().is_some_and(|p| p.0 <= now) {
-            let Some((_, id, o, lat)) = pending.pop() else { break };
+            let Some((_, id, o, lat)) = pending.pop() else {
+                break;
+            };
             out_chats.retain(|_, v| *v != id);
             let v = d.complete(now, id, &o, lat).unwrap();
             if matches!(v, Verdict::Delivered | Verdict::DeadLetter { .. }) {
                 prop_assert!(rec.finals.insert(id, v).is_none(), "finished twice: {}", id);
                 if v == Verdict::Delivered {
-                    rec.delivered_order.entry(original_chat[&id]).or_default().push(id);
+                    rec.delivered_order
+                        .entry(original_chat[&id])
+                        .or_default()
+                        .push(id);
                 }
             }
         }
@@ -121,28 +127,46 @@ fn run(seed: u64, msgs: &[(usize, usize, u64)], readdress: bool) -> Result<Recor
                     prop_assert!(t.stopped.is_none());
                     if !t.is_spool() {
                         let b = d.breakers.get(&t.key, None).map(|b| b.state());
-                        prop_assert!(b != Some(BreakerState::Open), "sent through an open breaker");
+                        prop_assert!(
+                            b != Some(BreakerState::Open),
+                            "sent through an open breaker"
+                        );
                         if o.probe {
                             prop_assert_eq!(b, Some(BreakerState::HalfOpen));
                         }
                     }
                     // One message out per chat, and FIFO: everything older in
                     // the chat is finished.
-                    prop_assert!(out_chats.insert(o.chat, o.id).is_none(), "two out for chat {}", o.chat);
+                    prop_assert!(
+                        out_chats.insert(o.chat, o.id).is_none(),
+                        "two out for chat {}",
+                        o.chat
+                    );
                     if !readdress {
                         let chat = original_chat[&o.id];
                         for (&id, &c) in &original_chat {
                             if c == chat && id < o.id {
-                                prop_assert!(rec.finals.contains_key(&id), "{} sent before {}", o.id, id);
+                                prop_assert!(
+                                    rec.finals.contains_key(&id),
+                                    "{} sent before {}",
+                                    o.id,
+                                    id
+                                );
                             }
                         }
                     }
                     let ns = now.as_nanos();
                     rec.sends.entry((o.tier, None)).or_default().push(ns);
                     if d.tiers[o.tier].cfg.sink == Sink::Telegram {
-                        rec.sends.entry((o.tier, Some(o.chat))).or_default().push(ns);
+                        rec.sends
+                            .entry((o.tier, Some(o.chat)))
+                            .or_default()
+                            .push(ns);
                         if o.chat < 0 {
-                            rec.group_sends.entry((o.tier, o.chat)).or_default().push(ns);
+                            rec.group_sends
+                                .entry((o.tier, o.chat))
+                                .or_default()
+                                .push(ns);
                         }
                     }
                     let lat = Duration::from_millis(1 + rng.below(400));
@@ -166,7 +190,10 @@ fn run(seed: u64, msgs: &[(usize, usize, u64)], readdress: bool) -> Result<Recor
         }
         now = next.max(now);
     }
-    Err(TestCaseError::fail(format!("did not settle: {} held", d.held())))
+    Err(TestCaseError::fail(format!(
+        "did not settle: {} held",
+        d.held()
+    )))
 }
 
 fn workload() -> impl Strategy<Value = Vec<(usize, usize, u64)>> {

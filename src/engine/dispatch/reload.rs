@@ -24,7 +24,11 @@ use super::{Dispatcher, Settings};
 impl Dispatcher {
     /// Replaces the config, keeping every held message and the state of
     /// tiers that keep their name. On error nothing changed.
-    pub fn reconfigure(&mut self, now: Instant, config: DispatchConfig) -> Result<(), DispatchError> {
+    pub fn reconfigure(
+        &mut self,
+        now: Instant,
+        config: DispatchConfig,
+    ) -> Result<(), DispatchError> {
         config.validate()?;
         self.scheduler.set_config(&config.scheduler)?;
         self.degrader.reconfigure(config.degradation.clone())?;
@@ -32,7 +36,11 @@ impl Dispatcher {
     }
 
     /// Installs a validated config (also the second half of `new`).
-    pub(super) fn install(&mut self, config: DispatchConfig, _now: Instant) -> Result<(), DispatchError> {
+    pub(super) fn install(
+        &mut self,
+        config: DispatchConfig,
+        _now: Instant,
+    ) -> Result<(), DispatchError> {
         let DispatchConfig {
             tiers,
             fallbacks,

@@ -60,7 +60,13 @@ pub(super) fn dispatcher() -> Dispatcher {
     Dispatcher::new(config(), 7).unwrap()
 }
 
-pub(super) fn msg(d: &mut Dispatcher, id: u64, chat: i64, p: Priority, at: Instant) -> QueuedMessage {
+pub(super) fn msg(
+    d: &mut Dispatcher,
+    id: u64,
+    chat: i64,
+    p: Priority,
+    at: Instant,
+) -> QueuedMessage {
     let ty = d.message_type("alert");
     QueuedMessage::new(id, chat, p, ty, at)
 }
@@ -115,7 +121,10 @@ fn paces_at_the_global_limit_and_reports_when_to_wake() {
     assert_eq!(first.deadline, T0 + Duration::from_secs(10));
     let wake = idle(d.poll(T0)).unwrap();
     // 30/s with a 1 % guard: 33.67 ms apart.
-    assert_eq!(wake, T0 + Limit::TELEGRAM_GLOBAL.nominal_interval() + Duration::from_nanos(333_334));
+    assert_eq!(
+        wake,
+        T0 + Limit::TELEGRAM_GLOBAL.nominal_interval() + Duration::from_nanos(333_334)
+    );
     assert!(matches!(d.poll(wake), Poll::Send(_)));
     assert_eq!(
         d.complete(wake, first.id, &Outcome::Delivered, 80 * MS),
@@ -181,7 +190,10 @@ fn transient_failures_back_off_then_fail_over() {
     for attempt in 1..=3 {
         let o = send(d.poll(now));
         assert_eq!((o.tier, o.attempt), (0, attempt));
-        match d.complete(now, 1, &http(502, "Bad Gateway"), 10 * MS).unwrap() {
+        match d
+            .complete(now, 1, &http(502, "Bad Gateway"), 10 * MS)
+            .unwrap()
+        {
             Verdict::RetryAt(at) => {
                 delays.push(at.since(now));
                 now = at + Duration::from_secs(2);
@@ -196,7 +208,10 @@ fn transient_failures_back_off_then_fail_over() {
     assert_eq!(delays, vec![100 * MS, 200 * MS]);
     let o = send(d.poll(now));
     assert_eq!((o.tier, o.attempt), (1, 4));
-    assert_eq!(d.complete(now, 1, &Outcome::Delivered, MS), Ok(Verdict::Delivered));
+    assert_eq!(
+        d.complete(now, 1, &Outcome::Delivered, MS),
+        Ok(Verdict::Delivered)
+    );
     let s = d.snapshot(now);
     assert_eq!(s.tiers[0].counters.failed_over, 1);
     assert_eq!(s.tiers[1].counters.delivered, 1);
@@ -230,7 +245,8 @@ fn an_open_breaker_routes_to_the_fallback_and_a_probe_closes_it() {
     let later = now + Duration::from_secs(2);
     let probe = send(d.poll(later));
     assert_eq!((probe.tier, probe.probe), (0, true));
-    d.complete(later, probe.id, &Outcome::Delivered, MS).unwrap();
+    d.complete(later, probe.id, &Outcome::Delivered, MS)
+        .unwrap();
     assert_eq!(d.snapshot(later).tiers[0].breaker, BreakerState::Closed);
 }
 
@@ -243,7 +259,12 @@ fn permanent_errors_dead_letter_and_unreachable_chats_move_on() {
     }
     let a = send(d.poll(T0));
     assert_eq!(
-        d.complete(T0, a.id, &http(400, "Bad Request: message text is empty"), MS),
+        d.complete(
+            T0,
+            a.id,
+            &http(400, "Bad Request: message text is empty"),
+            MS
+        ),
         Ok(Verdict::DeadLetter {
             reason: DeadLetterReason::Refused {
                 reason: "bad request"
@@ -254,7 +275,12 @@ fn permanent_errors_dead_letter_and_unreachable_chats_move_on() {
     let b = send(d.poll(now));
     assert_eq!(b.chat, 6);
     assert_eq!(
-        d.complete(now, b.id, &http(403, "Forbidden: bot was blocked by the user"), MS),
+        d.complete(
+            now,
+            b.id,
+            &http(403, "Forbidden: bot was blocked by the user"),
+            MS
+        ),
         Ok(Verdict::FailedOver { to: 1 })
     );
     let later = at_ms(200);
@@ -327,12 +353,17 @@ fn a_bad_token_stops_the_tier_until_reset() {
         Ok(Verdict::FailedOver { to: 1 })
     );
     let events = d.tick(T0);
-    assert!(events.iter().any(|e| matches!(e, Event::TierStopped { tier: 0, .. })));
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::TierStopped { tier: 0, .. }))
+    );
     let s = d.snapshot(T0);
     assert_eq!(s.tiers[0].stopped, Some("unauthorized: bad bot token"));
     let n = send(d.poll(at_ms(50)));
     assert_eq!(n.tier, 1);
-    d.complete(at_ms(50), n.id, &Outcome::Delivered, MS).unwrap();
+    d.complete(at_ms(50), n.id, &Outcome::Delivered, MS)
+        .unwrap();
     assert_eq!(d.reset_breaker(at_ms(60), 0), Some(()));
     assert_eq!(send(d.poll(at_ms(100))).tier, 0);
     assert_eq!(d.reset_breaker(at_ms(60), 9), None);
@@ -434,8 +465,11 @@ fn a_full_bulkhead_sets_chats_aside_until_a_slot_frees() {
     let mut d = Dispatcher::new(c, 3).unwrap();
     let report = d.message_type("report");
     for (id, chat) in [(1, 1), (2, 2)] {
-        d.enqueue(T0, QueuedMessage::new(id, chat, Priority::Normal, report, T0))
-            .unwrap();
+        d.enqueue(
+            T0,
+            QueuedMessage::new(id, chat, Priority::Normal, report, T0),
+        )
+        .unwrap();
     }
     let a = msg(&mut d, 3, 3, Priority::Normal, T0);
     d.enqueue(T0, a).unwrap();
@@ -491,7 +525,10 @@ fn reconfigure_keeps_messages_and_tier_state() {
     let s = d.snapshot(now);
     assert_eq!(s.tiers[1].counters.rate_limited, 1);
     assert_eq!(s.held, 4);
-    assert_eq!(d.complete(now, o2.id, &Outcome::Delivered, MS), Ok(Verdict::Delivered));
+    assert_eq!(
+        d.complete(now, o2.id, &Outcome::Delivered, MS),
+        Ok(Verdict::Delivered)
+    );
     // A bad config changes nothing.
     let mut bad = config();
     bad.max_in_flight = 0;

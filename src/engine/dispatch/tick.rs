@@ -26,10 +26,10 @@ use crate::engine::breaker::BreakerState;
 use crate::engine::degradation::Signals;
 use crate::engine::health::BreakerPhase;
 
+use super::Dispatcher;
 use super::LevelCache;
 use super::tier::phase;
 use super::types::{Event, Snapshot, TierSnapshot};
-use super::Dispatcher;
 
 /// Ticks between sweeps of idle limiter keys, breakers and marks.
 const EVICT_EVERY: u64 = 60;

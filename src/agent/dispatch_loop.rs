@@ -1,0 +1,649 @@
+//! The dispatch loop: the one task that owns the engine's [`Dispatcher`],
+//! hands its send orders to the sinks, feeds results back, and writes every
+//! state change to the store.
+//!
+//! Store writes for a finished attempt run in a task of their own so a slow
+//! fsync never stalls pacing; a message's next send waits for its previous
+//! write first, so the store always sees a message's changes in order.
+//! Waiting Bot API callers and receipts are told only after the final state
+//! is durable.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::agent::config::AgentConfig;
+use crate::agent::dispatch_config::dispatch_config;
+use crate::agent::http::native::now_ms;
+use crate::agent::state::{AppState, DispatchCmd, Final, IngestGate};
+use crate::engine::degradation::Level;
+use crate::engine::dispatch::{Dispatcher, Event, Poll, QueuedMessage, Snapshot, Verdict};
+use crate::engine::taxonomy::{Outcome, classify};
+use crate::engine::{Instant, Priority};
+use crate::sink::{Delivery, ReceiptSender, Sink, SinkResult};
+use crate::store::{Attempt, ChatRef, MessageId, Store, StoredMessage};
+
+/// A stable negative key for a `@username` chat: usernames are channels or
+/// public groups, so they get the (stricter) group limit.
+pub fn chat_key(chat: &ChatRef) -> i64 {
+    match chat {
+        ChatRef::Id(id) => *id,
+        ChatRef::Username(name) => {
+            // FNV-1a over the lower-cased name, folded into a range no real
+            // Telegram id uses (below -2^62).
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+            for b in name.to_ascii_lowercase().bytes() {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+            -(1i64 << 62) - i64::try_from(h >> 2).unwrap_or(0)
+        }
+    }
+}
+
+struct Held {
+    msg: StoredMessage,
+    /// The last store write for this message, awaited before its next send.
+    persist: Option<JoinHandle<()>>,
+}
+
+struct Done {
+    id: u64,
+    tier: usize,
+    result: SinkResult,
+    latency: Duration,
+}
+
+/// Everything the loop owns.
+pub struct DispatchLoop {
+    state: Arc<AppState>,
+    d: Dispatcher,
+    epoch: tokio::time::Instant,
+    sinks: Vec<Option<Arc<Sink>>>,
+    tier_names: Vec<String>,
+    held: HashMap<u64, Held>,
+    ids: HashMap<MessageId, u64>,
+    next_id: u64,
+    inflight: JoinSet<Done>,
+    receipts: Option<ReceiptSender>,
+}
+
+/// Why the loop could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LoopError {
+    #[error("dispatcher configuration: {0}")]
+    Config(#[from] crate::engine::dispatch::DispatchError),
+    #[error("tier {tier}: {source}")]
+    Sink {
+        tier: String,
+        #[source]
+        source: crate::sink::SinkError,
+    },
+}
+
+impl DispatchLoop {
+    pub fn new(state: Arc<AppState>, config: &AgentConfig, seed: u64) -> Result<Self, LoopError> {
+        let d = Dispatcher::new(dispatch_config(config), seed)?;
+        let receipts = ReceiptSender::new(state.http.clone(), Default::default()).ok();
+        let mut l = DispatchLoop {
+            state,
+            d,
+            epoch: tokio::time::Instant::now(),
+            sinks: Vec::new(),
+            tier_names: Vec::new(),
+            held: HashMap::new(),
+            ids: HashMap::new(),
+            next_id: 1,
+            inflight: JoinSet::new(),
+            receipts,
+        };
+        l.build_sinks(config)?;
+        Ok(l)
+    }
+
+    fn build_sinks(&mut self, config: &AgentConfig) -> Result<(), LoopError> {
+        let mut sinks = Vec::new();
+        let mut names = Vec::new();
+        for i in 0..self.d.tier_count() {
+            let name = self.d.tier_name(i).unwrap_or_default().to_owned();
+            let sink = match config.tier(&name) {
+                Some(t) => Some(Arc::new(
+                    Sink::from_spec(&t.policy.spec, t.secrets.clone(), &self.state.http).map_err(
+                        |source| LoopError::Sink {
+                            tier: name.clone(),
+                            source,
+                        },
+                    )?,
+                )),
+                None => None,
+            };
+            sinks.push(sink);
+            names.push(name);
+        }
+        self.sinks = sinks;
+        self.tier_names = names;
+        Ok(())
+    }
+
+    fn now(&self) -> Instant {
+        Instant::from_nanos(u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    /// Engine time of a wall-clock instant in unix milliseconds.
+    fn at_unix_ms(&self, ms: u64) -> Instant {
+        let now = self.now();
+        let wall = now_ms();
+        if ms >= wall {
+            now + Duration::from_millis(ms - wall)
+        } else {
+            now - Duration::from_millis(wall - ms)
+        }
+    }
+
+    fn enqueue(&mut self, msgs: Vec<StoredMessage>) {
+        let now = self.now();
+        for m in msgs {
+            if self.ids.contains_key(&m.id) {
+                continue;
+            }
+            let id = self.next_id;
+            self.next_id += 1;
+            let ty = self.d.message_type(&m.msg.message_type);
+            let not_before = m
+                .next_attempt_ms
+                .or(m.msg.not_before)
+                .map(|ms| self.at_unix_ms(ms));
+            let q = QueuedMessage {
+                id,
+                chat: chat_key(&m.msg.chat_id),
+                priority: m.msg.priority,
+                message_type: ty,
+                enqueued_at: self.at_unix_ms(m.created_ms).min(now),
+                not_before,
+                attempts_so_far: u32::try_from(m.attempts.len()).unwrap_or(u32::MAX),
+                first_attempt_at: m.attempts.first().map(|a| self.at_unix_ms(a.at_ms)),
+            };
+            if let Err(e) = self.d.enqueue(now, q) {
+                tracing::error!(error = %e, "dispatcher refused a message");
+                continue;
+            }
+            self.ids.insert(m.id, id);
+            self.held.insert(
+                id,
+                Held {
+                    msg: m,
+                    persist: None,
+                },
+            );
+        }
+    }
+
+    /// Hand out every send the engine allows now; returns when to wake.
+    fn pump(&mut self) -> Option<Instant> {
+        loop {
+            let now = self.now();
+            match self.d.poll(now) {
+                Poll::Send(order) => {
+                    let Some(h) = self.held.get_mut(&order.id) else {
+                        tracing::error!(id = order.id, "send order for an unknown message");
+                        continue;
+                    };
+                    let Some(sink) = self.sinks.get(order.tier).cloned().flatten() else {
+                        let _ = self.d.complete(
+                            now,
+                            order.id,
+                            &Outcome::Transport(crate::engine::taxonomy::TransportKind::Other),
+                            Duration::ZERO,
+                        );
+                        continue;
+                    };
+                    let mut delivery = Delivery::from_stored(&h.msg);
+                    delivery.attempt = order.attempt;
+                    let previous = h.persist.take();
+                    let store = self.state.store.clone();
+                    let message_id = h.msg.id;
+                    let tier_name = self.tier_names.get(order.tier).cloned().unwrap_or_default();
+                    let timeout = order.deadline.since(now).max(Duration::from_millis(1));
+                    let (id, tier) = (order.id, order.tier);
+                    self.state.metrics.in_flight.inc();
+                    self.inflight.spawn(async move {
+                        if let Some(p) = previous {
+                            let _ = p.await;
+                        }
+                        if let Err(e) = store.mark_in_flight(message_id, tier_name, now_ms()).await
+                        {
+                            tracing::warn!(error = %e, "could not mark a message in flight");
+                        }
+                        let started = tokio::time::Instant::now();
+                        let result = sink.send(&delivery, timeout).await;
+                        Done {
+                            id,
+                            tier,
+                            result,
+                            latency: started.elapsed(),
+                        }
+                    });
+                }
+                Poll::Idle { wake_at } => return wake_at,
+            }
+        }
+    }
+
+    fn finish(&mut self, done: Done) {
+        self.state.metrics.in_flight.dec();
+        let now = self.now();
+        let tier_name = self.tier_names.get(done.tier).cloned().unwrap_or_default();
+        let class = classify(&done.result.outcome)
+            .map(|c| c.class.as_str())
+            .unwrap_or("delivered");
+        self.state
+            .metrics
+            .attempts
+            .with_label_values(&[&tier_name, class])
+            .inc();
+        self.state
+            .metrics
+            .send_seconds
+            .with_label_values(&[&tier_name])
+            .observe(done.latency.as_secs_f64());
+        let verdict = match self
+            .d
+            .complete(now, done.id, &done.result.outcome, done.latency)
+        {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "completion for a message no longer in flight");
+                return;
+            }
+        };
+        let Some(h) = self.held.get_mut(&done.id) else {
+            return;
+        };
+        let attempt = Attempt {
+            at_ms: now_ms(),
+            tier: tier_name.clone(),
+            outcome: class.to_owned(),
+            error: done.result.detail.clone().or_else(|| {
+                done.result
+                    .status
+                    .filter(|s| *s >= 400)
+                    .map(|s| format!("HTTP {s}"))
+            }),
+        };
+        let store = self.state.store.clone();
+        let id = h.msg.id;
+        let m = &self.state.metrics;
+        if matches!(done.result.status, Some(429)) {
+            m.rate_limited.with_label_values(&[&tier_name]).inc();
+        }
+        match verdict {
+            Verdict::Delivered => {
+                let h = self.held.remove(&done.id);
+                self.ids.remove(&id);
+                let Some(h) = h else { return };
+                m.delivered
+                    .with_label_values(&[
+                        &tier_name,
+                        h.msg.msg.priority.as_str(),
+                        &h.msg.msg.message_type,
+                    ])
+                    .inc();
+                let age = now_ms().saturating_sub(h.msg.created_ms);
+                m.delivery_seconds
+                    .with_label_values(&[&tier_name, h.msg.msg.priority.as_str()])
+                    .observe(age as f64 / 1000.0);
+                let state = self.state.clone();
+                let receipts = self.receipts.clone();
+                let result = done.result;
+                tokio::spawn(async move {
+                    if let Some(p) = h.persist {
+                        let _ = p.await;
+                    }
+                    if let Err(e) = store
+                        .record_delivered(id, tier_name, result.receipt.clone(), now_ms())
+                        .await
+                    {
+                        tracing::error!(error = %e, "could not record a delivery");
+                    }
+                    notify(
+                        &state,
+                        receipts.as_ref(),
+                        id,
+                        Final {
+                            delivered: true,
+                            status: result.status,
+                            body: result.body,
+                            reason: None,
+                        },
+                    )
+                    .await;
+                });
+            }
+            Verdict::DeadLetter { reason } => {
+                let h = self.held.remove(&done.id);
+                self.ids.remove(&id);
+                let Some(h) = h else { return };
+                m.dead_lettered
+                    .with_label_values(&[&tier_name, reason.label()])
+                    .inc();
+                let state = self.state.clone();
+                let receipts = self.receipts.clone();
+                let result = done.result;
+                let text = reason.to_string();
+                tokio::spawn(async move {
+                    if let Some(p) = h.persist {
+                        let _ = p.await;
+                    }
+                    if let Err(e) = store.record_dead_letter(id, attempt, text.clone()).await {
+                        tracing::error!(error = %e, "could not record a dead letter");
+                    }
+                    notify(
+                        &state,
+                        receipts.as_ref(),
+                        id,
+                        Final {
+                            delivered: false,
+                            status: result.status,
+                            body: result.body,
+                            reason: Some(text),
+                        },
+                    )
+                    .await;
+                });
+            }
+            Verdict::RetryAt(at) => {
+                m.retries.with_label_values(&[&tier_name]).inc();
+                let next_ms = now_ms() + at.since(now).as_millis() as u64;
+                h.msg.attempts.push(attempt.clone());
+                h.persist = Some(chain(h.persist.take(), async move {
+                    if let Err(e) = store.record_retry(id, attempt, next_ms).await {
+                        tracing::error!(error = %e, "could not record a retry");
+                    }
+                }));
+            }
+            Verdict::FailedOver { to } => {
+                let to_name = self.tier_names.get(to).cloned().unwrap_or_default();
+                m.failovers.with_label_values(&[&tier_name, &to_name]).inc();
+                h.msg.attempts.push(attempt.clone());
+                let next_ms = now_ms();
+                h.persist = Some(chain(h.persist.take(), async move {
+                    if let Err(e) = store.record_retry(id, attempt, next_ms).await {
+                        tracing::error!(error = %e, "could not record a failover");
+                    }
+                }));
+            }
+            Verdict::Readdressed { new_chat } => {
+                h.msg.msg.chat_id = ChatRef::Id(new_chat);
+                h.persist = Some(chain(h.persist.take(), async move {
+                    if let Err(e) = store.readdress(id, ChatRef::Id(new_chat)).await {
+                        tracing::error!(error = %e, "could not readdress a message");
+                    }
+                }));
+            }
+        }
+    }
+
+    fn tick(&mut self) {
+        let now = self.now();
+        for e in self.d.tick(now) {
+            log_event(&self.state, &e);
+        }
+        let snap = self.d.snapshot(now);
+        self.publish(&snap);
+    }
+
+    fn publish(&self, snap: &Snapshot) {
+        let m = &self.state.metrics;
+        for p in Priority::ALL {
+            m.queue_depth
+                .with_label_values(&[p.as_str()])
+                .set(i64::try_from(snap.queued_by_priority[p.index()]).unwrap_or(i64::MAX));
+        }
+        m.oldest_age_seconds
+            .set(snap.oldest_age.map(|d| d.as_secs() as i64).unwrap_or(0));
+        m.degradation_level.set(snap.level.index() as i64);
+        for t in &snap.tiers {
+            let state = match t.breaker.as_str() {
+                "closed" => 0,
+                "half-open" | "half_open" => 1,
+                _ => 2,
+            };
+            m.breaker_state.with_label_values(&[&t.name]).set(state);
+            m.health_score
+                .with_label_values(&[&t.name])
+                .set(i64::from(t.health_score));
+        }
+        // Ask the degrader per priority; "default" stands for any type that
+        // is not paused by name.
+        let mut gate = IngestGate {
+            level: snap.level.as_str().to_owned(),
+            retry_after_secs: 1,
+            ..IngestGate::default()
+        };
+        let mut refused = 0;
+        for p in Priority::ALL {
+            if let Err(r) = self.d.admits_ingest(p, "default") {
+                refused += 1;
+                gate.shed.push(p);
+                gate.retry_after_secs = gate.retry_after_secs.max(r.retry_after.as_secs());
+            }
+        }
+        gate.refuse_all = refused == Priority::ALL.len();
+        if let Ok(mut g) = self.state.ingest_gate.write() {
+            *g = gate;
+        }
+    }
+
+    fn snapshot_json(&self) -> serde_json::Value {
+        let now = self.now();
+        let s = self.d.snapshot(now);
+        let ms = |i: Option<Instant>| i.map(|i| i.since(now).as_millis() as u64);
+        json!({
+            "level": s.level.as_str(),
+            "level_override": s.override_level.map(|(l, _)| l.as_str()),
+            "held": s.held,
+            "in_flight": s.in_flight,
+            "set_aside": s.set_aside,
+            "queue_by_priority": {
+                "critical": s.queued_by_priority[0], "high": s.queued_by_priority[1],
+                "normal": s.queued_by_priority[2], "low": s.queued_by_priority[3]},
+            "oldest_age_ms": s.oldest_age.map(|d| d.as_millis() as u64),
+            "tiers": s.tiers.iter().map(|t| json!({
+                "name": t.name,
+                "sink": t.sink.as_str(),
+                "breaker": t.breaker.as_str(),
+                "open_for_ms": ms(t.open_until),
+                "stopped": t.stopped,
+                "health_score": t.health_score,
+                "health_floor": t.health_floor,
+                "success_ewma": t.ewma,
+                "in_flight": t.in_flight,
+                "unreachable_chats": t.unreachable_chats,
+                "paused_for_ms": ms(t.paused_until),
+                "sent": t.counters.sent,
+                "delivered": t.counters.delivered,
+                "failed": t.counters.failed,
+                "rate_limited": t.counters.rate_limited,
+                "failed_over": t.counters.failed_over,
+                "dead_lettered": t.counters.dead_lettered,
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    fn command(&mut self, cmd: DispatchCmd) {
+        match cmd {
+            DispatchCmd::Enqueue(msgs) => self.enqueue(msgs),
+            DispatchCmd::Snapshot(tx) => {
+                let _ = tx.send(self.snapshot_json());
+            }
+            DispatchCmd::ResetBreaker(name, tx) => {
+                let now = self.now();
+                let r = match self.d.tier_index(&name) {
+                    Some(i) => self
+                        .d
+                        .reset_breaker(now, i)
+                        .ok_or_else(|| format!("tier {name:?} has no breaker")),
+                    None => Err(format!("unknown tier {name:?}")),
+                };
+                let _ = tx.send(r);
+            }
+            DispatchCmd::Degrade(level, tx) => {
+                let now = self.now();
+                let r = match level {
+                    None => {
+                        self.d.set_degradation_override(now, None);
+                        Ok(())
+                    }
+                    Some(text) => match text.parse::<Level>() {
+                        Ok(l) => {
+                            self.d.set_degradation_override(now, Some((l, None)));
+                            Ok(())
+                        }
+                        Err(_) => Err(format!(
+                            "unknown level {text:?}: use NORMAL, MINOR, MODERATE, SEVERE or CRITICAL"
+                        )),
+                    },
+                };
+                let snap = self.d.snapshot(now);
+                self.publish(&snap);
+                let _ = tx.send(r);
+            }
+            DispatchCmd::Reconfigure(config) => {
+                let now = self.now();
+                match self.d.reconfigure(now, dispatch_config(&config)) {
+                    Ok(()) => match self.build_sinks(&config) {
+                        Ok(()) => tracing::info!("dispatcher reconfigured"),
+                        Err(e) => {
+                            tracing::error!(error = %e, "new sinks refused; keeping the old ones")
+                        }
+                    },
+                    Err(e) => tracing::error!(error = %e, "new dispatcher configuration refused"),
+                }
+            }
+        }
+    }
+
+    /// Run until `shutdown`; then stop handing out sends and wait up to
+    /// `grace` for those in flight. Unfinished ones stay in flight in the
+    /// store and come back as pending at the next start.
+    pub async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<DispatchCmd>,
+        mut shutdown: watch::Receiver<bool>,
+        grace: Duration,
+    ) {
+        match self.state.store.pending().await {
+            Ok(pending) => {
+                tracing::info!(count = pending.len(), "loaded pending messages");
+                self.enqueue(pending);
+            }
+            Err(e) => tracing::error!(error = %e, "could not load pending messages"),
+        }
+        self.state.ready.store(true, Ordering::Relaxed);
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let wake = self.pump();
+            let sleep_for = wake
+                .map(|w| w.since(self.now()))
+                .unwrap_or(Duration::from_secs(3600));
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(c) => self.command(c),
+                    None => break,
+                },
+                Some(done) = self.inflight.join_next(), if !self.inflight.is_empty() => {
+                    if let Ok(done) = done {
+                        self.finish(done);
+                    }
+                }
+                _ = tokio::time::sleep(sleep_for) => {}
+                _ = ticker.tick() => self.tick(),
+                _ = shutdown.changed() => break,
+            }
+        }
+        tracing::info!(in_flight = self.inflight.len(), "draining in-flight sends");
+        let deadline = tokio::time::sleep(grace);
+        tokio::pin!(deadline);
+        while !self.inflight.is_empty() {
+            tokio::select! {
+                Some(done) = self.inflight.join_next() => {
+                    if let Ok(done) = done {
+                        self.finish(done);
+                    }
+                }
+                _ = &mut deadline => {
+                    tracing::warn!(left = self.inflight.len(), "grace period over; unfinished sends resume at the next start");
+                    break;
+                }
+            }
+        }
+        // Let the last store writes land.
+        let pending: Vec<JoinHandle<()>> = self
+            .held
+            .values_mut()
+            .filter_map(|h| h.persist.take())
+            .collect();
+        for p in pending {
+            let _ = tokio::time::timeout(grace, p).await;
+        }
+    }
+}
+
+/// Run `next` after `previous` finished.
+fn chain(
+    previous: Option<JoinHandle<()>>,
+    next: impl std::future::Future<Output = ()> + Send + 'static,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Some(p) = previous {
+            let _ = p.await;
+        }
+        next.await;
+    })
+}
+
+async fn notify(state: &AppState, receipts: Option<&ReceiptSender>, id: MessageId, outcome: Final) {
+    state.finish(id, outcome);
+    let Some(receipts) = receipts else { return };
+    if let Ok(Some(m)) = state.store.get(id).await
+        && let Some(url) = m.msg.callback_url.clone()
+        && let Some(r) = crate::sink::Receipt::from_stored(&m)
+        && let Err(e) = receipts.send(&url, r)
+    {
+        tracing::warn!(error = %e, "delivery receipt not sent");
+    }
+}
+
+fn log_event(state: &AppState, e: &Event) {
+    match e {
+        Event::Breaker {
+            tier_name,
+            chat,
+            transition,
+            ..
+        } => {
+            if chat.is_none() {
+                state
+                    .metrics
+                    .breaker_transitions
+                    .with_label_values(&[tier_name, transition.to.as_str()])
+                    .inc();
+            }
+            tracing::warn!(tier = %tier_name, chat_scoped = chat.is_some(), from = transition.from.as_str(), to = transition.to.as_str(), "circuit breaker transition");
+        }
+        Event::Level(change) => {
+            tracing::warn!(
+                from = change.from.as_str(),
+                to = change.to.as_str(),
+                "degradation level changed"
+            );
+        }
+        other => tracing::warn!(event = ?other, "dispatcher event"),
+    }
+}

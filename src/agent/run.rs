@@ -1,0 +1,231 @@
+//! Starting and stopping an agent: open the store, start the dispatch loop,
+//! serve HTTP, watch the config file, clean up old records, and on shutdown
+//! stop ingest, drain in-flight sends and exit.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{mpsc, watch};
+
+use crate::agent::config::{AgentConfig, ConfigError};
+use crate::agent::dispatch_loop::{DispatchLoop, LoopError};
+use crate::agent::metrics::Metrics;
+use crate::agent::state::{AppState, DispatchCmd};
+use crate::store::{EmbeddedOptions, EmbeddedStore, Store, StoreError};
+
+/// Why the agent could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("store {path}: {source}")]
+    Store {
+        path: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error("listen {addr}: {source}")]
+    Listen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Dispatch(#[from] LoopError),
+    #[error("HTTP client: {0}")]
+    Client(#[from] crate::sink::SinkError),
+    #[error("HTTP server: {0}")]
+    Serve(std::io::Error),
+}
+
+/// A started agent, for embedding (tests, `herald demo`).
+pub struct RunningAgent {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), AgentError>>,
+}
+
+impl RunningAgent {
+    /// Stop as on SIGTERM and wait until drained.
+    pub async fn shutdown(self) -> Result<(), AgentError> {
+        let _ = self.stop.send(true);
+        match self.task.await {
+            Ok(r) => r,
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+/// Load `path` and start serving. `env` resolves secrets.
+pub async fn start(
+    path: PathBuf,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<RunningAgent, AgentError> {
+    let config = Arc::new(AgentConfig::load(&path, env)?);
+    let store_path = config.agent.store_path.clone();
+    if let Some(parent) = std::path::Path::new(&store_path).parent()
+        && !parent.as_os_str().is_empty()
+    {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    let options = EmbeddedOptions {
+        idempotency_ttl: config.agent.retention.get(),
+        ..EmbeddedOptions::default()
+    };
+    let store = EmbeddedStore::open(&store_path, options)
+        .await
+        .map_err(|source| AgentError::Store {
+            path: store_path.clone(),
+            source,
+        })?;
+    let listener = tokio::net::TcpListener::bind(&config.agent.listen)
+        .await
+        .map_err(|source| AgentError::Listen {
+            addr: config.agent.listen.clone(),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| AgentError::Listen {
+        addr: config.agent.listen.clone(),
+        source,
+    })?;
+    let (tx, rx) = mpsc::channel(4096);
+    let state = Arc::new(AppState {
+        config: std::sync::RwLock::new(config.clone()),
+        store,
+        metrics: Metrics::new(),
+        http: crate::sink::http_client()?,
+        dispatch: tx,
+        waiters: Default::default(),
+        ready: AtomicBool::new(false),
+        draining: AtomicBool::new(false),
+        ingest_gate: Default::default(),
+    });
+    let seed = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(7);
+    let dispatch = DispatchLoop::new(state.clone(), &config, seed)?;
+    let (stop, stop_rx) = watch::channel(false);
+    let grace = config.agent.shutdown_grace.get();
+    let task = tokio::spawn(serve(
+        state.clone(),
+        listener,
+        dispatch,
+        rx,
+        stop_rx,
+        grace,
+        path,
+    ));
+    tracing::info!(%addr, entry_tier = %config.entry_tier, "herald agent listening");
+    Ok(RunningAgent {
+        addr,
+        state,
+        stop,
+        task,
+    })
+}
+
+async fn serve(
+    state: Arc<AppState>,
+    listener: tokio::net::TcpListener,
+    dispatch: DispatchLoop,
+    rx: mpsc::Receiver<DispatchCmd>,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+    path: PathBuf,
+) -> Result<(), AgentError> {
+    let (loop_stop_tx, loop_stop_rx) = watch::channel(false);
+    let dispatch_task = tokio::spawn(dispatch.run(rx, loop_stop_rx, grace));
+    let (aux_stop_tx, aux_stop_rx) = watch::channel(false);
+    tokio::spawn(watch_config(state.clone(), path, aux_stop_rx.clone()));
+    tokio::spawn(cleanup(state.clone(), aux_stop_rx.clone()));
+    if let Some(dir) = state.config().agent.spool_source.clone() {
+        tokio::spawn(crate::agent::ingest::spool_source::run(
+            state.clone(),
+            dir.into(),
+            aux_stop_rx,
+        ));
+    }
+    let router = crate::agent::http::router(state.clone());
+    let drain_state = state.clone();
+    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        let _ = stop.wait_for(|s| *s).await;
+        // Refuse new messages at once; finish requests already inside.
+        drain_state.draining.store(true, Ordering::Relaxed);
+    });
+    let served = server.await;
+    let _ = aux_stop_tx.send(true);
+    let _ = loop_stop_tx.send(true);
+    let _ = dispatch_task.await;
+    tracing::info!("herald agent stopped");
+    served.map_err(AgentError::Serve)
+}
+
+/// Reload the config when the file changes (checked every 500 ms, so a
+/// change is live within 2 s). An invalid file is logged and ignored.
+async fn watch_config(state: Arc<AppState>, path: PathBuf, mut stop: watch::Receiver<bool>) {
+    let stamp = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut last = stamp(&path);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stop.changed() => return,
+        }
+        let now = stamp(&path);
+        if now == last {
+            continue;
+        }
+        last = now;
+        let env = |k: &str| std::env::var(k).ok();
+        match AgentConfig::load(&path, &env) {
+            Ok(c) => {
+                let c = Arc::new(c);
+                state.set_config(c.clone());
+                let _ = state.dispatch.send(DispatchCmd::Reconfigure(c)).await;
+                state
+                    .metrics
+                    .config_reloads
+                    .with_label_values(&["ok"])
+                    .inc();
+                tracing::info!(path = %path.display(), "configuration reloaded");
+            }
+            Err(e) => {
+                state
+                    .metrics
+                    .config_reloads
+                    .with_label_values(&["invalid"])
+                    .inc();
+                tracing::error!(path = %path.display(), error = %e, "new configuration refused; the old one keeps running");
+            }
+        }
+    }
+}
+
+/// Drop delivered records and expired idempotency keys past retention.
+async fn cleanup(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(300)) => {}
+            _ = stop.changed() => return,
+        }
+        let retention = state.config().agent.retention.get();
+        loop {
+            match state
+                .store
+                .cleanup(crate::agent::http::native::now_ms(), retention, retention)
+                .await
+            {
+                Ok(c) if c.more => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "store cleanup failed");
+                    break;
+                }
+            }
+        }
+    }
+}
