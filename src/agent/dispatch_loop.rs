@@ -71,6 +71,31 @@ pub struct DispatchLoop {
     next_id: u64,
     inflight: JoinSet<Done>,
     receipts: Option<ReceiptSender>,
+    /// No sends before this instant: see [`restart_quiet`].
+    quiet_until: Instant,
+}
+
+/// How long a restarted agent waits before its first send. The limiter's
+/// memory died with the old process while the API's windows did not; after
+/// one full cell (emission interval plus burst tolerance) of the slowest
+/// key, every key is as fresh as the limiter assumes. For Telegram's limits
+/// that is the group key: 3 s.
+pub fn restart_quiet(config: &AgentConfig) -> Duration {
+    config
+        .tiers
+        .iter()
+        .flat_map(|t| {
+            let l = &t.policy.limits;
+            [Some(l.global), l.per_chat, l.per_group]
+        })
+        .flatten()
+        .map(|l| {
+            let c = l.cell();
+            Duration::from_nanos(c.interval.saturating_add(c.tolerance))
+        })
+        .max()
+        .unwrap_or_default()
+        .min(Duration::from_secs(600))
 }
 
 /// Why the loop could not start.
@@ -101,6 +126,7 @@ impl DispatchLoop {
             next_id: 1,
             inflight: JoinSet::new(),
             receipts,
+            quiet_until: Instant::ZERO + restart_quiet(config),
         };
         l.build_sinks(config)?;
         Ok(l)
@@ -185,6 +211,9 @@ impl DispatchLoop {
 
     /// Hand out every send the engine allows now; returns when to wake.
     fn pump(&mut self) -> Option<Instant> {
+        if self.now() < self.quiet_until {
+            return Some(self.quiet_until);
+        }
         loop {
             let now = self.now();
             match self.d.poll(now) {
@@ -204,21 +233,24 @@ impl DispatchLoop {
                     };
                     let mut delivery = Delivery::from_stored(&h.msg);
                     delivery.attempt = order.attempt;
-                    let previous = h.persist.take();
+                    // The in-flight mark is chained behind the message's
+                    // earlier writes, never awaited by the send: a send
+                    // leaves at the instant the limiter chose, whatever the
+                    // disk is doing (store latency would otherwise become
+                    // send-time jitter and eat the pacing guard).
                     let store = self.state.store.clone();
                     let message_id = h.msg.id;
                     let tier_name = self.tier_names.get(order.tier).cloned().unwrap_or_default();
-                    let timeout = order.deadline.since(now).max(Duration::from_millis(1));
-                    let (id, tier) = (order.id, order.tier);
-                    self.state.metrics.in_flight.inc();
-                    self.inflight.spawn(async move {
-                        if let Some(p) = previous {
-                            let _ = p.await;
-                        }
+                    h.persist = Some(chain(h.persist.take(), async move {
                         if let Err(e) = store.mark_in_flight(message_id, tier_name, now_ms()).await
                         {
                             tracing::warn!(error = %e, "could not mark a message in flight");
                         }
+                    }));
+                    let timeout = order.deadline.since(now).max(Duration::from_millis(1));
+                    let (id, tier) = (order.id, order.tier);
+                    self.state.metrics.in_flight.inc();
+                    self.inflight.spawn(async move {
                         let started = tokio::time::Instant::now();
                         let result = sink.send(&delivery, timeout).await;
                         Done {

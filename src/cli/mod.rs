@@ -2,6 +2,7 @@
 
 mod client;
 mod crd;
+mod demo;
 mod logging;
 mod run;
 mod sandbox;
@@ -22,6 +23,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Sandbox + agent + a burst of messages on loopback, with a live report.
+    Demo(demo::Args),
     /// Run a standalone agent on its embedded store (no cluster needed).
     Run(run::Args),
     /// Run the agent as the operator deploys it (same as `run`).
@@ -47,6 +50,7 @@ enum Command {
 /// Run a parsed command; the exit code is the command's verdict.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Demo(a) => demo::run(a),
         Command::Run(a) | Command::Agent(a) => run::run(a),
         Command::Crd(a) => crd::run(a),
         Command::Validate(a) => validate::run(a),

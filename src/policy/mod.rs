@@ -155,10 +155,12 @@ fn limit(r: &RateLimit, guard: Guard) -> Limit {
     }
 }
 
-/// The engine's limits for a RateLimitPolicy. A priority share of p % is
+/// The engine's limits for a RateLimitPolicy. The global key gets
+/// `guardPercent`, chat and group keys `chatGuardPercent`. A priority share of p % is
 /// the global rate scaled exactly (rate × p per period × 100), burst 1.
 pub fn limits(spec: &RateLimitPolicySpec) -> Limits {
     let guard = Guard::percent(spec.pacing.guard_percent);
+    let chat_guard = Guard::percent(spec.pacing.chat_guard_percent);
     let global = limit(&spec.global, guard);
     let share = |pct: Option<u32>| {
         pct.filter(|p| *p < 100).map(|p| Limit {
@@ -171,8 +173,8 @@ pub fn limits(spec: &RateLimitPolicySpec) -> Limits {
     let shares = spec.priority_shares.clone().unwrap_or_default();
     Limits {
         global,
-        per_chat: Some(limit(&spec.per_chat, guard)),
-        per_group: Some(limit(&spec.per_group, guard)),
+        per_chat: Some(limit(&spec.per_chat, chat_guard)),
+        per_group: Some(limit(&spec.per_group, chat_guard)),
         shares: [
             share(shares.critical),
             share(shares.high),

@@ -37,6 +37,10 @@ pub struct Counters {
     pub rejected_429: u64,
     /// Of `rejected_429`: refusals that started a flood ban.
     pub flood_bans: u64,
+    /// `rejected_429` by the limit that refused: per_bot, per_chat,
+    /// per_group, flood_ban.
+    #[serde(default)]
+    pub rejected_429_by_cause: BTreeMap<String, u64>,
     /// Injected 500s plus 502s from dark periods.
     pub errors_5xx: u64,
     /// Of `errors_5xx`: 502s from dark periods.
@@ -149,8 +153,13 @@ impl Recorder {
         self.counters.by_chat.entry(chat).or_default().attempts += 1;
     }
 
-    pub fn rejected_429(&mut self, chat: i64, started_ban: bool) {
+    pub fn rejected_429(&mut self, chat: i64, started_ban: bool, cause: &str) {
         self.counters.rejected_429 += 1;
+        *self
+            .counters
+            .rejected_429_by_cause
+            .entry(cause.to_owned())
+            .or_default() += 1;
         self.counters.flood_bans += u64::from(started_ban);
         self.counters.by_chat.entry(chat).or_default().rejected_429 += 1;
     }

@@ -243,7 +243,14 @@ impl State {
         self.recorder.attempt(chat_id);
         if let Verdict::Refused { retry_after, cause } = self.judge.judge(bot_id, chat_id, now) {
             let started_ban = self.judge.limits().flood_ban && cause != Cause::FloodBan;
-            self.recorder.rejected_429(chat_id, started_ban);
+            let cause_label = match cause {
+                Cause::PerBot => "per_bot",
+                Cause::PerChat => "per_chat",
+                Cause::PerGroup => "per_group",
+                Cause::FloodBan => "flood_ban",
+            };
+            self.recorder
+                .rejected_429(chat_id, started_ban, cause_label);
             tracing::debug!(
                 bot_id,
                 chat_id,

@@ -1,0 +1,285 @@
+//! Delivery against the strict sandbox, with real processes: a backlog
+//! drains at the limit with zero 429s, kill -9 loses nothing, 5xx spells
+//! and outages lose nothing, dead letters can be retried, migrated groups
+//! are followed.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+fn delivered_texts(port: u16) -> Vec<(i64, String)> {
+    let (_, text) = get(&format!("http://127.0.0.1:{port}/sandbox/messages?since=0"));
+    let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    v["messages"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|m| {
+                    (
+                        m["chat_id"].as_i64().unwrap_or(0),
+                        m["text"].as_str().unwrap_or("").to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_backlog_drains_at_the_limit_with_zero_429s() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // Accept everything while the "Telegram" is down.
+    let a = agent_in(dir.path(), &config(dir.path(), port, "", ""));
+    let ids = send_many(&a.url, 2000, 200);
+    assert_eq!(ids.len(), 2000);
+    let _sb = sandbox(port, None);
+    assert!(
+        eventually(Duration::from_secs(240), || counters(port)["delivered"]
+            .as_u64()
+            == Some(2000)),
+        "not drained: {}",
+        counters(port)
+    );
+    let c = counters(port);
+    assert_eq!(c["rejected_429"], 0, "{c}");
+    assert!(c["max_per_bot_per_1s"].as_u64().unwrap() <= 30, "{c}");
+    assert!(c["max_per_chat_per_1s"].as_u64().unwrap() <= 1, "{c}");
+    // Per-chat order held.
+    let mut last: HashMap<i64, usize> = HashMap::new();
+    for (chat, text) in delivered_texts(port) {
+        let n: usize = text.trim_start_matches('m').parse().unwrap();
+        if let Some(prev) = last.insert(chat, n) {
+            assert!(n > prev, "chat {chat}: m{n} after m{prev}");
+        }
+    }
+    assert!(eventually(Duration::from_secs(10), || ids
+        .iter()
+        .all(|id| state_of(&a.url, id) == "delivered")));
+}
+
+#[test]
+fn kill_9_mid_drain_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _sb = sandbox(port, None);
+    let a = agent_in(dir.path(), &config(dir.path(), port, "", ""));
+    let ids = send_many(&a.url, 600, 100);
+    assert!(eventually(
+        Duration::from_secs(60),
+        || counters(port)["delivered"].as_u64().unwrap_or(0) >= 150
+    ));
+    let pid = a.proc.child.id();
+    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    let config_path = a.config.clone();
+    drop(a);
+    let b = start_agent(dir.path(), &config_path);
+    assert!(
+        eventually(Duration::from_secs(120), || ids
+            .iter()
+            .all(|id| state_of(&b.url, id) == "delivered")),
+        "not all delivered after restart"
+    );
+    let texts = delivered_texts(port);
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (_, t) in &texts {
+        *seen.entry(t.clone()).or_default() += 1;
+    }
+    assert_eq!(seen.len(), 600, "some message never reached the sandbox");
+    let duplicates: usize = seen.values().map(|n| n - 1).sum();
+    // At most what could be in flight at the kill: one second of sends.
+    assert!(duplicates <= 30, "{duplicates} duplicates");
+    assert_eq!(counters(port)["rejected_429"], 0);
+}
+
+#[test]
+fn a_5xx_spell_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _sb = sandbox(port, Some("faults:\n  error_rate: 0.2\n  seed: 11\n"));
+    let a = agent_in(dir.path(), &config(dir.path(), port, "", ""));
+    let ids = send_many(&a.url, 300, 150);
+    assert!(
+        eventually(Duration::from_secs(120), || ids
+            .iter()
+            .all(|id| state_of(&a.url, id) == "delivered")),
+        "{}",
+        counters(port)
+    );
+    assert!(counters(port)["errors_5xx"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn blocked_chats_dead_letter_and_can_be_retried_and_migrations_are_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _sb = sandbox(
+        port,
+        Some("faults:\n  blocked_chats: [42]\n  migrated_chats: {\"-555\": -1001234567890}\n"),
+    );
+    let a = agent_in(dir.path(), &config(dir.path(), port, "", ""));
+    let (_, r) = post_json(
+        &format!("{}/v1/messages", a.url),
+        &json!({"chat_id": 42, "text": "to a blocker"}),
+    );
+    let blocked = r["accepted"][0]["id"].as_str().unwrap().to_owned();
+    let (_, r) = post_json(
+        &format!("{}/v1/messages", a.url),
+        &json!({"chat_id": -555, "text": "to a migrated group"}),
+    );
+    let migrated = r["accepted"][0]["id"].as_str().unwrap().to_owned();
+    assert!(eventually(Duration::from_secs(30), || state_of(
+        &a.url, &blocked
+    ) == "dead_lettered"));
+    assert!(eventually(Duration::from_secs(30), || state_of(
+        &a.url, &migrated
+    ) == "delivered"));
+    assert!(
+        delivered_texts(port)
+            .iter()
+            .any(|(chat, t)| *chat == -1001234567890 && t == "to a migrated group")
+    );
+    let (_, detail) = get(&format!("{}/v1/messages/{blocked}", a.url));
+    assert!(
+        detail.contains("blocked") || detail.contains("403") || detail.contains("unreachable"),
+        "{detail}"
+    );
+    // The CLI lists and retries it; with the block lifted it is delivered.
+    let out = Command::new(bin())
+        .args(["dlq", "list", "--url", &a.url])
+        .env("HERALD_ADMIN_TOKEN", ADMIN)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&blocked));
+    let r = client()
+        .post(format!("http://127.0.0.1:{port}/sandbox/faults"))
+        .json(&json!({}))
+        .send()
+        .unwrap();
+    assert!(r.status().is_success());
+    let out = Command::new(bin())
+        .args(["dlq", "retry", "--id", &blocked, "--url", &a.url])
+        .env("HERALD_ADMIN_TOKEN", ADMIN)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(eventually(Duration::from_secs(30), || state_of(
+        &a.url, &blocked
+    ) == "delivered"));
+}
+
+/// A webhook receiver on loopback that counts what it got.
+fn webhook_receiver() -> (
+    u16,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    std::thread::JoinHandle<()>,
+) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = count.clone();
+    listener.set_nonblocking(false).unwrap();
+    let handle = std::thread::spawn(move || {
+        for stream in listener.incoming().take(100_000) {
+            let Ok(mut s) = stream else { continue };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 8192];
+            // Read headers, then Content-Length bytes of body.
+            loop {
+                let Ok(n) = s.read(&mut chunk) else { break };
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            l.strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if buf.len() >= end + 4 + len {
+                        break;
+                    }
+                }
+            }
+            c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        }
+    });
+    (port, count, handle)
+}
+
+#[test]
+fn an_outage_fails_over_to_the_webhook_tier_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _sb = sandbox(port, None);
+    let (hook_port, hooks, _h) = webhook_receiver();
+    let extra = format!(
+        "---\napiVersion: herald.dev/v1alpha1\nkind: DeliveryTier\nmetadata: {{name: hook}}\nspec:\n  channel: webhook\n  webhook:\n    url: http://127.0.0.1:{hook_port}/in\n    hmacSecretRef: {{name: hook, key: key}}\n  priority: 100\n"
+    );
+    let a = agent_in(
+        dir.path(),
+        &config(dir.path(), port, "  fallbackTiers: [hook]\n", &extra),
+    );
+    let faults = |dark: bool| {
+        client()
+            .post(format!("http://127.0.0.1:{port}/sandbox/faults"))
+            .json(&json!({"dark": dark}))
+            .send()
+            .unwrap()
+    };
+    assert!(faults(true).status().is_success());
+    let ids = send_many(&a.url, 200, 100);
+    assert!(
+        eventually(Duration::from_secs(90), || ids
+            .iter()
+            .all(|id| state_of(&a.url, id) == "delivered")),
+        "not all delivered during the outage"
+    );
+    assert!(
+        hooks.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "nothing failed over"
+    );
+    let (_, details) = get(&format!("{}/healthz/details", a.url));
+    assert!(
+        details.contains("\"breaker\":\"open\"") || details.contains("half"),
+        "{details}"
+    );
+    // Telegram is back: the breaker closes and new messages go there.
+    assert!(faults(false).status().is_success());
+    let before = counters(port)["delivered"].as_u64().unwrap_or(0);
+    let more = send_many(&a.url, 50, 50);
+    assert!(eventually(Duration::from_secs(90), || more
+        .iter()
+        .all(|id| state_of(&a.url, id) == "delivered")));
+    assert!(
+        eventually(Duration::from_secs(60), || counters(port)["delivered"]
+            .as_u64()
+            .unwrap_or(0)
+            > before),
+        "telegram never used again"
+    );
+    assert!(eventually(Duration::from_secs(60), || get(&format!(
+        "{}/healthz/details",
+        a.url
+    ))
+    .1
+    .contains("\"breaker\":\"closed\"")));
+}
