@@ -7,6 +7,7 @@
 //! - [`engine`]: pure delivery decisions (limits, breaker, retry, scheduling).
 //! - [`operator`]: the operator's pure decisions (desired objects, canary, healing, status).
 //! - [`policy`]: a tier and its policies resolved into engine configuration.
+//! - [`sim`]: `herald simulate`, the engine against a model of Telegram on a virtual clock.
 //! - [`sink`]: where messages go (Telegram Bot API, webhook, spool) and receipts.
 //! - [`store`]: the durable queue (trait and contract; embedded redb backend).
 //! - [`sandbox`]: a strict Telegram Bot API look-alike for tests and demos.
@@ -19,6 +20,7 @@ pub mod engine;
 pub mod operator;
 pub mod policy;
 pub mod sandbox;
+pub mod sim;
 pub mod sink;
 pub mod store;
 pub mod validate;

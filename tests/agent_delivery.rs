@@ -197,8 +197,7 @@ fn webhook_receiver() -> (
             let mut buf = Vec::new();
             let mut chunk = [0u8; 8192];
             // Read headers, then Content-Length bytes of body.
-            loop {
-                let Ok(n) = s.read(&mut chunk) else { break };
+            while let Ok(n) = s.read(&mut chunk) {
                 if n == 0 {
                     break;
                 }

@@ -4,8 +4,10 @@ mod client;
 mod crd;
 mod demo;
 mod logging;
+mod operator;
 mod run;
 mod sandbox;
+mod simulate;
 mod validate;
 
 use std::process::ExitCode;
@@ -29,6 +31,10 @@ enum Command {
     Run(run::Args),
     /// Run the agent as the operator deploys it (same as `run`).
     Agent(run::Args),
+    /// Run the Kubernetes operator: reconcile DeliveryTiers into agent workloads.
+    Operator(Box<operator::Args>),
+    /// Run the engine on a virtual clock against a model of Telegram.
+    Simulate(simulate::Args),
     /// Print the CustomResourceDefinitions as YAML.
     Crd(crd::Args),
     /// Check herald documents offline: schema, CEL rules and references.
@@ -52,6 +58,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Demo(a) => demo::run(a),
         Command::Run(a) | Command::Agent(a) => run::run(a),
+        Command::Operator(a) => operator::run(*a),
+        Command::Simulate(a) => simulate::run_cmd(a),
         Command::Crd(a) => crd::run(a),
         Command::Validate(a) => validate::run(a),
         Command::Sandbox(a) => sandbox::run(a),

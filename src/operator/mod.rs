@@ -45,14 +45,22 @@
 pub mod agent_config;
 pub mod canary;
 pub mod condition;
+pub mod context;
+pub mod controller;
 pub mod desired;
 pub mod error;
 pub mod hash;
 pub mod healing;
+pub mod health_client;
 pub mod index;
+pub mod leader;
+pub mod metrics;
 pub mod names;
 pub mod pod;
 pub mod status;
 pub mod time;
+
+#[cfg(test)]
+mod tests;
 
 pub use error::Error;

@@ -7,6 +7,8 @@
 //! entry thresholds go down as severity goes up). Leaves schema and CEL
 //! rules to `crate::validate`, which has already run on every input here.
 
+pub mod dispatch;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 

@@ -1,5 +1,6 @@
 //! Chats set aside: held back because their head's message type is paused
-//! (degradation) or has no free bulkhead slot on the tier it would take.
+//! (degradation), has no free bulkhead slot on the tier it would take, or
+//! has no tier left that is not stopped.
 //!
 //! Owns: the set-aside chats with their queued messages in order, one FIFO
 //! of chats per reason ([`BlockKey`]), and handing chats back. Leaves to
@@ -31,6 +32,9 @@ pub enum BlockKey {
     Paused(MessageType),
     /// Its head's type has no free slot on this tier (stable tier key).
     Bulkhead { tier: u32, ty: MessageType },
+    /// Every tier its head may still use is stopped (critical error): it
+    /// waits for an operator's reset or a reload.
+    Stranded,
 }
 
 #[derive(Debug)]

@@ -7,8 +7,10 @@
 //!   message waits as long at the head of its chat; no attempt is used;
 //! - transient (`Retry`): failure on the tier breaker; the tier's retry
 //!   policy picks the instant, never before the breaker's half-open instant
-//!   and never past the tier's overall timeout; when it gives up, the
-//!   message moves on to the next tier;
+//!   and never past the tier's overall timeout, and the retry goes to the
+//!   same tier (whatever the degradation route) unless that tier's breaker
+//!   or health turns it away then; when the policy gives up, the message
+//!   moves on to the next tier;
 //! - `FailOver` (TLS): the message moves on to the next tier at once;
 //! - recipient unreachable: the chat is marked unreachable on the tier (for
 //!   the configured TTL) and the message moves on to the next tier;
@@ -32,7 +34,7 @@
 
 use std::time::Duration;
 
-use crate::engine::breaker::CallOutcome;
+use crate::engine::breaker::{Admission, CallOutcome};
 use crate::engine::limiter::PauseScope;
 use crate::engine::retry::{RetryDecision, RetryInput, RetryPolicy};
 use crate::engine::selector::{self, TierView};
@@ -69,16 +71,16 @@ impl Dispatcher {
         if let Some(i) = tier {
             let t = &mut self.tiers[i];
             t.in_flight = t.in_flight.saturating_sub(1);
-            let ty = *permit.message_type();
-            t.bulkheads.release(permit);
-            self.release_aside(BlockKey::Bulkhead { tier: tier_key, ty }, 1);
+            if let Some(ty) = t.release(permit) {
+                self.release_aside(BlockKey::Bulkhead { tier: tier_key, ty }, 1);
+            }
         }
         let Some(c) = class else {
             if let Some(i) = tier {
                 self.tiers[i].counters.delivered += 1;
             }
             let _ = self.scheduler.complete(id);
-            self.metas.remove(&id);
+            self.metas.remove(id);
             return Ok(Verdict::Delivered);
         };
         if let Some(i) = tier {
@@ -111,8 +113,9 @@ impl Dispatcher {
                 if let Some(i) = tier {
                     self.tiers[i].limiter.pause(PauseScope::All, until);
                 }
-                if let Some(m) = self.metas.get_mut(&id) {
+                if let Some(m) = self.metas.get_mut(id) {
                     m.attempts = m.attempts.saturating_sub(1);
+                    m.pinned = pin(tier);
                 }
                 let _ = self.scheduler.requeue(id, Some(until));
                 Verdict::RetryAt(until)
@@ -131,10 +134,11 @@ impl Dispatcher {
             Action::DeadLetter => {
                 self.dead_letter(id, tier, DeadLetterReason::Refused { reason: c.reason })
             }
-            Action::Readdress(new_chat) => self.readdress(id, new_chat),
+            Action::Readdress(new_chat) => self.readdress(id, tier, new_chat),
             Action::StopTier => {
                 if let Some(i) = tier {
                     self.tiers[i].stopped = Some(c.reason);
+                    self.tier_cache.invalidate();
                     let tier_name = self.tiers[i].cfg.name.clone();
                     self.push_event(Event::TierStopped {
                         tier: i,
@@ -172,6 +176,9 @@ impl Dispatcher {
         };
         let key = f.tier_key;
         let tier = self.index_of(key);
+        if f.probe {
+            self.tier_cache.invalidate();
+        }
         if let Some(ticket) = f.tier_ticket {
             match tier_call {
                 Some(call) => {
@@ -184,9 +191,24 @@ impl Dispatcher {
                 None => self.breakers.abandon(&key, None, ticket),
             }
         }
-        if let Some(ticket) = f.chat_ticket {
+        // Without a chat breaker at send time there is no ticket; a chat
+        // failure then asks for one now (a chat with no breaker admits), so
+        // the failure creates the chat's breaker.
+        let chat_ticket = match (f.chat_ticket, chat_call) {
+            (None, Some(CallOutcome::Failure { .. })) if tier.is_some() => {
+                match self.breakers.admit(now, &key, Some(f.chat)).0 {
+                    Admission::Allowed(t) | Admission::Probe(t) => Some(t),
+                    Admission::Rejected { .. } => None,
+                }
+            }
+            (t, _) => t,
+        };
+        if let Some(ticket) = chat_ticket {
             match chat_call {
                 Some(call) => {
+                    if matches!(call, CallOutcome::Failure { .. }) {
+                        self.chat_breakers = true;
+                    }
                     if let Some(tr) = self.breakers.record(now, &key, Some(f.chat), ticket, call)
                         && let Some(i) = tier
                     {
@@ -216,7 +238,7 @@ impl Dispatcher {
         tier_key: u32,
         outcome: &Outcome,
     ) -> Verdict {
-        let Some(meta) = self.metas.get(&id).copied() else {
+        let Some(meta) = self.metas.get(id).copied() else {
             return self.dead_letter(id, tier, DeadLetterReason::Refused { reason: "unknown" });
         };
         let (mut policy, overall) = match tier {
@@ -247,8 +269,9 @@ impl Dispatcher {
         };
         match policy.next_delay(&input, &mut self.rng) {
             RetryDecision::RetryAt { at, delay } => {
-                if let Some(m) = self.metas.get_mut(&id) {
+                if let Some(m) = self.metas.get_mut(id) {
                     m.prev_delay_ms = u32::try_from(delay.as_millis()).unwrap_or(u32::MAX);
+                    m.pinned = pin(tier);
                 }
                 let _ = self.scheduler.requeue(id, Some(at));
                 Verdict::RetryAt(at)
@@ -268,7 +291,7 @@ impl Dispatcher {
         tier: Option<usize>,
         last: LastFailure,
     ) -> Verdict {
-        let Some(meta) = self.metas.get_mut(&id) else {
+        let Some(meta) = self.metas.get_mut(id) else {
             return self.dead_letter(id, tier, DeadLetterReason::NoTierLeft { last });
         };
         if let Some(i) = tier {
@@ -327,21 +350,28 @@ impl Dispatcher {
             self.tiers[i].counters.dead_lettered += 1;
         }
         let _ = self.scheduler.complete(id);
-        self.metas.remove(&id);
+        self.metas.remove(id);
         Verdict::DeadLetter { reason }
     }
 
-    fn readdress(&mut self, id: u64, new_chat: i64) -> Verdict {
+    fn readdress(&mut self, id: u64, tier: Option<usize>, new_chat: i64) -> Verdict {
         let Ok(mut item) = self.scheduler.complete(id) else {
             return Verdict::Readdressed { new_chat };
         };
         item.chat = new_chat;
         item.not_before = None;
-        if let Some(m) = self.metas.get_mut(&id) {
+        if let Some(m) = self.metas.get_mut(id) {
             m.chat = new_chat;
             m.attempts = m.attempts.saturating_sub(1);
+            // The new chat id is that bot's: stay on the tier.
+            m.pinned = pin(tier);
         }
         self.push_item(item);
         Verdict::Readdressed { new_chat }
     }
+}
+
+/// `Meta::pinned` for a tier index.
+fn pin(tier: Option<usize>) -> u8 {
+    tier.and_then(|i| u8::try_from(i + 1).ok()).unwrap_or(0)
 }

@@ -13,7 +13,9 @@
 //! chat (others go on), a tier-wide refusal (global limit, 429 pause, no
 //! concurrency left) stops the poll, a priority share's refusal skips that
 //! class, a paused type or a full bulkhead sets the chat aside until there
-//! is room. Leaves to others: every individual decision (the sibling engine
+//! is room; and what an outcome means for the message: a retry goes back to
+//! the tier it failed on, a failover leaves that tier for good, a 429
+//! pauses the whole tier without using an attempt. Leaves to others: every individual decision (the sibling engine
 //! modules), durability (the store), sending and timing (the agent or the
 //! simulator), and reading configuration (`crate::policy`).
 //!
@@ -66,7 +68,7 @@ pub use types::{
 };
 
 use aside::{Aside, BlockKey};
-use ids::IdMap;
+use ids::{IdMap, IdTable};
 use intern::TypeTable;
 use tier::TierState;
 
@@ -89,6 +91,9 @@ struct Meta {
     ty: MessageType,
     /// Tiers (by index) this message has left; not used for it again.
     excluded: u16,
+    /// 1 + the tier its next attempt is a retry on (0: none): a retry goes
+    /// to the same tier while that tier's breaker admits it.
+    pinned: u8,
 }
 
 /// A send that is out.
@@ -96,9 +101,12 @@ struct Meta {
 struct InFlight {
     tier_key: u32,
     chat: i64,
-    permit: Permit<MessageType>,
+    /// `None` for a type without a bulkhead.
+    permit: Option<Permit<MessageType>>,
     tier_ticket: Option<Ticket>,
     chat_ticket: Option<Ticket>,
+    /// A half-open probe: its verdict changes what the breaker admits.
+    probe: bool,
 }
 
 /// The degradation level's actions, cached in the form poll needs.
@@ -130,7 +138,7 @@ pub struct Dispatcher {
     degrader: Degrader,
     level: LevelCache,
     correlator: Correlator<u32>,
-    metas: IdMap<Meta>,
+    metas: IdTable<Meta>,
     in_flight: IdMap<InFlight>,
     aside: Aside,
     types: TypeTable,
@@ -140,6 +148,11 @@ pub struct Dispatcher {
     events: Vec<Event>,
     dropped_events: u64,
     ticks: u64,
+    /// Whether any chat breaker may exist; while none does, sends skip the
+    /// chat breaker lookup (recomputed when idle breakers are evicted).
+    chat_breakers: bool,
+    /// Breaker and health summary per tier, reused across polls.
+    tier_cache: poll::TierCache,
     /// Buffers reused by every poll, so a poll allocates nothing.
     scratch_transitions: Vec<(usize, Option<i64>, crate::engine::breaker::Transition)>,
     scratch_aside: Vec<(i64, BlockKey)>,
@@ -170,7 +183,7 @@ impl Dispatcher {
             },
             degrader,
             correlator: Correlator::new(config.correlation_window, config.correlation_chats),
-            metas: IdMap::default(),
+            metas: IdTable::default(),
             in_flight: IdMap::default(),
             aside: Aside::default(),
             types: TypeTable::default(),
@@ -179,6 +192,8 @@ impl Dispatcher {
             events: Vec::new(),
             dropped_events: 0,
             ticks: 0,
+            chat_breakers: false,
+            tier_cache: poll::TierCache::default(),
             scratch_transitions: Vec::new(),
             scratch_aside: Vec::new(),
         };
@@ -199,7 +214,7 @@ impl Dispatcher {
     /// Holds a message until it is delivered or dead-lettered. Also used to
     /// reload pending messages at start (with their attempts so far).
     pub fn enqueue(&mut self, _now: Instant, msg: QueuedMessage) -> Result<(), MessageError> {
-        if self.metas.contains_key(&msg.id) {
+        if self.metas.contains_key(msg.id) {
             return Err(MessageError::Duplicate(msg.id));
         }
         self.metas.insert(
@@ -211,6 +226,7 @@ impl Dispatcher {
                 prev_delay_ms: 0,
                 ty: msg.message_type,
                 excluded: 0,
+                pinned: 0,
             },
         );
         self.push_item(Item {
@@ -233,7 +249,7 @@ impl Dispatcher {
     /// message gives its slot and breaker probe back; its late `complete`
     /// is refused. `None` when the message is not held.
     pub fn remove(&mut self, id: u64) -> Option<Removed> {
-        let meta = self.metas.remove(&id)?;
+        let meta = self.metas.remove(id)?;
         if let Some(f) = self.in_flight.remove(&id) {
             self.release_flight(f);
             let _ = self.scheduler.complete(id);
@@ -260,10 +276,12 @@ impl Dispatcher {
     pub fn reset_breaker(&mut self, now: Instant, tier: usize) -> Option<()> {
         let t = self.tiers.get_mut(tier)?;
         t.stopped = None;
+        self.tier_cache.invalidate();
         let key = t.key;
         if let Some(tr) = self.breakers.reset(now, &key, None) {
             self.breaker_event(tier, None, tr);
         }
+        self.release_aside(BlockKey::Stranded, usize::MAX);
         Some(())
     }
 
@@ -331,15 +349,18 @@ impl Dispatcher {
         if let Some(i) = self.index_of(f.tier_key) {
             let t = &mut self.tiers[i];
             t.in_flight = t.in_flight.saturating_sub(1);
-            let ty = *f.permit.message_type();
-            t.bulkheads.release(f.permit);
-            self.release_aside(
-                BlockKey::Bulkhead {
-                    tier: f.tier_key,
-                    ty,
-                },
-                1,
-            );
+            if let Some(ty) = t.release(f.permit) {
+                self.release_aside(
+                    BlockKey::Bulkhead {
+                        tier: f.tier_key,
+                        ty,
+                    },
+                    1,
+                );
+            }
+        }
+        if f.probe {
+            self.tier_cache.invalidate();
         }
         if let Some(ticket) = f.tier_ticket {
             self.breakers.abandon(&f.tier_key, None, ticket);
@@ -377,6 +398,7 @@ impl Dispatcher {
         chat: Option<i64>,
         transition: crate::engine::breaker::Transition,
     ) {
+        self.tier_cache.invalidate();
         let tier_name = self.tiers[tier].cfg.name.clone();
         self.push_event(Event::Breaker {
             tier,

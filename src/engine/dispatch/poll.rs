@@ -2,14 +2,18 @@
 //!
 //! Owns the gate the scheduler's candidates pass, in this order:
 //! 1. a paused message type sets the chat aside;
-//! 2. tier selection (breaker admission as predicted from its state, health
-//!    floor, chat reachability, tiers the message left, fallback order,
-//!    spool last; while the level routes away from the primary tiers, a
-//!    primary whose breaker is due for a probe still gets its probes, or it
-//!    could never close again);
-//! 3. a full bulkhead for the message type on that tier sets the chat aside;
-//! 4. the tier breaker and the chat breaker admit for real (a refusal
-//!    removes the tier from this offer and selection runs again);
+//! 2. tier selection: a retry stays on the tier it failed on while that
+//!    tier can take it (the taxonomy's Retry is "on the same tier");
+//!    otherwise the selector decides (breaker admission as predicted from
+//!    its state, health floor, chat reachability, tiers the message left,
+//!    fallback order, spool last). While the level routes away from the
+//!    primary tiers, a primary whose breaker is due for a probe still gets
+//!    its probes, or it could never close again;
+//! 3. a bulkhead slot for the message type on that tier (types without a
+//!    bulkhead need none); a full bulkhead sets the chat aside;
+//! 4. the tier breaker and the chat breaker (if the chat has one) admit for
+//!    real; a tier breaker refusal removes the tier from this offer and
+//!    selection runs again;
 //! 5. the tier's limiter checks every key and charges them — the last step
 //!    before the order, so nothing is charged for a send that is not made.
 //!    A refusal names its binding key: a chat or group parks that chat, a
@@ -21,10 +25,12 @@
 //!
 //! Invariant: an order is returned only with its limiter charged at `now`,
 //! a breaker ticket from an admitting breaker (non-spool tiers), and a
-//! bulkhead permit; nothing else is charged or held when poll returns Idle.
+//! bulkhead permit (bounded types); nothing is charged or held when poll
+//! returns Idle. Breaker states and health scores are read into a summary
+//! that is reused until something changes them (see [`Wide`]).
 
 use crate::engine::breaker::{Admission, BreakerSet, Ticket, Transition};
-use crate::engine::bulkhead::{Acquire, Permit};
+use crate::engine::bulkhead::Permit;
 use crate::engine::limiter::{Binding, Decision, Key};
 use crate::engine::scheduler::{Gate, Item, PrioritySet};
 use crate::engine::selector::{self, Route, SelectorConfig, TierView};
@@ -32,10 +38,24 @@ use crate::engine::{Instant, Priority, SplitMix64};
 
 use super::aside::BlockKey;
 use super::config::{MAX_TIERS, Sink};
-use super::ids::IdMap;
+use super::ids::IdTable;
 use super::tier::{TierState, may_admit, probe_due};
 use super::types::{MessageType, Poll, SendOrder};
 use super::{Dispatcher, InFlight, LevelCache, Meta, NEVER};
+
+/// Why no tier can take a message.
+#[derive(Clone, Copy, Debug)]
+enum Blocked {
+    /// No tier can take any message before the instant (or another call).
+    All(Option<Instant>),
+    /// This message cannot go before the instant; `None`: not before an
+    /// operator resets or reconfigures a tier (every tier it may still use
+    /// is stopped).
+    Chat(Option<Instant>),
+}
+
+/// How soon a message blocked by health floors is offered again.
+const RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Why an offer ended without a take.
 #[derive(Clone, Copy, Debug)]
@@ -50,7 +70,7 @@ enum Stop {
 #[derive(Debug)]
 struct Taken {
     tier: usize,
-    permit: Permit<MessageType>,
+    permit: Option<Permit<MessageType>>,
     tier_ticket: Option<Ticket>,
     chat_ticket: Option<Ticket>,
     probe: bool,
@@ -67,18 +87,66 @@ const EMPTY_VIEW: TierView<'static> = TierView {
     is_spool: false,
 };
 
+/// What every offer shares about a tier: its breaker and health. It
+/// changes only when a breaker transitions or probes, a tier stops or is
+/// reset, a tick refreshes health, a reload, or an open period ends — each
+/// of those invalidates [`TierCache`], so between them polls reuse it.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Wide {
+    /// Not stopped, breaker would admit.
+    admits: bool,
+    score: u8,
+    /// Breaker not closed but would admit: a probe is due.
+    probe_due: bool,
+    /// The end of the breaker's open period, if still ahead.
+    open_until: Option<Instant>,
+}
+
+/// The per-tier summary and the selection of a plain message (no pin,
+/// exclusion or chat mark) that it implies, kept across polls.
+#[derive(Clone, Debug)]
+pub(super) struct TierCache {
+    wide: [Wide; MAX_TIERS],
+    valid: bool,
+    /// The summary expires when the first open period ends.
+    until: Instant,
+    /// Set only when the selector drew no random number for it.
+    plain: Option<usize>,
+}
+
+impl Default for TierCache {
+    fn default() -> Self {
+        TierCache {
+            wide: [Wide::default(); MAX_TIERS],
+            valid: false,
+            until: Instant::ZERO,
+            plain: None,
+        }
+    }
+}
+
+impl TierCache {
+    pub(super) fn invalidate(&mut self) {
+        self.valid = false;
+        self.plain = None;
+    }
+}
+
 /// The fields one offer needs, borrowed apart from the scheduler.
 struct Offer<'a> {
     now: Instant,
     tiers: &'a mut [TierState],
     fallbacks: &'a [usize],
     breakers: &'a mut BreakerSet<u32>,
-    metas: &'a IdMap<Meta>,
+    /// Whether any chat breaker exists (else chat admission is skipped).
+    chat_breakers: bool,
+    metas: &'a IdTable<Meta>,
     rng: &'a mut SplitMix64,
     level: &'a LevelCache,
     selector: &'a SelectorConfig,
     transitions: &'a mut Vec<(usize, Option<i64>, Transition)>,
     set_aside: &'a mut Vec<(i64, BlockKey)>,
+    cache: &'a mut TierCache,
     taken: Option<Taken>,
     stop: Option<Stop>,
 }
@@ -107,74 +175,76 @@ pub(super) fn scaled(max: u32, factor: f64) -> usize {
 
 impl Offer<'_> {
     fn offer(&mut self, item: &Item<u64>) -> Gate {
-        let meta = self.metas.get(&item.id).copied().unwrap_or(Meta {
+        let meta = self.metas.get(item.id).copied().unwrap_or(Meta {
             chat: item.chat,
             first_attempt: NEVER,
             attempts: 0,
             prev_delay_ms: 0,
             ty: MessageType::default(),
             excluded: 0,
+            pinned: 0,
         });
-        if self.level.paused.contains(&meta.ty) {
-            self.set_aside.push((item.chat, BlockKey::Paused(meta.ty)));
-            return Gate::DeferChat(Instant::MAX);
+        if !self.level.paused.is_empty() && self.level.paused.contains(&meta.ty) {
+            return self.aside(item.chat, BlockKey::Paused(meta.ty));
         }
+        let pinned = usize::from(meta.pinned).checked_sub(1);
         let mut refused: u16 = 0;
         for _ in 0..=self.tiers.len() {
-            let (tier, probe_hint) = match self.choose(item.chat, meta.excluded | refused) {
-                Ok(choice) => choice,
-                Err(wake) => {
+            let tier = match self.choose(item.chat, pinned, meta.excluded, refused) {
+                Ok(tier) => tier,
+                Err(Blocked::All(wake)) => {
                     self.stop = Some(Stop::All(wake));
                     return Gate::Stop;
                 }
+                Err(Blocked::Chat(Some(at))) => return Gate::DeferChat(at),
+                Err(Blocked::Chat(None)) => return self.aside(item.chat, BlockKey::Stranded),
             };
-            let t = &self.tiers[tier];
-            let key = t.key;
-            if !t.has_slot(meta.ty) {
-                let block = BlockKey::Bulkhead {
-                    tier: key,
-                    ty: meta.ty,
-                };
-                self.set_aside.push((item.chat, block));
-                return Gate::DeferChat(Instant::MAX);
-            }
+            let now = self.now;
+            let key = self.tiers[tier].key;
+            let Ok(permit) = self.tiers[tier].acquire(now, meta.ty) else {
+                return self.aside(
+                    item.chat,
+                    BlockKey::Bulkhead {
+                        tier: key,
+                        ty: meta.ty,
+                    },
+                );
+            };
             let mut tier_ticket = None;
             let mut chat_ticket = None;
             let mut probe = false;
-            if !t.is_spool() {
+            if !self.tiers[tier].is_spool() {
                 match self.admit(tier, key, None) {
-                    Some((ticket, p)) => {
+                    Ok((ticket, p)) => {
                         tier_ticket = Some(ticket);
                         probe = p;
                     }
-                    None => {
+                    Err(_) => {
+                        // Its probes are all out: another tier may go.
+                        self.tiers[tier].release(permit);
                         refused |= bit(tier);
                         continue;
                     }
                 }
-                if self.tiers[tier].cfg.sink == Sink::Telegram {
+                if self.chat_breakers && self.tiers[tier].cfg.sink == Sink::Telegram {
                     match self.admit(tier, key, Some(item.chat)) {
-                        Some((ticket, _)) => chat_ticket = Some(ticket),
-                        None => {
-                            self.give_back(key, item.chat, tier_ticket, None);
-                            refused |= bit(tier);
-                            continue;
+                        Ok((ticket, _)) => chat_ticket = Some(ticket),
+                        Err(until) => {
+                            // This chat's breaker is probing: the chat waits.
+                            self.tiers[tier].release(permit);
+                            self.give_back(key, item.chat, tier_ticket, None, probe);
+                            return Gate::DeferChat(until);
                         }
                     }
                 }
             }
-            let now = self.now;
             let recipient = self.tiers[tier].recipient(item.chat);
-            let TierState {
-                limiter,
-                cfg,
-                bulkheads,
-                ..
-            } = &mut self.tiers[tier];
+            let TierState { limiter, cfg, .. } = &mut self.tiers[tier];
             if let Decision::Refuse { retry_at, binding } =
                 limiter.check(now, &cfg.limits.checks(recipient, item.priority))
             {
-                self.give_back(key, item.chat, tier_ticket, chat_ticket);
+                self.tiers[tier].release(permit);
+                self.give_back(key, item.chat, tier_ticket, chat_ticket, probe);
                 return match binding {
                     Binding::Rate(Key::Chat(_) | Key::Group(_))
                     | Binding::Paused(Key::Chat(_) | Key::Group(_)) => Gate::DeferChat(retry_at),
@@ -190,39 +260,12 @@ impl Offer<'_> {
                     }
                 };
             }
-            let permit = match bulkheads.try_acquire(now, meta.ty) {
-                Acquire::Granted(p) => p,
-                Acquire::Wait(w) => {
-                    // Unreachable after `has_slot`; never leave a waiter behind.
-                    bulkheads.cancel(w);
-                    self.give_back(key, item.chat, tier_ticket, chat_ticket);
-                    self.set_aside.push((
-                        item.chat,
-                        BlockKey::Bulkhead {
-                            tier: key,
-                            ty: meta.ty,
-                        },
-                    ));
-                    return Gate::DeferChat(Instant::MAX);
-                }
-                Acquire::Rejected(_) => {
-                    self.give_back(key, item.chat, tier_ticket, chat_ticket);
-                    self.set_aside.push((
-                        item.chat,
-                        BlockKey::Bulkhead {
-                            tier: key,
-                            ty: meta.ty,
-                        },
-                    ));
-                    return Gate::DeferChat(Instant::MAX);
-                }
-            };
             self.taken = Some(Taken {
                 tier,
                 permit,
                 tier_ticket,
                 chat_ticket,
-                probe: probe || probe_hint,
+                probe,
             });
             return Gate::Take;
         }
@@ -230,64 +273,146 @@ impl Offer<'_> {
         Gate::Stop
     }
 
-    /// Breaker admission; `Some((ticket, is_probe))` when it lets the call
-    /// through. Transitions are collected for events.
-    fn admit(&mut self, tier: usize, key: u32, chat: Option<i64>) -> Option<(Ticket, bool)> {
+    /// Sets the chat aside until `key` has room.
+    fn aside(&mut self, chat: i64, key: BlockKey) -> Gate {
+        self.set_aside.push((chat, key));
+        Gate::DeferChat(Instant::MAX)
+    }
+
+    /// Breaker admission: `(ticket, is_probe)`, or when to ask again.
+    /// Transitions are collected for events; anything but a plain closed
+    /// admission invalidates the tier summary.
+    fn admit(
+        &mut self,
+        tier: usize,
+        key: u32,
+        chat: Option<i64>,
+    ) -> Result<(Ticket, bool), Instant> {
         let (admission, transition) = self.breakers.admit(self.now, &key, chat);
         if let Some(tr) = transition {
             self.transitions.push((tier, chat, tr));
         }
+        if transition.is_some() || !matches!(admission, Admission::Allowed(_)) {
+            self.invalidate();
+        }
         match admission {
-            Admission::Allowed(t) => Some((t, false)),
-            Admission::Probe(t) => Some((t, true)),
-            Admission::Rejected { .. } => None,
+            Admission::Allowed(t) => Ok((t, false)),
+            Admission::Probe(t) => Ok((t, true)),
+            Admission::Rejected { until } => Err(until),
         }
     }
 
-    fn give_back(&mut self, key: u32, chat: i64, tier: Option<Ticket>, chat_t: Option<Ticket>) {
+    /// Returns unused breaker tickets; giving back a probe changes what the
+    /// breaker admits next, so the summary is recomputed.
+    fn give_back(
+        &mut self,
+        key: u32,
+        chat: i64,
+        tier: Option<Ticket>,
+        chat_t: Option<Ticket>,
+        probe: bool,
+    ) {
         if let Some(t) = tier {
             self.breakers.abandon(&key, None, t);
         }
         if let Some(t) = chat_t {
             self.breakers.abandon(&key, Some(chat), t);
         }
+        if probe {
+            self.invalidate();
+        }
     }
 
-    /// The tier for this offer, and whether it is taken as a probe against
-    /// the route; or, when none can go, when one might (an open period
-    /// ending).
-    fn choose(&mut self, chat: i64, out: u16) -> Result<(usize, bool), Option<Instant>> {
+    fn invalidate(&mut self) {
+        self.cache.invalidate();
+    }
+
+    /// Refreshes the per-tier summary if it is stale.
+    fn ensure_wide(&mut self) {
         let now = self.now;
-        let n = self.tiers.len();
-        let chat_breakers = self.breakers.len() > n;
-        let mut views = [EMPTY_VIEW; MAX_TIERS];
+        if self.cache.valid && now < self.cache.until {
+            return;
+        }
+        let mut until = Instant::MAX;
         for (i, t) in self.tiers.iter().enumerate() {
             let b = self.breakers.get(&t.key, None);
+            let admits = t.stopped.is_none() && may_admit(b, now);
+            let open_until = b.and_then(|b| b.open_until()).filter(|u| *u > now);
+            until = until.min(open_until.unwrap_or(Instant::MAX));
+            self.cache.wide[i] = Wide {
+                admits,
+                score: t.score(b, now),
+                probe_due: t.stopped.is_none() && probe_due(b, now),
+                open_until,
+            };
+        }
+        self.cache.valid = true;
+        self.cache.until = until;
+        self.cache.plain = None;
+    }
+
+    /// The tier for this offer, or why none can go. `pinned`: the tier a
+    /// retry belongs to; `excluded`: tiers the message left; `refused`:
+    /// tiers whose breaker refused it in this offer.
+    fn choose(
+        &mut self,
+        chat: i64,
+        pinned: Option<usize>,
+        excluded: u16,
+        refused: u16,
+    ) -> Result<usize, Blocked> {
+        self.ensure_wide();
+        let out = excluded | refused;
+        let now = self.now;
+        let n = self.tiers.len();
+        let mut marked = false;
+        let mut views = [EMPTY_VIEW; MAX_TIERS];
+        for (i, t) in self.tiers.iter().enumerate() {
+            let w = self.cache.wide[i];
             let left = out & bit(i) != 0;
-            let chat_open = chat_breakers
+            let chat_open = self.chat_breakers
                 && t.cfg.sink == Sink::Telegram
                 && !may_admit(self.breakers.get(&t.key, Some(chat)), now);
+            let unreachable = chat_open || t.is_unreachable(chat, now);
+            marked |= unreachable;
             views[i] = TierView {
                 name: &t.cfg.name,
                 // The API prefers higher priorities, the selector lower ones.
                 priority: u32::MAX - t.cfg.priority,
-                breaker_admits: !left && t.stopped.is_none() && may_admit(b, now),
-                health_score: t.score(b, now),
+                breaker_admits: !left && w.admits,
+                health_score: w.score,
                 health_floor: t.cfg.health_floor,
                 ewma_success: t.ewma.value(),
-                chat_unreachable: left || chat_open || t.is_unreachable(chat, now),
+                chat_unreachable: left || unreachable,
                 is_spool: t.is_spool() && !left && t.stopped.is_none(),
             };
         }
         let views = &mut views[..n];
-        if self.level.route != Route::Normal
-            && let Some(i) = self.probe_due(views, now)
+        // A retry stays on its tier (the taxonomy's Retry) whatever the
+        // route, while that tier can take it; otherwise it is placed anew.
+        if let Some(p) = pinned.filter(|p| *p < n)
+            && let Some(v) = views.get(p)
+            && (v.is_spool
+                || (v.breaker_admits && !v.chat_unreachable && v.health_score >= v.health_floor))
         {
-            return Ok((i, true));
+            return Ok(p);
+        }
+        let plain = out == 0 && !marked;
+        if plain && let Some(tier) = self.cache.plain {
+            return Ok(tier);
+        }
+        if self.level.route != Route::Normal
+            && let Some(i) = self.probe_due(views)
+        {
+            return Ok(i);
         }
         let route = self.level.route;
+        let before = self.rng.clone();
         if let Ok(sel) = selector::select(views, self.fallbacks, route, self.selector, self.rng) {
-            return Ok((sel.tier, false));
+            if plain && *self.rng == before {
+                self.cache.plain = Some(sel.tier);
+            }
+            return Ok(sel.tier);
         }
         // Marks of unreachability only steer: if every tier that could go
         // is marked for this chat, try anyway and let the answer decide.
@@ -301,21 +426,44 @@ impl Offer<'_> {
         if retry
             && let Ok(sel) = selector::select(views, self.fallbacks, route, self.selector, self.rng)
         {
-            return Ok((sel.tier, false));
+            return Ok(sel.tier);
         }
+        Err(self.blocked(excluded, refused))
+    }
+
+    /// Why no tier can take the message: for every message (stop the poll)
+    /// or for this one only (its exclusions, its chat) — then only its chat
+    /// waits, so one stranded message never holds up the others.
+    fn blocked(&self, excluded: u16, refused: u16) -> Blocked {
+        let now = self.now;
+        let any_tier_can_go = self.tiers.iter().enumerate().any(|(i, t)| {
+            let w = self.cache.wide[i];
+            refused & bit(i) == 0
+                && t.stopped.is_none()
+                && (t.is_spool() || (w.admits && w.score >= t.cfg.health_floor))
+        });
         let mut wake = None;
+        let mut candidates = false;
         for (i, t) in self.tiers.iter().enumerate() {
-            if out & bit(i) == 0 && t.stopped.is_none() {
-                let until = self.breakers.get(&t.key, None).and_then(|b| b.open_until());
-                wake = min_instant(wake, until.filter(|u| *u > now));
+            if t.stopped.is_some() || (any_tier_can_go && excluded & bit(i) != 0) {
+                continue;
             }
+            candidates = true;
+            wake = min_instant(wake, self.cache.wide[i].open_until);
         }
-        Err(wake)
+        if !any_tier_can_go {
+            return Blocked::All(wake);
+        }
+        if !candidates {
+            return Blocked::Chat(None);
+        }
+        // Health floors move at the next tick; a refused probe frees soon.
+        Blocked::Chat(Some(wake.unwrap_or(now + RECHECK)))
     }
 
     /// A primary tier the route skips whose breaker is waiting for probes,
     /// best priority first.
-    fn probe_due(&self, views: &[TierView<'_>], now: Instant) -> Option<usize> {
+    fn probe_due(&self, views: &[TierView<'_>]) -> Option<usize> {
         (0..views.len())
             .filter(|i| !self.fallbacks.contains(i))
             .filter(|&i| {
@@ -324,7 +472,7 @@ impl Offer<'_> {
                     && v.breaker_admits
                     && !v.chat_unreachable
                     && v.health_score >= v.health_floor
-                    && probe_due(self.breakers.get(&self.tiers[i].key, None), now)
+                    && self.cache.wide[i].probe_due
             })
             .min_by_key(|&i| (views[i].priority, i))
     }
@@ -354,12 +502,14 @@ impl Dispatcher {
                 tiers: &mut self.tiers,
                 fallbacks: &self.fallbacks,
                 breakers: &mut self.breakers,
+                chat_breakers: self.chat_breakers,
                 metas: &self.metas,
                 rng: &mut self.rng,
                 level: &self.level,
                 selector: &self.settings.selector,
                 transitions: &mut transitions,
                 set_aside: &mut set_aside,
+                cache: &mut self.tier_cache,
                 taken: None,
                 stop: None,
             };
@@ -409,18 +559,21 @@ impl Dispatcher {
     }
 
     fn hand_out(&mut self, now: Instant, item: Item<u64>, taken: Taken) -> SendOrder {
-        let meta = self.metas.entry(item.id).or_insert(Meta {
+        let mut meta = self.metas.get(item.id).copied().unwrap_or(Meta {
             chat: item.chat,
             first_attempt: NEVER,
             attempts: 0,
             prev_delay_ms: 0,
-            ty: *taken.permit.message_type(),
+            ty: MessageType::default(),
             excluded: 0,
+            pinned: 0,
         });
         meta.attempts = meta.attempts.saturating_add(1);
+        meta.pinned = 0;
         if meta.first_attempt == NEVER {
             meta.first_attempt = now.as_nanos();
         }
+        self.metas.insert(item.id, meta);
         let attempt = meta.attempts;
         let t = &mut self.tiers[taken.tier];
         t.in_flight += 1;
@@ -434,6 +587,7 @@ impl Dispatcher {
                 permit: taken.permit,
                 tier_ticket: taken.tier_ticket,
                 chat_ticket: taken.chat_ticket,
+                probe: taken.probe,
             },
         );
         SendOrder {
@@ -454,6 +608,7 @@ impl Dispatcher {
         }
         for (key, waiting) in self.aside.keys() {
             let room = match key {
+                BlockKey::Stranded => 0,
                 BlockKey::Paused(ty) if self.level.paused.contains(&ty) => 0,
                 BlockKey::Paused(_) => waiting,
                 BlockKey::Bulkhead { tier, ty } => match self.index_of(tier) {

@@ -15,9 +15,22 @@ use crate::engine::taxonomy::{Outcome, TelegramError, TransportKind};
 
 const CHATS: [i64; 8] = [-3, -2, -1, 1, 2, 3, 4, 5];
 
-/// A random attempt result; `readdress` allows group migrations.
-fn outcome(rng: &mut SplitMix64, readdress: bool) -> Outcome {
-    match rng.below(100) {
+/// A random attempt result for a tier of kind `sink`; `readdress` allows
+/// group migrations; `heavy` makes failures the common case. A spool only
+/// ever fails like a disk.
+fn outcome(rng: &mut SplitMix64, sink: Sink, readdress: bool, heavy: bool) -> Outcome {
+    if sink == Sink::Spool {
+        return match rng.below(10) {
+            0..=6 => Outcome::Delivered,
+            _ => Outcome::Transport(TransportKind::Other),
+        };
+    }
+    let draw = if heavy {
+        30 + rng.below(70)
+    } else {
+        rng.below(100)
+    };
+    match draw {
         0..=54 => Outcome::Delivered,
         55..=66 => http(502, "Bad Gateway"),
         67..=71 => Outcome::Timeout,
@@ -72,7 +85,12 @@ struct Record {
 
 /// Runs `msgs` (chat index, priority, arrival gap ms) through a dispatcher
 /// with random outcomes; asserts the per-send invariants as it goes.
-fn run(seed: u64, msgs: &[(usize, usize, u64)], readdress: bool) -> Result<Record, TestCaseError> {
+fn run(
+    seed: u64,
+    msgs: &[(usize, usize, u64)],
+    readdress: bool,
+    heavy: bool,
+) -> Result<Record, TestCaseError> {
     let mut d = Dispatcher::new(config(), seed).unwrap();
     let mut rng = SplitMix64::new(seed ^ 0xABCD);
     let ty = d.message_type("alert");
@@ -170,13 +188,27 @@ fn run(seed: u64, msgs: &[(usize, usize, u64)], readdress: bool) -> Result<Recor
                         }
                     }
                     let lat = Duration::from_millis(1 + rng.below(400));
-                    pending.push((now + lat, o.id, outcome(&mut rng, readdress), lat));
+                    pending.push((
+                        now + lat,
+                        o.id,
+                        outcome(&mut rng, d.tiers[o.tier].cfg.sink, readdress, heavy),
+                        lat,
+                    ));
                 }
                 Poll::Idle { wake_at } => break wake_at,
             }
         };
-        if next_arrival == arrivals.len() && pending.is_empty() && d.held() == 0 {
-            return Ok(rec);
+        if next_arrival == arrivals.len() && pending.is_empty() {
+            if d.held() == 0 {
+                return Ok(rec);
+            }
+            if wake.is_none() {
+                // Only stranded messages are left (every tier they may use
+                // was stopped by a 401): the operator resets the tiers.
+                for i in 0..d.tier_count() {
+                    d.reset_breaker(now, i);
+                }
+            }
         }
         let mut next = next_tick;
         if let Some(w) = wake {
@@ -207,7 +239,7 @@ proptest! {
     /// group, every window holds at most `rate·W/period + burst` sends.
     #[test]
     fn sends_never_exceed_the_tier_limits(seed in any::<u64>(), msgs in workload()) {
-        let rec = run(seed, &msgs, true)?;
+        let rec = run(seed, &msgs, true, false)?;
         let cfg = config();
         for ((tier, chat), times) in &rec.sends {
             let limits = &cfg.tiers[*tier].limits;
@@ -235,17 +267,25 @@ proptest! {
     /// send in `run`); delivered messages of a chat come out in order.
     #[test]
     fn per_chat_order_is_preserved(seed in any::<u64>(), msgs in workload()) {
-        let rec = run(seed, &msgs, false)?;
+        let rec = run(seed, &msgs, false, false)?;
         for ids in rec.delivered_order.values() {
             prop_assert!(ids.windows(2).all(|w| w[0] < w[1]), "{:?}", ids);
         }
+    }
+
+    /// The selector never routes to a tier whose breaker refuses, nor to a
+    /// stopped tier; a probe goes only through a half-open breaker (checked
+    /// at every send in `run`, here under a failure-heavy mix).
+    #[test]
+    fn sends_only_through_admitting_breakers(seed in any::<u64>(), msgs in workload()) {
+        run(seed, &msgs, true, true)?;
     }
 
     /// Whatever the outcomes (migrations included), every message ends
     /// delivered or dead-lettered, exactly once.
     #[test]
     fn no_message_is_lost(seed in any::<u64>(), msgs in workload()) {
-        let rec = run(seed, &msgs, true)?;
+        let rec = run(seed, &msgs, true, seed % 2 == 0)?;
         let ids: HashSet<u64> = rec.finals.keys().copied().collect();
         prop_assert_eq!(ids.len(), msgs.len());
     }

@@ -8,6 +8,8 @@
 //!
 //! Leaves to others: validating the new config (it is checked whole before
 //! anything changes, so a bad reload leaves the dispatcher untouched).
+//! Health-window settings apply to tiers added by the reload; a kept tier
+//! keeps its window (its recent history would not fit a new shape).
 //!
 //! Invariant: after a reload, a tier of the same name has the same state it
 //! had; a removed tier's in-flight sends still complete (their outcome
@@ -92,9 +94,15 @@ impl Dispatcher {
                     }
                 }
                 meta.excluded = mask;
+                meta.pinned = usize::from(meta.pinned)
+                    .checked_sub(1)
+                    .and_then(|o| remap.get(o).copied().flatten())
+                    .and_then(|n| u8::try_from(n + 1).ok())
+                    .unwrap_or(0);
             }
         }
         self.tiers = fresh;
+        self.tier_cache.invalidate();
         self.fallbacks = fallbacks;
         self.settings = Settings {
             selector,
@@ -104,9 +112,12 @@ impl Dispatcher {
         self.correlator.window = correlation_window;
         self.correlator.chats_threshold = correlation_chats;
         for (key, waiting) in self.aside.keys() {
-            if let BlockKey::Bulkhead { tier, .. } = key
-                && self.index_of(tier).is_none()
-            {
+            let gone = match key {
+                BlockKey::Bulkhead { tier, .. } => self.index_of(tier).is_none(),
+                BlockKey::Stranded => true,
+                BlockKey::Paused(_) => false,
+            };
+            if gone {
                 self.release_aside(key, waiting);
             }
         }

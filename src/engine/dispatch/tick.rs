@@ -43,6 +43,7 @@ impl Dispatcher {
     /// can make messages eligible.
     pub fn tick(&mut self, now: Instant) -> Vec<Event> {
         self.ticks += 1;
+        self.tier_cache.invalidate();
         let mut successes = 0u64;
         let mut failures = 0u64;
         for t in &mut self.tiers {
@@ -70,13 +71,14 @@ impl Dispatcher {
             self.apply_level();
             self.push_event(Event::Level(change));
         }
-        if self.ticks % EVICT_EVERY == 0 {
+        if self.ticks.is_multiple_of(EVICT_EVERY) {
             for t in &mut self.tiers {
                 t.limiter.evict_idle(now);
                 t.unreachable.retain(|_, until| *until > now);
                 t.bulkheads.evict_idle();
             }
             self.breakers.evict_idle(now, BREAKER_IDLE);
+            self.chat_breakers = self.breakers.iter().any(|(_, chat, _)| chat.is_some());
             self.correlator.evict_idle(now);
         }
         self.release_free_aside();
@@ -122,6 +124,7 @@ impl Dispatcher {
         for t in &mut self.tiers {
             t.scale(factor);
         }
+        self.tier_cache.invalidate();
         self.release_free_aside();
     }
 

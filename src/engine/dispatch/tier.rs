@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::engine::Instant;
 use crate::engine::breaker::{Breaker, BreakerState};
-use crate::engine::bulkhead::{BulkheadConfig, Bulkheads};
+use crate::engine::bulkhead::{Acquire, BulkheadConfig, Bulkheads, Permit};
 use crate::engine::health::{self, BreakerPhase, HealthConfig, HealthReport, HealthTracker};
 use crate::engine::limiter::{Limiter, Recipient};
 use crate::engine::selector::Ewma;
@@ -146,9 +146,34 @@ impl TierState {
         .score
     }
 
-    /// Has a free bulkhead slot for `ty`.
-    pub fn has_slot(&self, ty: MessageType) -> bool {
-        self.bulkheads.usage(&ty).in_use < self.bulkheads.config(&ty).max_concurrent
+    /// A bulkhead slot for `ty`: `Ok(None)` for a type without a bulkhead
+    /// (nothing to account), `Err` when the type is at its limit.
+    pub fn acquire(
+        &mut self,
+        now: Instant,
+        ty: MessageType,
+    ) -> Result<Option<Permit<MessageType>>, ()> {
+        if !self.configured.iter().any(|(t, _)| *t == ty) {
+            return Ok(None);
+        }
+        match self.bulkheads.try_acquire(now, ty) {
+            Acquire::Granted(p) => Ok(Some(p)),
+            Acquire::Wait(w) => {
+                // The dispatcher never blocks: it sets the chat aside instead
+                // of holding a waiter.
+                self.bulkheads.cancel(w);
+                Err(())
+            }
+            Acquire::Rejected(_) => Err(()),
+        }
+    }
+
+    /// Gives a slot back; returns the type if there was one.
+    pub fn release(&mut self, permit: Option<Permit<MessageType>>) -> Option<MessageType> {
+        let p = permit?;
+        let ty = *p.message_type();
+        self.bulkheads.release(p);
+        Some(ty)
     }
 
     /// Free bulkhead slots for `ty`.

@@ -1,0 +1,751 @@
+//! The wiring: startup guard, leader election, caches and watches, the
+//! kube-runtime `Controller`, the policy-status writer, shutdown.
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::channel::mpsc;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
+};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{Api, ListParams};
+use kube::core::PartialObjectMeta;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::controller::{Config as ControllerConfig, Controller};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::watcher::{self, Event as WatchEvent};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+
+use crate::api::{CircuitPolicy, DegradationProfile, DeliveryTier, RateLimitPolicy};
+use crate::operator::context::{Context, Settings, Stores};
+use crate::operator::desired::OperatorOptions;
+use crate::operator::error::Result;
+use crate::operator::health_client::HttpHealth;
+use crate::operator::index::{RefKind, TierIndex};
+use crate::operator::leader::{Elector, HoldOutcome, LeaseConfig};
+use crate::operator::metrics::{Metrics, Readiness};
+use crate::operator::names;
+
+use super::write::sync_policy_statuses;
+use super::{
+    MANAGED_SELECTOR, error_policy, owning_tier, read, reconcile, tier_predicate, tiers_for, write,
+};
+
+/// How `herald operator` runs.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// Watch one namespace; `None` watches all.
+    pub namespace: Option<String>,
+    /// Tiers reconciled at once.
+    pub concurrency: u16,
+    pub options: OperatorOptions,
+    pub settings: Settings,
+    /// `None` runs without leader election (a single replica).
+    pub leader: Option<LeaseConfig>,
+    /// This replica's name for events and the Lease.
+    pub instance: Option<String>,
+}
+
+/// Why the operator stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(
+        "the DeliveryTier CRD is not installed (deliverytiers.herald.dev answered 404); install the CRDs first: kubectl apply -k config/crd"
+    )]
+    CrdMissing,
+    #[error(
+        "not allowed to list DeliveryTiers ({0}); install the operator's RBAC: kubectl apply -k config/rbac"
+    )]
+    Forbidden(String),
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("building the agents' health client: {0}")]
+    HealthClient(String),
+    #[error("lost the leader Lease; exiting so that a new leader takes over cleanly")]
+    LostLease,
+}
+
+fn api_for<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// The startup guard: list DeliveryTiers with `limit=1`. A 404 means the
+/// CRD is not installed; say how to install it instead of crash-looping
+/// on watch errors.
+pub async fn check_crd(client: &Client, namespace: Option<&str>) -> Result<(), RunError> {
+    let api: Api<DeliveryTier> = api_for(client, namespace);
+    match api.list(&ListParams::default().limit(1)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Err(RunError::CrdMissing),
+        Err(kube::Error::Api(s)) if s.code == 403 => Err(RunError::Forbidden(s.message)),
+        Err(e) => Err(RunError::Kube(e)),
+    }
+}
+
+/// Fill the index from one paginated list of tiers, so that the first
+/// passes already see every fallback tier (pitfall: a cold index reads as
+/// missing references).
+pub async fn prime_index(
+    api: &Api<DeliveryTier>,
+    index: &RwLock<TierIndex>,
+) -> std::result::Result<usize, kube::Error> {
+    let mut all = Vec::new();
+    let mut lp = ListParams::default().limit(500);
+    loop {
+        let page = api.list(&lp).await?;
+        all.extend(page.items);
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(c) => lp = ListParams::default().limit(500).continue_token(&c),
+            None => break,
+        }
+    }
+    write(index).reset_tiers(all.iter());
+    Ok(all.len())
+}
+
+type Trigger = mpsc::UnboundedSender<ObjectRef<DeliveryTier>>;
+
+fn send_all(tx: &Trigger, refs: impl IntoIterator<Item = ObjectRef<DeliveryTier>>) {
+    for r in refs {
+        // Closed only while shutting down.
+        let _ = tx.unbounded_send(r);
+    }
+}
+
+/// Index maintenance and triggers for a referenced kind (policies and
+/// Secrets), from its watch events. A policy triggers its tiers only when
+/// its generation changed (not on its own status writes); a Secret on any
+/// change (it has no generation, and a rotation must roll pods).
+struct RefWatch {
+    kind: RefKind,
+    seen: std::collections::HashMap<(String, String), Option<i64>>,
+    listed_once: bool,
+}
+
+impl RefWatch {
+    fn new(kind: RefKind) -> Self {
+        RefWatch {
+            kind,
+            seen: Default::default(),
+            listed_once: false,
+        }
+    }
+
+    fn on_event<K: Resource>(
+        &mut self,
+        ev: &WatchEvent<K>,
+        store: &[(String, String)],
+        ctx: &Context,
+        tx: &Trigger,
+    ) {
+        let id = |o: &K| {
+            (
+                o.meta().namespace.clone().unwrap_or_default(),
+                o.meta().name.clone().unwrap_or_default(),
+            )
+        };
+        let uses_generation = self.kind != RefKind::Secret;
+        match ev {
+            WatchEvent::Apply(o) | WatchEvent::InitApply(o) => {
+                let (ns, name) = id(o);
+                write(&ctx.index).apply_policy(self.kind, &ns, &name);
+                let generation = if uses_generation {
+                    o.meta().generation
+                } else {
+                    None
+                };
+                let previous = self.seen.insert((ns.clone(), name.clone()), generation);
+                let changed = !uses_generation || previous != Some(generation);
+                // During the first list the controller is not running yet.
+                let live = matches!(ev, WatchEvent::Apply(_)) || self.listed_once;
+                if changed && live {
+                    send_all(tx, tiers_for(&ctx.index, self.kind, &ns, &name));
+                }
+                // A policy's status carries its observedGeneration.
+                if uses_generation && changed {
+                    ctx.policy_status_dirty.notify_one();
+                }
+            }
+            WatchEvent::Delete(o) => {
+                let (ns, name) = id(o);
+                write(&ctx.index).delete_policy(self.kind, &ns, &name);
+                self.seen.remove(&(ns.clone(), name.clone()));
+                send_all(tx, tiers_for(&ctx.index, self.kind, &ns, &name));
+            }
+            WatchEvent::Init => {}
+            WatchEvent::InitDone => {
+                write(&ctx.index).reset_policies(
+                    self.kind,
+                    store.iter().map(|(n, m)| (n.as_str(), m.as_str())),
+                );
+                self.seen
+                    .retain(|k, _| store.iter().any(|(n, m)| (n, m) == (&k.0, &k.1)));
+                self.listed_once = true;
+                ctx.policy_status_dirty.notify_one();
+            }
+        }
+    }
+}
+
+fn ids<K: Resource>(objs: Vec<Arc<K>>) -> Vec<(String, String)> {
+    objs.iter()
+        .map(|o| {
+            (
+                o.meta().namespace.clone().unwrap_or_default(),
+                o.meta().name.clone().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Reflect a referenced kind into its store, keeping the index and firing
+/// triggers. Runs until the task is aborted.
+fn spawn_ref_watch<K>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+    kind: RefKind,
+    ctx: Arc<Context>,
+    tx: Trigger,
+) -> tokio::task::JoinHandle<()>
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+{
+    let reader = writer.as_reader();
+    tokio::spawn(async move {
+        let mut w = RefWatch::new(kind);
+        let stream = watcher::watcher(api, watcher::Config::default().any_semantic())
+            .default_backoff()
+            .reflect(writer);
+        futures::pin_mut!(stream);
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(ev) => {
+                    let state = if matches!(ev, WatchEvent::InitDone) {
+                        ids(reader.state())
+                    } else {
+                        Vec::new()
+                    };
+                    w.on_event(&ev, &state, &ctx, &tx);
+                }
+                Err(e) => {
+                    tracing::warn!(kind = kind.as_str(), error = %e, "watch failed; retrying")
+                }
+            }
+        }
+    })
+}
+
+/// Watch a kind of child: keep its store (when given), and when one
+/// changes mark its tier for re-apply and trigger it.
+fn spawn_child_watch<K>(
+    api: Api<K>,
+    writer: Option<reflector::store::Writer<K>>,
+    ctx: Arc<Context>,
+    tx: Trigger,
+) -> tokio::task::JoinHandle<()>
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+{
+    let kind = K::kind(&()).into_owned();
+    tokio::spawn(async move {
+        let wc = watcher::Config::default()
+            .labels(MANAGED_SELECTOR)
+            .any_semantic();
+        let events = watcher::watcher(api, wc).default_backoff();
+        let on_child = |o: &K| {
+            if let Some(t) = owning_tier(o.meta()) {
+                ctx.mark_dirty(t.clone());
+                send_all(&tx, [t]);
+            }
+        };
+        let on_item = |item: std::result::Result<WatchEvent<K>, watcher::Error>| match item {
+            Ok(WatchEvent::Apply(o) | WatchEvent::Delete(o)) => on_child(&o),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(kind = %kind, error = %e, "watch failed; retrying"),
+        };
+        match writer {
+            Some(w) => {
+                let s = events.reflect(w);
+                futures::pin_mut!(s);
+                while let Some(item) = s.next().await {
+                    on_item(item);
+                }
+            }
+            None => {
+                futures::pin_mut!(events);
+                while let Some(item) = events.next().await {
+                    on_item(item);
+                }
+            }
+        }
+    })
+}
+
+/// Wait for every store, logging while any is cold, or until `stop`.
+async fn wait_for_caches(stores: &Stores, stop: &mut watch::Receiver<bool>) -> bool {
+    let all = async {
+        let r = futures::try_join!(
+            stores.rate_limits.wait_until_ready(),
+            stores.circuits.wait_until_ready(),
+            stores.degradations.wait_until_ready(),
+            stores.secrets.wait_until_ready(),
+            stores.pods.wait_until_ready(),
+            stores.deployments.wait_until_ready(),
+            stores.pdbs.wait_until_ready(),
+        );
+        r.is_ok()
+    };
+    futures::pin_mut!(all);
+    loop {
+        tokio::select! {
+            ok = &mut all => return ok,
+            _ = tokio::time::sleep(Duration::from_secs(15)) => {
+                tracing::info!("waiting for the caches to fill (check RBAC if this persists)");
+            }
+            _ = stop.changed() => if *stop.borrow() { return false },
+        }
+    }
+}
+
+/// Run the operator until `shutdown` completes (or, with leader election,
+/// until the Lease is lost). Serves nothing itself; the caller serves
+/// `/metrics` with the same `metrics` and `ready`.
+pub async fn run(
+    client: Client,
+    cfg: RunConfig,
+    metrics: Metrics,
+    ready: Readiness,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    check_crd(&client, cfg.namespace.as_deref()).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+
+    let mut lost_rx = None;
+    let mut holder = None;
+    if let Some(lease) = cfg.leader.clone() {
+        let api = Api::namespaced(client.clone(), &lease.namespace);
+        let mut elector = Elector::new(api, lease);
+        // A standby is healthy and ready; it just does not reconcile.
+        ready.set(true);
+        tracing::info!(lease = %elector.config().name, identity = %elector.config().identity, "waiting to lead");
+        if !elector.campaign(&mut stop_rx.clone()).await {
+            return Ok(());
+        }
+        tracing::info!("leading");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let stop = stop_rx.clone();
+        holder = Some(tokio::spawn(async move {
+            if elector.hold(stop).await == HoldOutcome::Lost {
+                let _ = tx.send(());
+            }
+        }));
+        lost_rx = Some(rx);
+    }
+    metrics.leader.set(1);
+
+    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopping = {
+        let mut stop = stop_rx.clone();
+        let lost = lost.clone();
+        async move {
+            let signal = async {
+                while !*stop.borrow() {
+                    if stop.changed().await.is_err() {
+                        break;
+                    }
+                }
+            };
+            match lost_rx {
+                Some(rx) => {
+                    tokio::select! {
+                        _ = signal => {}
+                        r = rx => if r.is_ok() { lost.store(true, std::sync::atomic::Ordering::Relaxed) },
+                    }
+                }
+                None => signal.await,
+            }
+        }
+    };
+    let result = run_controller(client, &cfg, metrics.clone(), ready, stop_rx, stopping).await;
+    metrics.leader.set(0);
+    if let Some(h) = holder {
+        // On a normal stop the holder releases the Lease; wait for it.
+        let _ = tokio::time::timeout(Duration::from_secs(5), h).await;
+    }
+    result?;
+    if lost.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(RunError::LostLease);
+    }
+    Ok(())
+}
+
+async fn run_controller(
+    client: Client,
+    cfg: &RunConfig,
+    metrics: Metrics,
+    ready: Readiness,
+    mut stop_rx: watch::Receiver<bool>,
+    stopping: impl Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), RunError> {
+    let ns = cfg.namespace.as_deref();
+    let index = Arc::new(RwLock::new(TierIndex::new()));
+    let tiers_api: Api<DeliveryTier> = api_for(&client, ns);
+    let primed = prime_index(&tiers_api, &index).await?;
+    tracing::info!(tiers = primed, "indexed the existing tiers");
+
+    let (rl_store, rl_writer) = reflector::store();
+    let (cp_store, cp_writer) = reflector::store();
+    let (dp_store, dp_writer) = reflector::store();
+    let (secret_store, secret_writer) = reflector::store();
+    let (pod_store, pod_writer) = reflector::store();
+    let (dep_store, dep_writer) = reflector::store();
+    let (pdb_store, pdb_writer) = reflector::store();
+    let stores = Stores {
+        rate_limits: rl_store,
+        circuits: cp_store,
+        degradations: dp_store,
+        secrets: secret_store,
+        pods: pod_store,
+        deployments: dep_store,
+        pdbs: pdb_store,
+    };
+    let health = HttpHealth::new(
+        crate::operator::agent_config::HTTP_PORT,
+        cfg.settings.health_timeout,
+    )
+    .map_err(|e| RunError::HealthClient(e.to_string()))?;
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        stores.clone(),
+        index.clone(),
+        cfg.options.clone(),
+        cfg.settings.clone(),
+        Arc::new(health),
+        metrics,
+        cfg.instance.clone(),
+    ));
+
+    let (tx, rx) = mpsc::unbounded();
+    let mut tasks = vec![
+        spawn_ref_watch::<RateLimitPolicy>(
+            api_for(&client, ns),
+            rl_writer,
+            RefKind::RateLimitPolicy,
+            ctx.clone(),
+            tx.clone(),
+        ),
+        spawn_ref_watch::<CircuitPolicy>(
+            api_for(&client, ns),
+            cp_writer,
+            RefKind::CircuitPolicy,
+            ctx.clone(),
+            tx.clone(),
+        ),
+        spawn_ref_watch::<DegradationProfile>(
+            api_for(&client, ns),
+            dp_writer,
+            RefKind::DegradationProfile,
+            ctx.clone(),
+            tx.clone(),
+        ),
+        spawn_ref_watch::<PartialObjectMeta<Secret>>(
+            api_for(&client, ns),
+            secret_writer,
+            RefKind::Secret,
+            ctx.clone(),
+            tx.clone(),
+        ),
+        spawn_child_watch::<Deployment>(
+            api_for(&client, ns),
+            Some(dep_writer),
+            ctx.clone(),
+            tx.clone(),
+        ),
+        spawn_child_watch::<PodDisruptionBudget>(
+            api_for(&client, ns),
+            Some(pdb_writer),
+            ctx.clone(),
+            tx.clone(),
+        ),
+        spawn_child_watch::<PartialObjectMeta<ConfigMap>>(
+            api_for(&client, ns),
+            None,
+            ctx.clone(),
+            tx.clone(),
+        ),
+        spawn_child_watch::<PartialObjectMeta<Service>>(
+            api_for(&client, ns),
+            None,
+            ctx.clone(),
+            tx.clone(),
+        ),
+        spawn_child_watch::<PartialObjectMeta<ServiceAccount>>(
+            api_for(&client, ns),
+            None,
+            ctx.clone(),
+            tx.clone(),
+        ),
+        spawn_child_watch::<PartialObjectMeta<Role>>(
+            api_for(&client, ns),
+            None,
+            ctx.clone(),
+            tx.clone(),
+        ),
+        spawn_child_watch::<PartialObjectMeta<RoleBinding>>(
+            api_for(&client, ns),
+            None,
+            ctx.clone(),
+            tx.clone(),
+        ),
+        spawn_child_watch::<PartialObjectMeta<PersistentVolumeClaim>>(
+            api_for(&client, ns),
+            None,
+            ctx.clone(),
+            tx.clone(),
+        ),
+    ];
+    // Agent pods: a cache only (their readiness reaches the tier through
+    // its Deployment's status).
+    let pods_api: Api<Pod> = api_for(&client, ns);
+    tasks.push(tokio::spawn(async move {
+        let wc = watcher::Config::default()
+            .labels(&format!(
+                "{},{}=herald",
+                MANAGED_SELECTOR,
+                names::LABEL_NAME
+            ))
+            .any_semantic();
+        watcher::watcher(pods_api, wc)
+            .default_backoff()
+            .reflect(pod_writer)
+            .for_each(|r| async move {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "pod watch failed; retrying");
+                }
+            })
+            .await;
+    }));
+
+    if !wait_for_caches(&stores, &mut stop_rx).await {
+        for t in &tasks {
+            t.abort();
+        }
+        return Ok(());
+    }
+    ready.set(true);
+    tracing::info!("caches warm; reconciling");
+
+    // Policies' usedBy: recomputed when the index changes, debounced.
+    {
+        let ctx = ctx.clone();
+        let resync = cfg.settings.resync;
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = ctx.policy_status_dirty.notified() => {}
+                    _ = tokio::time::sleep(resync) => {}
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if let Err(e) = sync_policy_statuses(&ctx).await {
+                    tracing::warn!(error = %e, "writing policy status failed");
+                }
+            }
+        }));
+    }
+
+    let tier_writer: reflector::store::Writer<DeliveryTier> = Default::default();
+    let tier_reader = tier_writer.as_reader();
+    let tiers = {
+        let ctx = ctx.clone();
+        let tx = tx.clone();
+        let reader = tier_reader.clone();
+        watcher::watcher(tiers_api, watcher::Config::default().any_semantic())
+            .default_backoff()
+            .reflect(tier_writer)
+            .map_ok(move |ev| {
+                on_tier_event(&ev, &reader, &ctx, &tx);
+                ev
+            })
+            .applied_objects()
+            .predicate_filter(tier_predicate, Default::default())
+    };
+    drop(tx);
+
+    Controller::for_stream(tiers, tier_reader)
+        .reconcile_on(rx)
+        .with_config(
+            ControllerConfig::default()
+                .concurrency(cfg.concurrency)
+                .debounce(Duration::from_millis(500)),
+        )
+        .graceful_shutdown_on(stopping)
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "controller");
+            }
+        })
+        .await;
+    for t in &tasks {
+        t.abort();
+    }
+    tracing::info!("controller stopped");
+    Ok(())
+}
+
+/// Keep the index in step with the tier watch, forget deleted tiers, and
+/// wake the tiers that fall back to a tier that appeared or went away.
+fn on_tier_event(
+    ev: &WatchEvent<DeliveryTier>,
+    reader: &Store<DeliveryTier>,
+    ctx: &Context,
+    tx: &Trigger,
+) {
+    match ev {
+        WatchEvent::Apply(t) | WatchEvent::InitApply(t) => {
+            let ns = t.namespace().unwrap_or_default();
+            let name = t.name_any();
+            let appeared = !read(&ctx.index).contains(RefKind::DeliveryTier, &ns, &name);
+            write(&ctx.index).apply_tier(t);
+            if appeared {
+                send_all(tx, tiers_for(&ctx.index, RefKind::DeliveryTier, &ns, &name));
+            }
+            ctx.policy_status_dirty.notify_one();
+        }
+        WatchEvent::Delete(t) => {
+            let ns = t.namespace().unwrap_or_default();
+            let name = t.name_any();
+            write(&ctx.index).delete_tier(&ns, &name);
+            ctx.forget_tier(&ObjectRef::from_obj(t));
+            send_all(tx, tiers_for(&ctx.index, RefKind::DeliveryTier, &ns, &name));
+            ctx.policy_status_dirty.notify_one();
+        }
+        WatchEvent::Init => {}
+        WatchEvent::InitDone => {
+            let all = reader.state();
+            write(&ctx.index).reset_tiers(all.iter().map(|t| t.as_ref()));
+            ctx.policy_status_dirty.notify_one();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::context::empty_stores;
+    use crate::operator::health_client::HttpHealth;
+    use serde_json::json;
+
+    async fn ctx() -> Context {
+        let client = kube_fake_client::ClientBuilder::new()
+            .build()
+            .await
+            .unwrap();
+        Context::new(
+            client,
+            empty_stores(),
+            Arc::new(RwLock::new(TierIndex::new())),
+            OperatorOptions::new("herald:test"),
+            Settings::default(),
+            Arc::new(HttpHealth::new(8080, Duration::from_secs(1)).unwrap()),
+            Metrics::new(),
+            None,
+        )
+    }
+
+    fn tier(name: &str, spec: serde_json::Value) -> DeliveryTier {
+        serde_json::from_value(json!({
+            "apiVersion": "herald.dev/v1alpha1", "kind": "DeliveryTier",
+            "metadata": {"name": name, "namespace": "ns"}, "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    fn policy(generation: i64) -> RateLimitPolicy {
+        serde_json::from_value(json!({
+            "apiVersion": "herald.dev/v1alpha1", "kind": "RateLimitPolicy",
+            "metadata": {"name": "bot", "namespace": "ns", "generation": generation},
+            "spec": {},
+        }))
+        .unwrap()
+    }
+
+    fn drain(rx: &mut mpsc::UnboundedReceiver<ObjectRef<DeliveryTier>>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(r) = rx.try_recv() {
+            out.push(r.name);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_policy_wakes_its_tiers_on_spec_changes_only() {
+        let ctx = ctx().await;
+        write(&ctx.index).apply_tier(&tier(
+            "a",
+            json!({"channel": "spool", "spool": {"path": "/s"}, "rateLimitPolicyRef": {"name": "bot"}}),
+        ));
+        let (tx, mut rx) = mpsc::unbounded();
+        let mut w = RefWatch::new(RefKind::RateLimitPolicy);
+        let listed = vec![("ns".to_owned(), "bot".to_owned())];
+        // The first list fills the index; the controller is not running yet.
+        w.on_event(&WatchEvent::<RateLimitPolicy>::Init, &[], &ctx, &tx);
+        w.on_event(&WatchEvent::InitApply(policy(1)), &[], &ctx, &tx);
+        w.on_event(&WatchEvent::<RateLimitPolicy>::InitDone, &listed, &ctx, &tx);
+        assert!(drain(&mut rx).is_empty());
+        assert!(read(&ctx.index).contains(RefKind::RateLimitPolicy, "ns", "bot"));
+        // Its own status write (same generation): nothing to do.
+        w.on_event(&WatchEvent::Apply(policy(1)), &[], &ctx, &tx);
+        assert!(drain(&mut rx).is_empty());
+        // A spec edit, then a deletion: the tier is woken each time.
+        w.on_event(&WatchEvent::Apply(policy(2)), &[], &ctx, &tx);
+        assert_eq!(drain(&mut rx), vec!["a"]);
+        w.on_event(&WatchEvent::Delete(policy(2)), &[], &ctx, &tx);
+        assert_eq!(drain(&mut rx), vec!["a"]);
+        assert!(!read(&ctx.index).contains(RefKind::RateLimitPolicy, "ns", "bot"));
+    }
+
+    #[tokio::test]
+    async fn a_tier_appearing_wakes_the_tiers_that_fall_back_to_it() {
+        let ctx = ctx().await;
+        let (tx, mut rx) = mpsc::unbounded();
+        let (reader, _writer) = reflector::store::<DeliveryTier>();
+        let main = tier(
+            "main",
+            json!({"channel": "spool", "spool": {"path": "/s"}, "fallbackTiers": ["spare"]}),
+        );
+        on_tier_event(&WatchEvent::Apply(main.clone()), &reader, &ctx, &tx);
+        assert!(drain(&mut rx).is_empty());
+        let spare = tier(
+            "spare",
+            json!({"channel": "spool", "spool": {"path": "/s"}}),
+        );
+        on_tier_event(&WatchEvent::Apply(spare.clone()), &reader, &ctx, &tx);
+        assert_eq!(drain(&mut rx), vec!["main"]);
+        // An update of a known tier is no news to the others.
+        on_tier_event(&WatchEvent::Apply(spare.clone()), &reader, &ctx, &tx);
+        assert!(drain(&mut rx).is_empty());
+        on_tier_event(&WatchEvent::Delete(spare), &reader, &ctx, &tx);
+        assert_eq!(drain(&mut rx), vec!["main"]);
+        assert!(!read(&ctx.index).contains(RefKind::DeliveryTier, "ns", "spare"));
+    }
+}

@@ -1,0 +1,531 @@
+//! Tests of the controller shell against kube-fake-client (STYLE ring 3):
+//! an in-memory API with resourceVersions, generations, a status
+//! subresource, server-side apply and cascading deletion through owner
+//! references — but no watches. So the harness plays the watches' part:
+//! [`Harness::refresh`] re-lists the fake API into the stores and the index,
+//! as the reflectors would, and tests call `reconcile` and the mappers
+//! directly. Every request the code makes is recorded (method and path), so
+//! tests can assert what was *not* written and the RBAC test can check each
+//! call against the table.
+
+mod flows;
+mod rbac;
+mod scale;
+mod wiring;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
+};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams, PostParams};
+use kube::core::PartialObjectMetaExt;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::{self, store::Writer};
+use kube::runtime::watcher::Event;
+use kube::{Client, Resource};
+use kube_fake_client::{ClientBuilder, interceptor};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::api::{CircuitPolicy, DegradationProfile, DeliveryTier, RateLimitPolicy};
+use crate::operator::context::{Clock, Context, Settings, Stores};
+use crate::operator::controller;
+use crate::operator::desired::OperatorOptions;
+use crate::operator::error::Result;
+use crate::operator::health_client::{HealthError, HealthSource, PodTarget};
+use crate::operator::index::{RefKind, TierIndex};
+use crate::operator::metrics::Metrics;
+
+pub const NS: &str = "apps";
+pub const IMAGE: &str = "herald:test";
+
+/// One request the code made: method and path (query dropped).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Call {
+    pub method: String,
+    pub path: String,
+}
+
+/// Canned `/healthz/details`, by pod name; a pod without an entry does not
+/// answer.
+#[derive(Default)]
+pub struct CannedHealth {
+    pub details: Mutex<HashMap<String, Value>>,
+}
+
+impl CannedHealth {
+    pub fn set(&self, pod: &str, v: Value) {
+        self.details.lock().unwrap().insert(pod.to_owned(), v);
+    }
+}
+
+impl HealthSource for CannedHealth {
+    fn fetch<'a>(&'a self, t: &'a PodTarget) -> BoxFuture<'a, Result<Value, HealthError>> {
+        let v = self.details.lock().unwrap().get(&t.name).cloned();
+        Box::pin(async move { v.ok_or(HealthError::Connect) })
+    }
+}
+
+struct Writers {
+    rate_limits: Writer<RateLimitPolicy>,
+    circuits: Writer<CircuitPolicy>,
+    degradations: Writer<DegradationProfile>,
+    secrets: Writer<kube::core::PartialObjectMeta<Secret>>,
+    pods: Writer<Pod>,
+    deployments: Writer<Deployment>,
+    pdbs: Writer<PodDisruptionBudget>,
+}
+
+/// Switches the tests flip to make the fake API fail.
+#[derive(Default)]
+pub struct Faults {
+    /// Answer 500 to every PATCH of a ConfigMap.
+    pub configmap_500: std::sync::atomic::AtomicBool,
+    /// Answer 422 to every PATCH of a ConfigMap.
+    pub configmap_422: std::sync::atomic::AtomicBool,
+    /// Evictions made (pod names).
+    pub evicted: Mutex<Vec<String>>,
+}
+
+/// The fake client learns a kind's status subresource from a `Default`
+/// instance (only its apiVersion and kind are read); the CRD types have
+/// required spec fields and no `Default`, so this stands in for them.
+#[derive(serde::Serialize)]
+struct StatusOf<K> {
+    #[serde(rename = "apiVersion")]
+    api_version: String,
+    kind: String,
+    metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    #[serde(skip)]
+    _k: std::marker::PhantomData<K>,
+}
+
+impl<K: Resource<DynamicType = ()>> Default for StatusOf<K> {
+    fn default() -> Self {
+        StatusOf {
+            api_version: K::api_version(&()).into_owned(),
+            kind: K::kind(&()).into_owned(),
+            metadata: Default::default(),
+            _k: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<K: Resource<DynamicType = ()>> Resource for StatusOf<K> {
+    type DynamicType = ();
+    type Scope = K::Scope;
+
+    fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+        K::kind(&())
+    }
+    fn group(_: &()) -> std::borrow::Cow<'_, str> {
+        K::group(&())
+    }
+    fn version(_: &()) -> std::borrow::Cow<'_, str> {
+        K::version(&())
+    }
+    fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+        K::plural(&())
+    }
+    fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+pub struct Harness {
+    pub client: Client,
+    pub ctx: Arc<Context>,
+    pub calls: Arc<Mutex<Vec<Call>>>,
+    pub health: Arc<CannedHealth>,
+    pub clock: Clock,
+    pub faults: Arc<Faults>,
+    writers: Mutex<Writers>,
+}
+
+pub fn t0() -> Timestamp {
+    Timestamp::from_second(1_800_000_000).unwrap()
+}
+
+fn interceptors(faults: Arc<Faults>) -> interceptor::Funcs {
+    let f1 = faults.clone();
+    let f2 = faults;
+    interceptor::Funcs::new()
+        .patch(move |ctx| {
+            use std::sync::atomic::Ordering::Relaxed;
+            let is_cm = ctx.patch.get("kind").and_then(Value::as_str) == Some("ConfigMap");
+            if is_cm && f1.configmap_500.load(Relaxed) {
+                return Err(kube_fake_client::Error::Internal("injected".into()));
+            }
+            if is_cm && f1.configmap_422.load(Relaxed) {
+                return Err(kube_fake_client::Error::InvalidRequest("injected".into()));
+            }
+            Ok(None)
+        })
+        .create(move |ctx| {
+            // kube's eviction body is `{delete_options, metadata}`; the fake
+            // API stamps it with the path's kind (Pod), so tell it by shape.
+            if ctx.object.get("delete_options").is_none() {
+                return Ok(None);
+            }
+            let name = ctx.object["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            // The pod goes, as the API server's eviction would do.
+            let _ = ctx.client.delete::<Pod>(ctx.namespace, &name);
+            f2.evicted.lock().unwrap().push(name);
+            Ok(Some(
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "metadata": {}}),
+            ))
+        })
+}
+
+impl Harness {
+    pub async fn new() -> Harness {
+        Self::with_settings(Settings::default()).await
+    }
+
+    pub async fn with_settings(settings: Settings) -> Harness {
+        let faults = Arc::new(Faults::default());
+        let fake = ClientBuilder::new()
+            .with_resource::<DeliveryTier>()
+            .with_status_subresource::<StatusOf<DeliveryTier>>()
+            .with_resource::<RateLimitPolicy>()
+            .with_status_subresource::<StatusOf<RateLimitPolicy>>()
+            .with_resource::<CircuitPolicy>()
+            .with_status_subresource::<StatusOf<CircuitPolicy>>()
+            .with_resource::<DegradationProfile>()
+            .with_status_subresource::<StatusOf<DegradationProfile>>()
+            .with_interceptor_funcs(interceptors(faults.clone()))
+            .build()
+            .await
+            .unwrap();
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let log = calls.clone();
+        let svc = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+            let fake = fake.clone();
+            log.lock().unwrap().push(Call {
+                method: req.method().to_string(),
+                path: req.uri().path().to_owned(),
+            });
+            async move { fake.send(req).await }
+        });
+        let client = Client::new(svc, "default");
+
+        let (rate_limits, w_rl) = reflector::store();
+        let (circuits, w_cp) = reflector::store();
+        let (degradations, w_dp) = reflector::store();
+        let (secrets, w_s) = reflector::store();
+        let (pods, w_p) = reflector::store();
+        let (deployments, w_d) = reflector::store();
+        let (pdbs, w_pdb) = reflector::store();
+        let stores = Stores {
+            rate_limits,
+            circuits,
+            degradations,
+            secrets,
+            pods,
+            deployments,
+            pdbs,
+        };
+        let health = Arc::new(CannedHealth::default());
+        let clock = Clock::manual(t0());
+        let ctx = Context::new(
+            client.clone(),
+            stores,
+            Arc::new(RwLock::new(TierIndex::new())),
+            OperatorOptions::new(IMAGE),
+            settings,
+            health.clone(),
+            Metrics::new(),
+            Some("test".into()),
+        )
+        .with_clock(clock.clone());
+        Harness {
+            client,
+            ctx: Arc::new(ctx),
+            calls,
+            health,
+            clock,
+            faults,
+            writers: Mutex::new(Writers {
+                rate_limits: w_rl,
+                circuits: w_cp,
+                degradations: w_dp,
+                secrets: w_s,
+                pods: w_p,
+                deployments: w_d,
+                pdbs: w_pdb,
+            }),
+        }
+    }
+
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), NS)
+    }
+
+    /// Create an object in the fake API (it assigns uid, generation, rv).
+    pub async fn create<K>(&self, obj: &K) -> K
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + std::fmt::Debug
+            + serde::Serialize
+            + DeserializeOwned,
+    {
+        self.api::<K>()
+            .create(&PostParams::default(), obj)
+            .await
+            .unwrap()
+    }
+
+    pub async fn tier(&self, name: &str) -> DeliveryTier {
+        self.api::<DeliveryTier>().get(name).await.unwrap()
+    }
+
+    /// Re-list the fake API into the caches and the index, as the watches
+    /// would after these writes.
+    pub async fn refresh(&self) {
+        async fn all<K>(client: &Client) -> Vec<K>
+        where
+            K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+                + Clone
+                + std::fmt::Debug
+                + DeserializeOwned,
+        {
+            Api::<K>::all(client.clone())
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+        }
+        fn fill<K>(w: &mut Writer<K>, items: Vec<K>)
+        where
+            K: kube::runtime::reflector::Lookup + Clone,
+            K::DynamicType: Clone + Eq + std::hash::Hash + Default,
+        {
+            w.apply_watcher_event(&Event::Init);
+            for o in items {
+                w.apply_watcher_event(&Event::InitApply(o));
+            }
+            w.apply_watcher_event(&Event::InitDone);
+        }
+        let c = &self.client;
+        let tiers: Vec<DeliveryTier> = all(c).await;
+        let rl: Vec<RateLimitPolicy> = all(c).await;
+        let cp: Vec<CircuitPolicy> = all(c).await;
+        let dp: Vec<DegradationProfile> = all(c).await;
+        let secrets: Vec<Secret> = all(c).await;
+        let pods: Vec<Pod> = all(c).await;
+        let deps: Vec<Deployment> = all(c).await;
+        let pdbs: Vec<PodDisruptionBudget> = all(c).await;
+        {
+            let mut idx = self.ctx.index.write().unwrap();
+            idx.reset_tiers(tiers.iter());
+            let id = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+                (
+                    m.namespace.clone().unwrap_or_default(),
+                    m.name.clone().unwrap_or_default(),
+                )
+            };
+            let names = |v: Vec<(String, String)>| v;
+            let rl_ids = names(rl.iter().map(|o| id(&o.metadata)).collect());
+            let cp_ids = names(cp.iter().map(|o| id(&o.metadata)).collect());
+            let dp_ids = names(dp.iter().map(|o| id(&o.metadata)).collect());
+            let s_ids = names(secrets.iter().map(|o| id(&o.metadata)).collect());
+            for (kind, ids) in [
+                (RefKind::RateLimitPolicy, rl_ids),
+                (RefKind::CircuitPolicy, cp_ids),
+                (RefKind::DegradationProfile, dp_ids),
+                (RefKind::Secret, s_ids),
+            ] {
+                idx.reset_policies(kind, ids.iter().map(|(n, m)| (n.as_str(), m.as_str())));
+            }
+        }
+        let mut w = self.writers.lock().unwrap();
+        fill(&mut w.rate_limits, rl);
+        fill(&mut w.circuits, cp);
+        fill(&mut w.degradations, dp);
+        fill(
+            &mut w.secrets,
+            secrets
+                .into_iter()
+                .map(|s| s.metadata.into_response_partial::<Secret>())
+                .collect(),
+        );
+        fill(&mut w.pods, pods);
+        fill(&mut w.deployments, deps);
+        fill(&mut w.pdbs, pdbs);
+    }
+
+    /// Refresh the caches, read the tier from the API, reconcile it.
+    pub async fn reconcile(&self, name: &str) -> Result<Action> {
+        self.refresh().await;
+        let tier = self.tier(name).await;
+        controller::reconcile(Arc::new(tier), self.ctx.clone()).await
+    }
+
+    pub fn clear_calls(&self) {
+        self.calls.lock().unwrap().clear();
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    /// Writes made (anything but GET).
+    pub fn writes(&self) -> Vec<Call> {
+        self.calls()
+            .into_iter()
+            .filter(|c| c.method != "GET")
+            .collect()
+    }
+
+    pub fn advance(&self, d: Duration) {
+        let now = self.clock.now();
+        self.clock.set(crate::operator::time::after(now, d));
+    }
+
+    /// Every child of a tier that exists, as (kind, name, metadata).
+    pub async fn children(
+        &self,
+    ) -> Vec<(
+        &'static str,
+        String,
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    )> {
+        async fn list<K>(h: &Harness) -> Vec<K>
+        where
+            K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+                + Clone
+                + std::fmt::Debug
+                + DeserializeOwned,
+        {
+            h.api::<K>()
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+        }
+        let mut out = Vec::new();
+        macro_rules! push {
+            ($k:ty, $label:expr) => {
+                for o in list::<$k>(self).await {
+                    out.push((
+                        $label,
+                        o.metadata.name.clone().unwrap_or_default(),
+                        o.metadata,
+                    ));
+                }
+            };
+        }
+        push!(ServiceAccount, "ServiceAccount");
+        push!(Role, "Role");
+        push!(RoleBinding, "RoleBinding");
+        push!(ConfigMap, "ConfigMap");
+        push!(PersistentVolumeClaim, "PersistentVolumeClaim");
+        push!(Deployment, "Deployment");
+        push!(Service, "Service");
+        push!(PodDisruptionBudget, "PodDisruptionBudget");
+        out.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        out
+    }
+}
+
+/// A tier from its spec.
+pub fn tier(name: &str, spec: Value) -> DeliveryTier {
+    serde_json::from_value(json!({
+        "apiVersion": "herald.dev/v1alpha1",
+        "kind": "DeliveryTier",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+/// A spool tier (embedded queue), optionally under a rate-limit policy.
+pub fn spool_tier(name: &str, rate_limit_policy: Option<&str>) -> DeliveryTier {
+    let mut spec = json!({"channel": "spool", "spool": {"path": "/var/spool/herald"}});
+    if let Some(p) = rate_limit_policy {
+        spec["rateLimitPolicyRef"] = json!({"name": p});
+    }
+    tier(name, spec)
+}
+
+pub fn rate_limit_policy(name: &str, rate: u32) -> RateLimitPolicy {
+    serde_json::from_value(json!({
+        "apiVersion": "herald.dev/v1alpha1",
+        "kind": "RateLimitPolicy",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"global": {"rate": rate, "period": "1s"}},
+    }))
+    .unwrap()
+}
+
+pub fn secret(name: &str) -> Secret {
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": NS},
+        "stringData": {"k": "not-a-real-value"},
+    }))
+    .unwrap()
+}
+
+/// An agent pod of `tier`, running, with a Ready condition.
+pub fn agent_pod(tier: &str, name: &str, track: &str, ready: bool, since: Timestamp) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": NS,
+            "labels": {
+                "app.kubernetes.io/name": "herald",
+                "app.kubernetes.io/managed-by": "herald",
+                "herald.dev/tier": tier,
+                "herald.dev/track": track,
+            },
+        },
+        "spec": {"containers": [{"name": "agent", "image": IMAGE}]},
+        "status": {
+            "phase": "Running",
+            "podIP": "10.1.2.3",
+            "conditions": [{
+                "type": "Ready",
+                "status": if ready { "True" } else { "False" },
+                "lastTransitionTime": since.to_string(),
+            }],
+        },
+    }))
+    .unwrap()
+}
+
+/// `/healthz/details` with cumulative counters for `tier`.
+pub fn details(tier: &str, delivered: u64, failed: u64, p95_ms: u64) -> Value {
+    json!({
+        "ready": true,
+        "dispatcher": {
+            "level": "NORMAL",
+            "held": 0,
+            "tiers": [{"name": tier, "breaker": "closed", "p95_ms": p95_ms,
+                       "counters": {"delivered": delivered, "failed": failed, "rate_limited": 0}}],
+        },
+        "dependencies": {"store": {"status": "ok"}},
+    })
+}
