@@ -34,7 +34,7 @@
 
 use std::time::Duration;
 
-use crate::engine::breaker::{Admission, CallOutcome};
+use crate::engine::breaker::{Admission, BreakerState, CallOutcome};
 use crate::engine::limiter::PauseScope;
 use crate::engine::retry::{RetryDecision, RetryInput, RetryPolicy};
 use crate::engine::selector::{self, TierView};
@@ -185,7 +185,16 @@ impl Dispatcher {
                     if let Some(tr) = self.breakers.record(now, &key, None, ticket, call)
                         && let Some(i) = tier
                     {
+                        // A probe round that closes the breaker proves the
+                        // tier works again; the outage's failures must not
+                        // keep its health below the floor for a whole window.
+                        let recovered =
+                            tr.from == BreakerState::HalfOpen && tr.to == BreakerState::Closed;
                         self.breaker_event(i, None, tr);
+                        if recovered {
+                            self.tiers[i].forget_health(now);
+                            self.tier_cache.invalidate();
+                        }
                     }
                 }
                 None => self.breakers.abandon(&key, None, ticket),

@@ -33,7 +33,7 @@ use crate::engine::breaker::{Admission, BreakerSet, Ticket, Transition};
 use crate::engine::bulkhead::Permit;
 use crate::engine::limiter::{Binding, Decision, Key};
 use crate::engine::scheduler::{Gate, Item, PrioritySet};
-use crate::engine::selector::{self, Route, SelectorConfig, TierView};
+use crate::engine::selector::{self, SelectorConfig, TierView};
 use crate::engine::{Instant, Priority, SplitMix64};
 
 use super::aside::BlockKey;
@@ -397,14 +397,16 @@ impl Offer<'_> {
         {
             return Ok(p);
         }
+        // A primary tier waiting for probes gets them first, whatever the
+        // route and its health score: probing is how it recovers, and a
+        // health floor that blocked probes would keep it out until its
+        // failures aged out of the window.
+        if let Some(i) = self.probe_due(views) {
+            return Ok(i);
+        }
         let plain = out == 0 && !marked;
         if plain && let Some(tier) = self.cache.plain {
             return Ok(tier);
-        }
-        if self.level.route != Route::Normal
-            && let Some(i) = self.probe_due(views)
-        {
-            return Ok(i);
         }
         let route = self.level.route;
         let before = self.rng.clone();
@@ -471,7 +473,6 @@ impl Offer<'_> {
                 !v.is_spool
                     && v.breaker_admits
                     && !v.chat_unreachable
-                    && v.health_score >= v.health_floor
                     && self.cache.wide[i].probe_due
             })
             .min_by_key(|&i| (views[i].priority, i))

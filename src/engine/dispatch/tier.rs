@@ -133,6 +133,14 @@ impl TierState {
         !self.unreachable.is_empty() && self.unreachable.get(&chat).is_some_and(|&u| u > now)
     }
 
+    /// Start the health window afresh (after the breaker closed on probes).
+    pub fn forget_health(&mut self, now: Instant) {
+        if let Ok(fresh) = HealthTracker::new(self.health.config().clone()) {
+            self.health = fresh;
+            self.report = self.health.report(now, BreakerPhase::Closed);
+        }
+    }
+
     /// Health score at `now` given the tier breaker (none yet: closed).
     pub fn score(&self, breaker: Option<&Breaker>, now: Instant) -> u8 {
         let r = &self.report;
