@@ -85,7 +85,9 @@ impl AgentConfig {
         }
         let entry_tier = match &agent.entry_tier {
             Some(t) => t.clone(),
-            None => default_entry(&set),
+            None => {
+                crate::policy::dispatch::entry_tier(&set, None).map_err(ConfigError::Missing)?
+            }
         };
         let mut tiers = Vec::new();
         for t in &set.tiers {
@@ -142,22 +144,6 @@ impl AgentConfig {
     pub fn tier_names(&self) -> Vec<String> {
         self.tiers.iter().map(|t| t.policy.name.clone()).collect()
     }
-}
-
-/// The highest-priority tier that is nobody's fallback.
-fn default_entry(set: &ConfigSet) -> String {
-    let fallbacks: Vec<&String> = set
-        .tiers
-        .iter()
-        .flat_map(|t| t.spec.fallback_tiers.iter())
-        .collect();
-    set.tiers
-        .iter()
-        .filter(|t| !fallbacks.contains(&&t.name))
-        .max_by_key(|t| t.spec.priority)
-        .or_else(|| set.tiers.iter().max_by_key(|t| t.spec.priority))
-        .map(|t| t.name.clone())
-        .unwrap_or_default()
 }
 
 /// Equal-length comparison without early exit, so response timing does not

@@ -53,3 +53,36 @@ pub fn dispatch_config(set: &ConfigSet, entry: &str) -> DispatchConfig {
     }
     config
 }
+
+/// The entry tier: `requested` if given, else the highest-priority tier that
+/// is not listed as another tier's fallback (ties: first in the files).
+pub fn entry_tier(set: &ConfigSet, requested: Option<&str>) -> Result<String, String> {
+    if let Some(name) = requested {
+        return match set.tier(name) {
+            Some(t) => Ok(t.name.clone()),
+            None => Err(format!(
+                "entry tier {name:?} is not in the config (have: {})",
+                set.tiers
+                    .iter()
+                    .map(|t| t.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        };
+    }
+    let is_fallback = |name: &str| {
+        set.tiers
+            .iter()
+            .any(|t| t.spec.fallback_tiers.iter().any(|f| f == name))
+    };
+    set.tiers
+        .iter()
+        .filter(|t| !is_fallback(&t.name))
+        .fold(None::<&TierPolicy>, |best, t| match best {
+            Some(b) if b.spec.priority >= t.spec.priority => Some(b),
+            _ => Some(t),
+        })
+        .or(set.tiers.first())
+        .map(|t| t.name.clone())
+        .ok_or_else(|| "the config has no DeliveryTier".to_owned())
+}
