@@ -1,8 +1,10 @@
 //! The operator's decisions: what a DeliveryTier should look like in the
 //! cluster, how a canary moves, when a pod is restarted, what the status
-//! says. Every file here is pure — no `kube::Client`, no tokio, no clock:
-//! the controller shell reads the cluster and the time, calls these
-//! functions, and applies what they return.
+//! says, and the controller shell that acts on them. The decision files
+//! (index, desired, canary, healing, status, condition, names, hash,
+//! agent_config) are pure — no `kube::Client`, no tokio, no clock; the shell
+//! (`controller`, `context`, `leader`, `health_client`, `metrics`) reads the
+//! cluster and the time, calls them, and applies what they return.
 //!
 //! What the operator watches, and how it links:
 //!
