@@ -15,6 +15,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod bench;
 pub mod demo;
 pub mod engine;
 pub mod operator;

@@ -20,6 +20,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::agent::config::AgentConfig;
 use crate::agent::dispatch_config::dispatch_config;
 use crate::agent::http::native::now_ms;
+use crate::agent::metrics::Metrics;
 use crate::agent::state::{AppState, DispatchCmd, Final, IngestGate};
 use crate::engine::degradation::Level;
 use crate::engine::dispatch::{Dispatcher, Event, Poll, QueuedMessage, Snapshot, Verdict};
@@ -249,7 +250,9 @@ impl DispatchLoop {
                     }));
                     let timeout = order.deadline.since(now).max(Duration::from_millis(1));
                     let (id, tier) = (order.id, order.tier);
-                    self.state.metrics.in_flight.inc();
+                    if let Some(m) = self.state.metrics() {
+                        m.in_flight.inc();
+                    }
                     self.inflight.spawn(async move {
                         let started = tokio::time::Instant::now();
                         let result = sink.send(&delivery, timeout).await;
@@ -267,22 +270,19 @@ impl DispatchLoop {
     }
 
     fn finish(&mut self, done: Done) {
-        self.state.metrics.in_flight.dec();
         let now = self.now();
         let tier_name = self.tier_names.get(done.tier).cloned().unwrap_or_default();
         let class = classify(&done.result.outcome)
             .map(|c| c.class.as_str())
             .unwrap_or("delivered");
-        self.state
-            .metrics
-            .attempts
-            .with_label_values(&[&tier_name, class])
-            .inc();
-        self.state
-            .metrics
-            .send_seconds
-            .with_label_values(&[&tier_name])
-            .observe(done.latency.as_secs_f64());
+        let m = self.state.metrics();
+        if let Some(m) = m {
+            m.in_flight.dec();
+            m.attempts.with_label_values(&[&tier_name, class]).inc();
+            m.send_seconds
+                .with_label_values(&[&tier_name])
+                .observe(done.latency.as_secs_f64());
+        }
         let verdict = match self
             .d
             .complete(now, done.id, &done.result.outcome, done.latency)
@@ -309,8 +309,9 @@ impl DispatchLoop {
         };
         let store = self.state.store.clone();
         let id = h.msg.id;
-        let m = &self.state.metrics;
-        if matches!(done.result.status, Some(429)) {
+        if let Some(m) = m
+            && matches!(done.result.status, Some(429))
+        {
             m.rate_limited.with_label_values(&[&tier_name]).inc();
         }
         match verdict {
@@ -318,17 +319,19 @@ impl DispatchLoop {
                 let h = self.held.remove(&done.id);
                 self.ids.remove(&id);
                 let Some(h) = h else { return };
-                m.delivered
-                    .with_label_values(&[
-                        &tier_name,
-                        h.msg.msg.priority.as_str(),
-                        &h.msg.msg.message_type,
-                    ])
-                    .inc();
-                let age = now_ms().saturating_sub(h.msg.created_ms);
-                m.delivery_seconds
-                    .with_label_values(&[&tier_name, h.msg.msg.priority.as_str()])
-                    .observe(age as f64 / 1000.0);
+                if let Some(m) = m {
+                    m.delivered
+                        .with_label_values(&[
+                            &tier_name,
+                            h.msg.msg.priority.as_str(),
+                            &h.msg.msg.message_type,
+                        ])
+                        .inc();
+                    let age = now_ms().saturating_sub(h.msg.created_ms);
+                    m.delivery_seconds
+                        .with_label_values(&[&tier_name, h.msg.msg.priority.as_str()])
+                        .observe(age as f64 / 1000.0);
+                }
                 let state = self.state.clone();
                 let receipts = self.receipts.clone();
                 let result = done.result;
@@ -360,9 +363,11 @@ impl DispatchLoop {
                 let h = self.held.remove(&done.id);
                 self.ids.remove(&id);
                 let Some(h) = h else { return };
-                m.dead_lettered
-                    .with_label_values(&[&tier_name, reason.label()])
-                    .inc();
+                if let Some(m) = m {
+                    m.dead_lettered
+                        .with_label_values(&[&tier_name, reason.label()])
+                        .inc();
+                }
                 let state = self.state.clone();
                 let receipts = self.receipts.clone();
                 let result = done.result;
@@ -389,7 +394,9 @@ impl DispatchLoop {
                 });
             }
             Verdict::RetryAt(at) => {
-                m.retries.with_label_values(&[&tier_name]).inc();
+                if let Some(m) = m {
+                    m.retries.with_label_values(&[&tier_name]).inc();
+                }
                 let next_ms = now_ms() + at.since(now).as_millis() as u64;
                 h.msg.attempts.push(attempt.clone());
                 h.persist = Some(chain(h.persist.take(), async move {
@@ -400,7 +407,9 @@ impl DispatchLoop {
             }
             Verdict::FailedOver { to } => {
                 let to_name = self.tier_names.get(to).cloned().unwrap_or_default();
-                m.failovers.with_label_values(&[&tier_name, &to_name]).inc();
+                if let Some(m) = m {
+                    m.failovers.with_label_values(&[&tier_name, &to_name]).inc();
+                }
                 h.msg.attempts.push(attempt.clone());
                 let next_ms = now_ms();
                 h.persist = Some(chain(h.persist.take(), async move {
@@ -430,25 +439,8 @@ impl DispatchLoop {
     }
 
     fn publish(&self, snap: &Snapshot) {
-        let m = &self.state.metrics;
-        for p in Priority::ALL {
-            m.queue_depth
-                .with_label_values(&[p.as_str()])
-                .set(i64::try_from(snap.queued_by_priority[p.index()]).unwrap_or(i64::MAX));
-        }
-        m.oldest_age_seconds
-            .set(snap.oldest_age.map(|d| d.as_secs() as i64).unwrap_or(0));
-        m.degradation_level.set(snap.level.index() as i64);
-        for t in &snap.tiers {
-            let state = match t.breaker.as_str() {
-                "closed" => 0,
-                "half-open" | "half_open" => 1,
-                _ => 2,
-            };
-            m.breaker_state.with_label_values(&[&t.name]).set(state);
-            m.health_score
-                .with_label_values(&[&t.name])
-                .set(i64::from(t.health_score));
+        if let Some(m) = self.state.metrics() {
+            publish_metrics(m, snap);
         }
         // Ask the degrader per priority; "default" stands for any type that
         // is not paused by name.
@@ -494,6 +486,7 @@ impl DispatchLoop {
                 "health_score": t.health_score,
                 "health_floor": t.health_floor,
                 "success_ewma": t.ewma,
+                "p95_ms": t.p95.map(|d| d.as_millis() as u64),
                 "in_flight": t.in_flight,
                 "unreachable_chats": t.unreachable_chats,
                 "paused_for_ms": ms(t.paused_until),
@@ -652,6 +645,28 @@ async fn notify(state: &AppState, receipts: Option<&ReceiptSender>, id: MessageI
     }
 }
 
+fn publish_metrics(m: &Metrics, snap: &Snapshot) {
+    for p in Priority::ALL {
+        m.queue_depth
+            .with_label_values(&[p.as_str()])
+            .set(i64::try_from(snap.queued_by_priority[p.index()]).unwrap_or(i64::MAX));
+    }
+    m.oldest_age_seconds
+        .set(snap.oldest_age.map(|d| d.as_secs() as i64).unwrap_or(0));
+    m.degradation_level.set(snap.level.index() as i64);
+    for t in &snap.tiers {
+        let state = match t.breaker.as_str() {
+            "closed" => 0,
+            "half-open" | "half_open" => 1,
+            _ => 2,
+        };
+        m.breaker_state.with_label_values(&[&t.name]).set(state);
+        m.health_score
+            .with_label_values(&[&t.name])
+            .set(i64::from(t.health_score));
+    }
+}
+
 fn log_event(state: &AppState, e: &Event) {
     match e {
         Event::Breaker {
@@ -660,10 +675,10 @@ fn log_event(state: &AppState, e: &Event) {
             transition,
             ..
         } => {
-            if chat.is_none() {
-                state
-                    .metrics
-                    .breaker_transitions
+            if chat.is_none()
+                && let Some(m) = state.metrics()
+            {
+                m.breaker_transitions
                     .with_label_values(&[tier_name, transition.to.as_str()])
                     .inc();
             }

@@ -96,7 +96,7 @@ pub async fn start(
     let state = Arc::new(AppState {
         config: std::sync::RwLock::new(config.clone()),
         store,
-        metrics: Metrics::new(),
+        metrics: config.agent.metrics.enabled.then(Metrics::new),
         http: crate::sink::http_client()?,
         dispatch: tx,
         waiters: Default::default(),
@@ -186,19 +186,15 @@ async fn watch_config(state: Arc<AppState>, path: PathBuf, mut stop: watch::Rece
                 let c = Arc::new(c);
                 state.set_config(c.clone());
                 let _ = state.dispatch.send(DispatchCmd::Reconfigure(c)).await;
-                state
-                    .metrics
-                    .config_reloads
-                    .with_label_values(&["ok"])
-                    .inc();
+                if let Some(m) = state.metrics() {
+                    m.config_reloads.with_label_values(&["ok"]).inc();
+                }
                 tracing::info!(path = %path.display(), "configuration reloaded");
             }
             Err(e) => {
-                state
-                    .metrics
-                    .config_reloads
-                    .with_label_values(&["invalid"])
-                    .inc();
+                if let Some(m) = state.metrics() {
+                    m.config_reloads.with_label_values(&["invalid"]).inc();
+                }
                 tracing::error!(path = %path.display(), error = %e, "new configuration refused; the old one keeps running");
             }
         }

@@ -42,7 +42,8 @@ pub enum DispatchCmd {
 pub struct AppState {
     pub config: RwLock<Arc<AgentConfig>>,
     pub store: EmbeddedStore,
-    pub metrics: Metrics,
+    /// `None` when the config turns metrics off (`spec.metrics.enabled`).
+    pub metrics: Option<Metrics>,
     /// One HTTP connection pool for pass-through calls and receipts.
     pub http: reqwest::Client,
     pub dispatch: mpsc::Sender<DispatchCmd>,
@@ -79,6 +80,11 @@ impl AppState {
             Ok(mut g) => *g = c,
             Err(poisoned) => *poisoned.into_inner() = c,
         }
+    }
+
+    /// The metrics to update, unless they are switched off.
+    pub fn metrics(&self) -> Option<&Metrics> {
+        self.metrics.as_ref()
     }
 
     pub fn is_ready(&self) -> bool {

@@ -54,6 +54,28 @@ pub struct AgentSpec {
     /// Time allowed on SIGTERM to finish in-flight sends before exiting.
     #[serde(default = "default_grace")]
     pub shutdown_grace: DurationString,
+    /// Prometheus metrics at `/metrics`.
+    #[serde(default)]
+    pub metrics: MetricsSpec,
+}
+
+/// Metrics switch (read at start; a reload does not change it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricsSpec {
+    /// Collect and serve metrics. Off only for measuring their cost.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+impl Default for MetricsSpec {
+    fn default() -> Self {
+        MetricsSpec { enabled: true }
+    }
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for AgentSpec {
@@ -69,6 +91,7 @@ impl Default for AgentSpec {
             spool_source: None,
             retention: default_retention(),
             shutdown_grace: default_grace(),
+            metrics: MetricsSpec::default(),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Command-line interface: one subcommand per file.
 
+mod bench;
 mod client;
 mod crd;
 mod demo;
@@ -33,6 +34,8 @@ enum Command {
     Agent(run::Args),
     /// Run the Kubernetes operator: reconcile DeliveryTiers into agent workloads.
     Operator(Box<operator::Args>),
+    /// Measure the agent's own cost (throughput, latency, RSS) against a null Bot API.
+    Bench(bench::Args),
     /// Run the engine on a virtual clock against a model of Telegram.
     Simulate(simulate::Args),
     /// Print the CustomResourceDefinitions as YAML.
@@ -59,6 +62,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(a) => demo::run(a),
         Command::Run(a) | Command::Agent(a) => run::run(a),
         Command::Operator(a) => operator::run(*a),
+        Command::Bench(a) => bench::run(a),
         Command::Simulate(a) => simulate::run_cmd(a),
         Command::Crd(a) => crd::run(a),
         Command::Validate(a) => validate::run(a),

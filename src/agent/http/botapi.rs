@@ -77,11 +77,11 @@ pub async fn handle(
     };
     let config = state.config();
     let Some(tier) = config.tier_for_token(token) else {
-        state
-            .metrics
-            .rejected
-            .with_label_values(&["botapi", "unauthorized"])
-            .inc();
+        if let Some(m) = state.metrics() {
+            m.rejected
+                .with_label_values(&["botapi", "unauthorized"])
+                .inc();
+        }
         return tg_error(StatusCode::UNAUTHORIZED, "Unauthorized".into(), "");
     };
     let tier_name = tier.policy.name.clone();
@@ -174,20 +174,16 @@ async fn send(
     let msg = match parsed {
         Ok(m) => m,
         Err(e) => {
-            state
-                .metrics
-                .rejected
-                .with_label_values(&["botapi", e.code])
-                .inc();
+            if let Some(m) = state.metrics() {
+                m.rejected.with_label_values(&["botapi", e.code]).inc();
+            }
             return from_ingest(e);
         }
     };
     if let Err(e) = admit(state, std::slice::from_ref(&msg)) {
-        state
-            .metrics
-            .rejected
-            .with_label_values(&["botapi", e.code])
-            .inc();
+        if let Some(m) = state.metrics() {
+            m.rejected.with_label_values(&["botapi", e.code]).inc();
+        }
         return from_ingest(e);
     }
     let asynchronous =

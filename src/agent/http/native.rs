@@ -27,11 +27,9 @@ pub async fn accept(
     match accept_inner(&state, &headers, body).await {
         Ok(r) => r,
         Err(e) => {
-            state
-                .metrics
-                .rejected
-                .with_label_values(&["api", e.code])
-                .inc();
+            if let Some(m) = state.metrics() {
+                m.rejected.with_label_values(&["api", e.code]).inc();
+            }
             e.into_response()
         }
     }
@@ -86,10 +84,9 @@ async fn accept_inner(
     let messages = parse_messages(state, &value)?;
     admit(state, &messages)?;
     let stored = store_batch(state, messages, "api").await?;
-    state
-        .metrics
-        .accept_seconds
-        .observe(started.elapsed().as_secs_f64());
+    if let Some(m) = state.metrics() {
+        m.accept_seconds.observe(started.elapsed().as_secs_f64());
+    }
     let accepted: Vec<Value> = stored
         .iter()
         .map(|(m, dup)| json!({"id": m.id.to_string(), "correlation_id": m.msg.correlation_id, "duplicate": dup}))
@@ -220,13 +217,15 @@ pub async fn store_batch(
             dead_reason: None,
         };
         if a.duplicate_of {
-            state.metrics.duplicates.inc();
+            if let Some(m) = state.metrics() {
+                m.duplicates.inc();
+            }
         } else {
-            state
-                .metrics
-                .accepted
-                .with_label_values(&[&stored.msg.bot, stored.msg.priority.as_str(), source])
-                .inc();
+            if let Some(m) = state.metrics() {
+                m.accepted
+                    .with_label_values(&[&stored.msg.bot, stored.msg.priority.as_str(), source])
+                    .inc();
+            }
             fresh.push(stored.clone());
         }
         out.push((stored, a.duplicate_of));

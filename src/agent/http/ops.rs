@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 use crate::agent::state::{AppState, DispatchCmd};
@@ -54,10 +54,14 @@ pub async fn details(State(state): State<Arc<AppState>>) -> Response {
             "in_flight": s.in_flight, "dead": s.dead}),
         Err(e) => json!({"status": "error", "error": e.to_string()}),
     };
+    let mut dependencies = json!({"store": store});
+    if let Some(telegram) = snapshot.as_ref().and_then(telegram_health) {
+        dependencies["telegram"] = telegram;
+    }
     let body = json!({
         "ready": state.is_ready(),
         "dispatcher": snapshot.unwrap_or_else(|| json!({"status": "unavailable"})),
-        "dependencies": {"store": store},
+        "dependencies": dependencies,
     });
     let code = if stats.is_ok() {
         StatusCode::OK
@@ -67,10 +71,41 @@ pub async fn details(State(state): State<Arc<AppState>>) -> Response {
     (code, axum::Json(body)).into_response()
 }
 
+/// Telegram as a shared dependency: down when every Telegram tier's breaker
+/// is open or the tier is stopped — the API, not this pod, is failing, so
+/// the operator must not restart pods for it. `None` without Telegram tiers.
+fn telegram_health(snapshot: &Value) -> Option<Value> {
+    let tiers: Vec<&Value> = snapshot
+        .get("tiers")?
+        .as_array()?
+        .iter()
+        .filter(|t| t.get("sink").and_then(Value::as_str) == Some("telegram"))
+        .collect();
+    if tiers.is_empty() {
+        return None;
+    }
+    let failing = |t: &&Value| {
+        t.get("breaker").and_then(Value::as_str) == Some("open")
+            || t.get("stopped").is_some_and(|s| !s.is_null())
+    };
+    Some(if tiers.iter().all(failing) {
+        json!({"status": "down", "reason": "every Telegram tier has its circuit open or is stopped"})
+    } else {
+        json!({"status": "ok"})
+    })
+}
+
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let Some(m) = state.metrics() else {
+        return (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"error": {"code": "metrics_disabled", "field": "spec.metrics.enabled", "message": "metrics are switched off in this agent's config"}})),
+        )
+            .into_response();
+    };
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
+        m.render(),
     )
         .into_response()
 }
@@ -83,4 +118,40 @@ pub async fn not_found() -> Response {
         ),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tier(name: &str, sink: &str, breaker: &str) -> Value {
+        json!({"name": name, "sink": sink, "breaker": breaker, "stopped": null})
+    }
+
+    #[test]
+    fn telegram_is_down_only_when_every_telegram_tier_fails() {
+        let snap = |tiers: Vec<Value>| json!({ "tiers": tiers });
+        let status = |v: Option<Value>| v.map(|v| v["status"].as_str().unwrap_or("").to_owned());
+        assert_eq!(
+            status(telegram_health(&snap(vec![tier("a", "webhook", "open")]))),
+            None
+        );
+        assert_eq!(
+            status(telegram_health(&snap(vec![
+                tier("a", "telegram", "open"),
+                tier("b", "telegram", "half_open"),
+                tier("w", "webhook", "open"),
+            ]))),
+            Some("ok".into())
+        );
+        let mut stopped = tier("b", "telegram", "closed");
+        stopped["stopped"] = json!("unauthorized");
+        assert_eq!(
+            status(telegram_health(&snap(vec![
+                tier("a", "telegram", "open"),
+                stopped
+            ]))),
+            Some("down".into())
+        );
+    }
 }

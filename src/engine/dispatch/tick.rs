@@ -148,6 +148,7 @@ impl Dispatcher {
                     health_score: t.score(b, now),
                     health_floor: t.cfg.health_floor,
                     ewma: t.ewma.value(),
+                    p95: t.report.p95,
                     in_flight: t.in_flight,
                     unreachable_chats: t.unreachable.values().filter(|u| **u > now).count(),
                     paused_until: t.limiter.paused_until(now),

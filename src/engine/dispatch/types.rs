@@ -234,6 +234,8 @@ pub struct TierSnapshot {
     pub health_floor: u8,
     /// Recent success, 0..=1.
     pub ewma: f64,
+    /// p95 of answered sends in the health window; `None` without samples.
+    pub p95: Option<Duration>,
     pub in_flight: u32,
     /// Chats currently marked unreachable on this tier.
     pub unreachable_chats: usize,

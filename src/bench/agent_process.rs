@@ -1,0 +1,179 @@
+//! The agent under test, as its own process: `herald run -f <config>` from
+//! the running executable, so its CPU and memory are its own and its idle
+//! RSS can be read.
+//!
+//! Owns: the bench config (one Telegram tier at the null API, limits far
+//! above what a loopback run reaches, so the bench measures herald's own
+//! cost and not Telegram's pacing), the child's life, and reading its RSS.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::BenchError;
+
+/// The bot token of the bench tier; only the null API ever sees it.
+pub const TOKEN: &str = "100000:bench-token";
+
+/// A running agent process, killed on drop.
+pub struct AgentProcess {
+    child: Child,
+    pub url: String,
+    dir: tempfile::TempDir,
+}
+
+impl AgentProcess {
+    /// Starts an agent on a fresh store and waits until `/readyz` answers 200.
+    pub async fn start(
+        exe: &Path,
+        api_url: &str,
+        metrics: bool,
+        client: &reqwest::Client,
+    ) -> Result<AgentProcess, BenchError> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let config = write_config(dir.path(), port, api_url, metrics)?;
+        let log = std::fs::File::create(dir.path().join("agent.log"))?;
+        let child = Command::new(exe)
+            .arg("run")
+            .arg("-f")
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()?;
+        let agent = AgentProcess {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            dir,
+        };
+        agent.wait_ready(client).await?;
+        Ok(agent)
+    }
+
+    async fn wait_ready(&self, client: &reqwest::Client) -> Result<(), BenchError> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let ready = client
+                .get(format!("{}/readyz", self.url))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ready {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let log = std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(5).collect();
+        Err(BenchError::Agent(format!(
+            "the agent did not become ready within 30 s; its last log lines:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        )))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident set size in bytes (Linux `/proc`); `None` elsewhere.
+    pub fn rss_bytes(&self) -> Option<u64> {
+        rss_of(self.pid())
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `VmRSS` of a process, in bytes.
+pub fn rss_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn write_config(dir: &Path, port: u16, api_url: &str, metrics: bool) -> std::io::Result<PathBuf> {
+    let secrets = dir.join("secrets/bench-bot");
+    std::fs::create_dir_all(&secrets)?;
+    std::fs::write(secrets.join("token"), TOKEN)?;
+    let text = format!(
+        "apiVersion: herald.dev/v1alpha1
+kind: Agent
+metadata: {{name: bench}}
+spec:
+  listen: 127.0.0.1:{port}
+  entryTier: bench
+  storePath: {dir}/queue.redb
+  secrets: {{dir: {dir}/secrets}}
+  botApi: {{waitForDelivery: 10s}}
+  shutdownGrace: 2s
+  metrics: {{enabled: {metrics}}}
+---
+apiVersion: herald.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: {{name: unbounded}}
+spec:
+  global: {{rate: 1000000, period: 1s, burst: 1000}}
+  perChat: {{rate: 1000000, period: 1s, burst: 1000}}
+  perGroup: {{rate: 1000000, period: 1s, burst: 1000}}
+  pacing: {{guardPercent: 0, chatGuardPercent: 0}}
+---
+# A backlog is what a throughput run builds on purpose; shedding it would
+# measure the degrader, not ingest.
+apiVersion: herald.dev/v1alpha1
+kind: DegradationProfile
+metadata: {{name: never}}
+spec:
+  levels:
+    - level: MINOR
+      entry: {{queueDepth: 1000000000}}
+---
+apiVersion: herald.dev/v1alpha1
+kind: DeliveryTier
+metadata: {{name: bench}}
+spec:
+  channel: telegram
+  telegram:
+    tokenSecretRef: {{name: bench-bot, key: token}}
+    apiUrl: {api_url}
+  rateLimitPolicyRef: {{name: unbounded}}
+  degradationProfileRef: {{name: never}}
+  priority: 100
+",
+        dir = dir.display()
+    );
+    let path = dir.join("bench.yaml");
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bench_config_is_a_valid_agent_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_config(dir.path(), 1, "http://127.0.0.1:2", false).unwrap();
+        let config = crate::agent::config::AgentConfig::load(&path, &|_| None).unwrap();
+        assert!(!config.agent.metrics.enabled);
+        assert_eq!(config.entry_tier, "bench");
+    }
+
+    #[test]
+    fn reads_its_own_rss() {
+        assert!(rss_of(std::process::id()).is_some_and(|b| b > 0));
+    }
+}

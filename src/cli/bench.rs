@@ -1,0 +1,65 @@
+//! `herald bench`: measure the agent's own cost against a null Bot API.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use herald::bench::{BenchPlan, render, run as run_bench};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A few seconds instead of about a minute: checks every measurement runs.
+    #[arg(long)]
+    quick: bool,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Messages per throughput round.
+    #[arg(long)]
+    messages: Option<u64>,
+    /// Concurrent producers in the throughput rounds.
+    #[arg(long)]
+    producers: Option<usize>,
+    /// Messages per request in the throughput rounds (1-1000).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    batch: Option<u64>,
+    /// Single-message requests per second in the latency run.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    rate: Option<u64>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let exe = std::env::current_exe().context("locating the herald executable")?;
+    let mut plan = if args.quick {
+        BenchPlan::quick(exe)
+    } else {
+        BenchPlan::full(exe)
+    };
+    if let Some(n) = args.messages {
+        plan.throughput_messages = n.max(1);
+    }
+    if let Some(p) = args.producers {
+        plan.producers = p.max(1);
+    }
+    if let Some(b) = args.batch {
+        plan.batch = b;
+    }
+    if let Some(r) = args.rate {
+        plan.latency_rate = r;
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    let json = args.json;
+    let report = runtime.block_on(async {
+        let mut progress = |line: &str| {
+            if !json {
+                println!("· {line}");
+            }
+        };
+        run_bench(&plan, &mut progress).await
+    })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(ExitCode::SUCCESS)
+}
