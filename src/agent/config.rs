@@ -12,7 +12,7 @@ use crate::api::AgentSpec;
 use crate::api::delivery_tier::Channel;
 use crate::policy::{ConfigSet, TierPolicy};
 pub use crate::sink::TierSecrets;
-use crate::validate::{Diagnostic, InputError, Object, validate_paths};
+use crate::validate::{Diagnostic, InputError, Object, validate_paths, validate_sources};
 
 /// Why a config could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +49,26 @@ impl AgentConfig {
     /// Load and check `path`, reading secrets through `env`.
     pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let report = validate_paths(&[path.to_path_buf()])?;
+        Self::from_report(report, path, env)
+    }
+
+    /// Check a config held in memory (a ConfigMap's value); `source` names
+    /// it in diagnostics and in [`AgentConfig::source`].
+    pub fn from_text(
+        source: &Path,
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let name = source.display().to_string();
+        let report = validate_sources([(name.as_str(), text)]);
+        Self::from_report(report, source, env)
+    }
+
+    fn from_report(
+        report: crate::validate::Report,
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         if report.error_count() > 0 {
             return Err(ConfigError::Invalid(
                 report

@@ -57,6 +57,65 @@ pub struct AgentSpec {
     /// Prometheus metrics at `/metrics`.
     #[serde(default)]
     pub metrics: MetricsSpec,
+    /// In a cluster: the ConfigMap this config came from, watched through
+    /// the API so an edit is live within 2 s (the mounted file lags by up
+    /// to a minute). Set by the operator; unset for standalone agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<ConfigMapSource>,
+    /// Environment variable holding this pod's track (`stable`/`canary`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub track_env: Option<String>,
+    /// Which queue partitions each track owns (Redis store only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<PartitionAssignment>,
+}
+
+/// A ConfigMap key holding the agent's config file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigMapSource {
+    /// Namespace of the ConfigMap; the pod's own when unset (read from
+    /// `HERALD_POD_NAMESPACE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: Option<String>,
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// Queue partitions per track. Stable owns `[stable.start, stable.end)`,
+/// canary `[canary.start, canary.end)`; the two are disjoint and cover
+/// `0..total`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PartitionAssignment {
+    #[schemars(range(min = 1, max = 4096))]
+    pub total: u32,
+    pub stable: PartitionRange,
+    pub canary: PartitionRange,
+}
+
+/// Half-open range of partition numbers, `start..end`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PartitionRange {
+    #[schemars(range(max = 4096))]
+    pub start: u32,
+    #[schemars(range(max = 4096))]
+    pub end: u32,
+}
+
+impl PartitionRange {
+    pub fn len(self) -> u32 {
+        self.end.saturating_sub(self.start)
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Metrics switch (read at start; a reload does not change it).
@@ -92,6 +151,9 @@ impl Default for AgentSpec {
             retention: default_retention(),
             shutdown_grace: default_grace(),
             metrics: MetricsSpec::default(),
+            config_map: None,
+            track_env: None,
+            partitions: None,
         }
     }
 }

@@ -32,6 +32,15 @@ pub enum StoreError {
     Storage(String),
     #[error("store is closed")]
     Closed,
+    /// A shared store refused a write of a partition's lease holder: the
+    /// lease of `partition` is no longer this agent's (it expired and another
+    /// agent took it, or it was released). Nothing was written.
+    #[error("this agent no longer holds the lease of queue partition {partition}")]
+    Fenced { partition: u32 },
+    /// The store's server could not be reached or did not answer in time.
+    /// A write that fails this way may or may not have happened.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl StoreError {

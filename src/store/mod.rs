@@ -38,6 +38,7 @@ mod error;
 mod groupcommit;
 mod layout;
 pub mod record;
+pub mod redis;
 mod transitions;
 
 use std::future::Future;
