@@ -665,6 +665,17 @@ fn publish_metrics(m: &Metrics, snap: &Snapshot) {
             .with_label_values(&[&t.name])
             .set(i64::from(t.health_score));
     }
+    // A type's slots across tiers; bounded types report 0 when idle so a
+    // dashboard shows a line, not a gap.
+    let mut in_use: HashMap<&str, i64> = HashMap::new();
+    for t in &snap.tiers {
+        for (ty, used, _) in &t.bulkheads {
+            *in_use.entry(ty.as_str()).or_default() += i64::from(*used);
+        }
+    }
+    for (ty, used) in in_use {
+        m.bulkhead_in_use.with_label_values(&[ty]).set(used);
+    }
 }
 
 fn log_event(state: &AppState, e: &Event) {

