@@ -5,6 +5,7 @@
 //! the store, secrets and config reload. Decisions stay in the engine.
 
 pub mod config;
+pub mod config_map;
 pub mod dispatch_config;
 pub mod dispatch_loop;
 pub mod http;

@@ -141,6 +141,14 @@ async fn serve(
     let (loop_stop_tx, loop_stop_rx) = watch::channel(false);
     let dispatch_task = tokio::spawn(dispatch.run(rx, loop_stop_rx, grace));
     let (aux_stop_tx, aux_stop_rx) = watch::channel(false);
+    if let Some(source) = state.config().agent.config_map.clone() {
+        tokio::spawn(watch_config_map(
+            state.clone(),
+            path.clone(),
+            source,
+            aux_stop_rx.clone(),
+        ));
+    }
     tokio::spawn(watch_config(state.clone(), path, aux_stop_rx.clone()));
     tokio::spawn(cleanup(state.clone(), aux_stop_rx.clone()));
     if let Some(dir) = state.config().agent.spool_source.clone() {
@@ -181,22 +189,65 @@ async fn watch_config(state: Arc<AppState>, path: PathBuf, mut stop: watch::Rece
         }
         last = now;
         let env = |k: &str| std::env::var(k).ok();
-        match AgentConfig::load(&path, &env) {
-            Ok(c) => {
-                let c = Arc::new(c);
-                state.set_config(c.clone());
-                let _ = state.dispatch.send(DispatchCmd::Reconfigure(c)).await;
-                if let Some(m) = state.metrics() {
-                    m.config_reloads.with_label_values(&["ok"]).inc();
-                }
-                tracing::info!(path = %path.display(), "configuration reloaded");
+        apply(&state, AgentConfig::load(&path, &env), &path.display().to_string());
+    }
+}
+
+/// In a cluster: follow the ConfigMap through the API, which is faster than
+/// the kubelet's refresh of the mounted file. Outside one (no service
+/// account, no kubeconfig) only the file is watched.
+async fn watch_config_map(
+    state: Arc<AppState>,
+    path: PathBuf,
+    source: crate::api::agent::ConfigMapSource,
+    stop: watch::Receiver<bool>,
+) {
+    let client = match kube::Client::try_default().await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::info!(error = %e, config_map = %source.name, "no Kubernetes API; config changes arrive through the file only");
+            return;
+        }
+    };
+    let namespace = source
+        .namespace
+        .clone()
+        .or_else(|| std::env::var(POD_NAMESPACE_ENV).ok())
+        .unwrap_or_else(|| client.default_namespace().to_owned());
+    let api = kube::Api::namespaced(client, &namespace);
+    let origin = format!("ConfigMap {namespace}/{} key {}", source.name, source.key);
+    tracing::info!(config_map = %origin, "watching the config through the API");
+    crate::agent::config_map::watch_key(api, source.name, source.key, stop, move |text| {
+        let env = |k: &str| std::env::var(k).ok();
+        apply(&state, AgentConfig::from_text(&path, &text, &env), &origin);
+    })
+    .await;
+}
+
+/// The pod's namespace, set by the operator from the downward API.
+const POD_NAMESPACE_ENV: &str = "HERALD_POD_NAMESPACE";
+
+/// Install a newly loaded config, or log why it was refused; either way
+/// the agent keeps running.
+fn apply(state: &Arc<AppState>, loaded: Result<AgentConfig, ConfigError>, origin: &str) {
+    match loaded {
+        Ok(c) => {
+            let c = Arc::new(c);
+            state.set_config(c.clone());
+            let dispatch = state.dispatch.clone();
+            tokio::spawn(async move {
+                let _ = dispatch.send(DispatchCmd::Reconfigure(c)).await;
+            });
+            if let Some(m) = state.metrics() {
+                m.config_reloads.with_label_values(&["ok"]).inc();
             }
-            Err(e) => {
-                if let Some(m) = state.metrics() {
-                    m.config_reloads.with_label_values(&["invalid"]).inc();
-                }
-                tracing::error!(path = %path.display(), error = %e, "new configuration refused; the old one keeps running");
+            tracing::info!(source = %origin, "configuration reloaded");
+        }
+        Err(e) => {
+            if let Some(m) = state.metrics() {
+                m.config_reloads.with_label_values(&["invalid"]).inc();
             }
+            tracing::error!(source = %origin, error = %e, "new configuration refused; the old one keeps running");
         }
     }
 }
