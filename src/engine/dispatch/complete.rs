@@ -381,6 +381,6 @@ impl Dispatcher {
 }
 
 /// `Meta::pinned` for a tier index.
-fn pin(tier: Option<usize>) -> u8 {
+pub(super) fn pin(tier: Option<usize>) -> u8 {
     tier.and_then(|i| u8::try_from(i + 1).ok()).unwrap_or(0)
 }

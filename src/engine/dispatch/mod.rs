@@ -37,6 +37,7 @@
 mod aside;
 mod complete;
 pub mod config;
+mod defer;
 mod ids;
 mod intern;
 mod poll;

@@ -173,6 +173,15 @@ fn run(
                             }
                         }
                     }
+                    // Now and then a shared budget refuses the send: the
+                    // order comes back unsent and must still be delivered,
+                    // in order, within every limit.
+                    if rng.below(8) == 0 {
+                        out_chats.remove(&o.chat);
+                        let until = now + Duration::from_millis(rng.below(200));
+                        d.defer(now, o.id, until).unwrap();
+                        continue;
+                    }
                     let ns = now.as_nanos();
                     rec.sends.entry((o.tier, None)).or_default().push(ns);
                     if d.tiers[o.tier].cfg.sink == Sink::Telegram {

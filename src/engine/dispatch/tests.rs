@@ -622,3 +622,72 @@ fn correlated_failures_escalate_once() {
         .count();
     assert_eq!(escalations, 1);
 }
+
+#[test]
+fn a_deferred_order_comes_back_unsent_and_unjudged() {
+    let mut d = dispatcher();
+    for id in 0..2 {
+        let m = msg(&mut d, id, 10 + id as i64, Priority::High, T0);
+        d.enqueue(T0, m).unwrap();
+    }
+    let o = send(d.poll(T0));
+    let until = at_ms(300);
+    d.defer(at_ms(1), o.id, until).unwrap();
+    // The tier holds off until the shared budget's instant, like a 429.
+    assert_eq!(idle(d.poll(at_ms(2))), Some(until));
+    let snap = d.snapshot(at_ms(2));
+    assert_eq!(snap.in_flight, 0);
+    assert_eq!(snap.tiers[0].counters, TierCounters::default());
+    assert_eq!(
+        snap.tiers[0].health_score,
+        dispatcher().snapshot(T0).tiers[0].health_score
+    );
+    // Both go from then on; the deferred one is on its first attempt still
+    // (its chat's cell was spent at the refused poll, so it may come after
+    // the other chat's message).
+    let mut now = until;
+    let mut sent = Vec::new();
+    while sent.len() < 2 && now < T0 + Duration::from_secs(3) {
+        match d.poll(now) {
+            Poll::Send(o) => sent.push(o),
+            Poll::Idle { wake_at } => now = wake_at.unwrap_or(now + Duration::from_secs(1)),
+        }
+    }
+    let again = sent.iter().find(|s| s.id == o.id).unwrap();
+    assert_eq!((again.attempt, again.tier), (1, 0));
+    assert_eq!(d.snapshot(now).tiers[0].counters.sent, 2);
+    // Only an order in flight can be deferred.
+    assert_eq!(
+        d.defer(until, 99, until),
+        Err(MessageError::NotInFlight(99))
+    );
+}
+
+#[test]
+fn a_deferred_probe_gives_its_ticket_back() {
+    let mut d = dispatcher();
+    for id in 0..10 {
+        let m = msg(&mut d, id, 1000 + id as i64, Priority::Normal, T0);
+        d.enqueue(T0, m).unwrap();
+    }
+    let mut now = T0;
+    for _ in 0..4 {
+        let o = send(d.poll(now));
+        d.complete(now, o.id, &Outcome::Transport(TransportKind::Connect), MS)
+            .unwrap();
+        now = now + Duration::from_millis(40);
+    }
+    assert_eq!(d.snapshot(now).tiers[0].breaker, BreakerState::Open);
+    let later = now + Duration::from_secs(2);
+    let probe = send(d.poll(later));
+    assert_eq!((probe.tier, probe.probe), (0, true));
+    // Deferring the probe must not leave the half-open breaker waiting for
+    // a verdict that never comes: the next poll after the pause probes again.
+    let resume = later + Duration::from_millis(50);
+    d.defer(later, probe.id, resume).unwrap();
+    let again = send(d.poll(resume));
+    assert_eq!((again.tier, again.probe), (0, true));
+    d.complete(resume, again.id, &Outcome::Delivered, MS)
+        .unwrap();
+    assert_eq!(d.snapshot(resume).tiers[0].breaker, BreakerState::Closed);
+}
