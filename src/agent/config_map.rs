@@ -155,12 +155,16 @@ mod tests {
         assert_eq!(next(&mut changes).await.as_deref(), Some("first"));
 
         // The same text again (a metadata-only change) is not a change.
-        tx.send(json!({"type": "MODIFIED", "object": cm("2", "first")})).unwrap();
-        tx.send(json!({"type": "MODIFIED", "object": cm("3", "second")})).unwrap();
+        tx.send(json!({"type": "MODIFIED", "object": cm("2", "first")}))
+            .unwrap();
+        tx.send(json!({"type": "MODIFIED", "object": cm("3", "second")}))
+            .unwrap();
         assert_eq!(next(&mut changes).await.as_deref(), Some("second"));
         // A deletion keeps the config; a later re-creation applies.
-        tx.send(json!({"type": "DELETED", "object": cm("4", "second")})).unwrap();
-        tx.send(json!({"type": "ADDED", "object": cm("5", "third")})).unwrap();
+        tx.send(json!({"type": "DELETED", "object": cm("4", "second")}))
+            .unwrap();
+        tx.send(json!({"type": "ADDED", "object": cm("5", "third")}))
+            .unwrap();
         assert_eq!(next(&mut changes).await.as_deref(), Some("third"));
 
         stop_tx.send(true).unwrap();
@@ -171,7 +175,8 @@ mod tests {
         assert!(changes.try_recv().is_err(), "no change was applied twice");
         let seen = seen.lock().unwrap();
         assert!(
-            seen.iter().all(|u| u.contains("fieldSelector=metadata.name%3Dtier-a-config")),
+            seen.iter()
+                .all(|u| u.contains("fieldSelector=metadata.name%3Dtier-a-config")),
             "every request names the one ConfigMap (RBAC allows no other): {seen:?}"
         );
     }

@@ -189,7 +189,11 @@ async fn watch_config(state: Arc<AppState>, path: PathBuf, mut stop: watch::Rece
         }
         last = now;
         let env = |k: &str| std::env::var(k).ok();
-        apply(&state, AgentConfig::load(&path, &env), &path.display().to_string());
+        apply(
+            &state,
+            AgentConfig::load(&path, &env),
+            &path.display().to_string(),
+        );
     }
 }
 

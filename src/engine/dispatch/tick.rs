@@ -153,7 +153,9 @@ impl Dispatcher {
                         .bulkheads
                         .configured()
                         .filter(|(_, c, _)| c.max_concurrent != u32::MAX)
-                        .map(|(ty, c, u)| (self.types.name(*ty).to_owned(), u.in_use, c.max_concurrent))
+                        .map(|(ty, c, u)| {
+                            (self.types.name(*ty).to_owned(), u.in_use, c.max_concurrent)
+                        })
                         .collect(),
                     in_flight: t.in_flight,
                     unreachable_chats: t.unreachable.values().filter(|u| **u > now).count(),
