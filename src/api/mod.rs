@@ -15,6 +15,7 @@ pub mod degradation_profile;
 pub mod delivery_tier;
 pub mod duration;
 pub mod rate_limit_policy;
+pub mod reference;
 pub mod refs;
 
 pub use agent::AgentSpec;

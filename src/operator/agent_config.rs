@@ -1,26 +1,40 @@
 //! The agent's config file as the operator writes it into the tier's
-//! ConfigMap: one multi-document YAML holding an `Agent` document, the tier,
-//! and the policies it references — the same documents a standalone
-//! `herald run -f` reads — plus its revision hash.
+//! ConfigMap: one multi-document YAML that `herald agent --config` loads
+//! as it is — an `Agent` document ([`AgentSpec`], the agent's own schema),
+//! the tier, every tier it can deliver through and the policies they
+//! reference ([`reach`](super::reach)) — plus its revision hash.
 //!
-//! Owns the `Agent` document (how the pod finds its secrets, its track and
-//! its partitions) and the rendering. Invariants: no secret value is ever
-//! rendered — Secrets appear as (name, key, environment variable) and the
-//! pod receives the value through `secretKeyRef` env; each document carries
-//! only `name` and `namespace` from the object's metadata (no uid,
+//! Owns the Agent document, the rendering, and the Secret wiring both
+//! sides agree on: a `SecretKeyRef` `name`/`key` reaches the pod as the
+//! environment variable the agent looks it up under
+//! ([`env_var_name`] with [`SECRET_ENV_PREFIX`], written into the Agent
+//! document); [`secret_uses`] lists which keys one agent reads. Leaves to
+//! [`reach`](super::reach) which tiers and policies go in, and to
+//! [`pod`](super::pod) the container that carries the variables.
+//!
+//! Invariants: the file passes the agent's strict validation and loads
+//! with the pod's environment (a contract test runs the agent's loader on
+//! every rendered case); no secret value is ever rendered — the pod gets
+//! values through `secretKeyRef` env only; each document carries only
+//! `name` and `namespace` from the object's metadata (no uid,
 //! resourceVersion or managedFields), so the revision changes exactly when
 //! what the agent reads changes.
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::delivery_tier::{Channel, StoreKind};
+use crate::agent::secrets::env_var_name;
+use crate::api::agent::{
+    AGENT_KIND, AgentSpec, ConfigMapSource, PartitionAssignment, PartitionRange, SecretSources,
+};
+use crate::api::delivery_tier::{Channel, EmbeddedStoreSpec, StoreKind};
 use crate::api::refs::SecretKeyRef;
 use crate::api::{API_VERSION, DeliveryTierSpec};
 
 use super::canary::partition_split;
-use super::desired::{DesiredError, ResolvedPolicies};
+use super::desired::DesiredError;
 use super::hash;
-use super::index::RefKind;
+use super::names;
+use super::reach::Reach;
 
 /// Key of the config file in the ConfigMap.
 pub const CONFIG_KEY: &str = "config.yaml";
@@ -33,17 +47,20 @@ pub const HTTP_PORT: u16 = 8080;
 /// In a pod the agent must be reachable from the Service, so it listens on
 /// every interface (tests and `herald run` keep 127.0.0.1).
 pub const POD_LISTEN: &str = "0.0.0.0:8080";
-/// `kind` of the agent document.
-pub const AGENT_KIND: &str = "Agent";
+/// `secrets.envPrefix` of the Agent document. Secret files are not used in
+/// pods: `secrets.dir` keeps the agent's default, which lies inside the
+/// ConfigMap mount, where only `config.yaml` exists (a ConfigMap key
+/// cannot hold a `/`), so every lookup falls through to the environment.
+pub const SECRET_ENV_PREFIX: &str = "HERALD_SECRET_";
 
-/// Environment variables the operator sets on agent containers.
+/// Environment variables the operator sets on agent containers besides the
+/// secrets.
 pub mod env {
     /// `stable` or `canary`, from the pod's `herald.dev/track` label.
     pub const TRACK: &str = "HERALD_TRACK";
     pub const POD_NAME: &str = "HERALD_POD_NAME";
+    /// Also where the agent finds its ConfigMap's namespace.
     pub const POD_NAMESPACE: &str = "HERALD_POD_NAMESPACE";
-    /// The ConfigMap to watch for hot reload through the API.
-    pub const CONFIG_MAP: &str = "HERALD_CONFIG_MAP";
 }
 
 /// What a Secret referenced by a tier is for.
@@ -55,16 +72,6 @@ pub enum SecretRole {
 }
 
 impl SecretRole {
-    /// The environment variable carrying the value in agent pods. Fixed per
-    /// role, so a change of Secret name changes only the `secretKeyRef`.
-    pub const fn env(self) -> &'static str {
-        match self {
-            SecretRole::TelegramToken => "HERALD_TELEGRAM_TOKEN",
-            SecretRole::WebhookHmac => "HERALD_WEBHOOK_HMAC",
-            SecretRole::RedisUrl => "HERALD_REDIS_URL",
-        }
-    }
-
     /// Where the reference is written in a DeliveryTier.
     pub const fn field_path(self) -> &'static str {
         match self {
@@ -108,6 +115,96 @@ pub fn secret_refs(spec: &DeliveryTierSpec) -> Vec<(SecretRole, &SecretKeyRef)> 
     out
 }
 
+/// One Secret key an agent reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretUse<'a> {
+    /// The tier that references it; `None` for the agent's own.
+    pub tier: Option<&'a str>,
+    pub role: SecretRole,
+    pub secret: &'a SecretKeyRef,
+    /// The environment variable carrying it.
+    pub var: String,
+}
+
+impl SecretUse<'_> {
+    /// Where the reference is written, for a missing-reference condition;
+    /// another tier's reference names that tier first.
+    pub fn field(&self) -> String {
+        match self.tier {
+            None => self.role.field_path().to_owned(),
+            Some(t) => format!("DeliveryTier/{t}: {}", self.role.field_path()),
+        }
+    }
+}
+
+/// The Secret keys one agent reads, in order: every secret of its own tier
+/// (channel and Redis URL), then the channel secret of each other tier it
+/// delivers through. Their stores are not this agent's (it runs its own
+/// tier's queue), so their Redis URLs are left out.
+pub fn secret_uses<'a>(
+    spec: &'a DeliveryTierSpec,
+    others: &'a [(String, DeliveryTierSpec)],
+) -> Vec<SecretUse<'a>> {
+    let own = secret_refs(spec)
+        .into_iter()
+        .map(|(role, r)| (None, role, r));
+    let theirs = others.iter().flat_map(|(name, s)| {
+        secret_refs(s)
+            .into_iter()
+            .filter(|(role, _)| *role != SecretRole::RedisUrl)
+            .map(move |(role, r)| (Some(name.as_str()), role, r))
+    });
+    own.chain(theirs)
+        .map(|(tier, role, secret)| SecretUse {
+            tier,
+            role,
+            secret,
+            var: env_var_name(SECRET_ENV_PREFIX, secret),
+        })
+        .collect()
+}
+
+/// The pod's secret environment: one variable per Secret key, first use
+/// first. Two different keys that would arrive in the same variable (the
+/// name mangling folds case and `-`/`.` into `_`) are an error: one of
+/// them would silently read the other's value.
+pub fn secret_env<'a>(
+    uses: &[SecretUse<'a>],
+) -> Result<Vec<(String, &'a SecretKeyRef)>, DesiredError> {
+    let mut out: Vec<(String, &'a SecretKeyRef)> = Vec::new();
+    for u in uses {
+        match out.iter().find(|(var, _)| *var == u.var) {
+            None => out.push((u.var.clone(), u.secret)),
+            Some((_, r)) if *r == u.secret => {}
+            Some((var, r)) => {
+                return Err(DesiredError::SecretVariableClash {
+                    var: var.clone(),
+                    first: format!("{}/{}", r.name, r.key),
+                    second: format!("{}/{}", u.secret.name, u.secret.key),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The embedded queue file of a tier, `None` for a redis store. The API's
+/// default is read from the type rather than restated.
+pub fn embedded_queue_path(spec: &DeliveryTierSpec) -> Result<Option<String>, DesiredError> {
+    if spec.store.kind != StoreKind::Embedded {
+        return Ok(None);
+    }
+    let path = match &spec.store.embedded {
+        Some(e) => e.path.clone(),
+        None => {
+            serde_json::from_value::<EmbeddedStoreSpec>(serde_json::json!({}))
+                .map_err(|e| DesiredError::Render(e.to_string()))?
+                .path
+        }
+    };
+    Ok(Some(path))
+}
+
 /// `metadata` of a rendered document.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DocumentMeta {
@@ -117,7 +214,7 @@ pub struct DocumentMeta {
 }
 
 /// The agent document: how this agent runs, as opposed to what it delivers.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentDocument {
     pub api_version: String,
@@ -126,61 +223,9 @@ pub struct AgentDocument {
     pub spec: AgentSpec,
 }
 
-/// Settings of one agent.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AgentSpec {
-    /// The DeliveryTier this agent delivers for.
-    pub tier: String,
-    /// Address the HTTP server binds.
-    pub listen: String,
-    /// Where each referenced Secret key is found in this agent's
-    /// environment.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub secrets: Vec<SecretEnv>,
-    /// Environment variable holding this pod's track (`stable`/`canary`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub track_env: Option<String>,
-    /// Which queue partitions each track owns (redis store only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub partitions: Option<PartitionAssignment>,
-}
-
-/// A Secret key and the environment variable that carries its value.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SecretEnv {
-    pub name: String,
-    pub key: String,
-    pub env: String,
-}
-
-/// Queue partitions per track. Stable owns `[0, n)`, canary `[n, total)`,
-/// so the two ranges are disjoint and cover every partition.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PartitionAssignment {
-    pub total: u32,
-    pub stable: PartitionRange,
-    pub canary: PartitionRange,
-}
-
-/// Half-open range of partition numbers, `start..end`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PartitionRange {
-    pub start: u32,
-    pub end: u32,
-}
-
-impl PartitionRange {
-    pub fn len(self) -> u32 {
-        self.end.saturating_sub(self.start)
-    }
-
-    pub fn is_empty(self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// Partition assignment for a canary weight (percent).
+/// Partition assignment for a canary weight (percent). Stable owns
+/// `[0, n)`, canary `[n, total)`, so the two are disjoint and cover every
+/// partition.
 pub fn assign_partitions(total: u32, canary_weight: u32) -> PartitionAssignment {
     let (_, stable) = partition_split(total, canary_weight);
     PartitionAssignment {
@@ -210,7 +255,9 @@ pub struct ConfigInput<'a> {
     pub tier_name: &'a str,
     pub namespace: &'a str,
     pub spec: &'a DeliveryTierSpec,
-    pub policies: &'a ResolvedPolicies,
+    /// The other tiers and the policies, complete
+    /// ([`reach::complete`](super::reach::complete)).
+    pub reach: &'a Reach,
     /// The canary's share of partitions in percent (0 when none runs).
     pub canary_weight: u32,
 }
@@ -224,23 +271,18 @@ struct Document<'a, S: Serialize> {
     spec: &'a S,
 }
 
-/// The agent document for a tier.
-pub fn agent_document(input: &ConfigInput<'_>) -> AgentDocument {
-    let secrets = secret_refs(input.spec)
-        .into_iter()
-        .map(|(role, r)| SecretEnv {
-            name: r.name.clone(),
-            key: r.key.clone(),
-            env: role.env().to_owned(),
-        })
-        .collect();
+/// The agent document for a tier. Every field the operator does not set
+/// keeps the agent's default (and is written out, so the file says what
+/// the agent runs with).
+pub fn agent_document(input: &ConfigInput<'_>) -> Result<AgentDocument, DesiredError> {
     let partitions = match (&input.spec.store.kind, &input.spec.store.redis) {
         (StoreKind::Redis, Some(redis)) => {
             Some(assign_partitions(redis.partitions, input.canary_weight))
         }
         _ => None,
     };
-    AgentDocument {
+    let defaults = AgentSpec::default();
+    Ok(AgentDocument {
         api_version: API_VERSION.to_owned(),
         kind: AGENT_KIND.to_owned(),
         metadata: DocumentMeta {
@@ -248,20 +290,30 @@ pub fn agent_document(input: &ConfigInput<'_>) -> AgentDocument {
             namespace: Some(input.namespace.to_owned()),
         },
         spec: AgentSpec {
-            tier: input.tier_name.to_owned(),
             listen: POD_LISTEN.to_owned(),
-            secrets,
+            entry_tier: Some(input.tier_name.to_owned()),
+            store_path: embedded_queue_path(input.spec)?.unwrap_or(defaults.store_path.clone()),
+            secrets: SecretSources {
+                env_prefix: SECRET_ENV_PREFIX.to_owned(),
+                ..SecretSources::default()
+            },
+            config_map: Some(ConfigMapSource {
+                // The pod's own namespace, from HERALD_POD_NAMESPACE.
+                namespace: None,
+                name: names::config_map_name(input.tier_name),
+                key: CONFIG_KEY.to_owned(),
+            }),
             track_env: Some(env::TRACK.to_owned()),
             partitions,
+            ..defaults
         },
-    }
+    })
 }
 
-/// Render the config file: Agent, DeliveryTier, then each referenced
-/// policy in the order RateLimitPolicy, CircuitPolicy, DegradationProfile.
-/// A referenced policy missing from `policies` is an error (the caller
-/// keeps the old ConfigMap and sets a condition); a resolved policy the
-/// tier does not reference is left out.
+/// Render the config file: Agent, the agent's DeliveryTier, the other
+/// tiers in walk order, then the policies — RateLimitPolicies,
+/// CircuitPolicies, DegradationProfiles, each in walk order. A policy the
+/// walk did not reach is not in `reach`, so it is left out.
 pub fn render(input: &ConfigInput<'_>) -> Result<AgentConfig, DesiredError> {
     let meta = |name: &str| DocumentMeta {
         name: name.to_owned(),
@@ -269,37 +321,21 @@ pub fn render(input: &ConfigInput<'_>) -> Result<AgentConfig, DesiredError> {
     };
     let yaml_err = |e: serde_saphyr::SerializeError| DesiredError::Render(e.to_string());
     let mut docs = vec![
-        serde_saphyr::to_string(&agent_document(input)).map_err(yaml_err)?,
-        serde_saphyr::to_string(&Document {
-            api_version: API_VERSION,
-            kind: "DeliveryTier",
-            metadata: meta(input.tier_name),
-            spec: input.spec,
-        })
-        .map_err(yaml_err)?,
+        serde_saphyr::to_string(&agent_document(input)?).map_err(yaml_err)?,
+        doc("DeliveryTier", meta(input.tier_name), input.spec).map_err(yaml_err)?,
     ];
-    let spec = input.spec;
-    let p = input.policies;
-    if let Some(r) = &spec.rate_limit_policy_ref {
-        let s = p
-            .rate_limit
-            .as_ref()
-            .ok_or_else(|| missing(RefKind::RateLimitPolicy, &r.name))?;
-        docs.push(policy_doc("RateLimitPolicy", meta(&r.name), s).map_err(yaml_err)?);
+    let r = input.reach;
+    for (name, spec) in &r.tiers {
+        docs.push(doc("DeliveryTier", meta(name), spec).map_err(yaml_err)?);
     }
-    if let Some(r) = &spec.circuit_policy_ref {
-        let s = p
-            .circuit
-            .as_ref()
-            .ok_or_else(|| missing(RefKind::CircuitPolicy, &r.name))?;
-        docs.push(policy_doc("CircuitPolicy", meta(&r.name), s).map_err(yaml_err)?);
+    for (name, spec) in &r.rate_limits {
+        docs.push(doc("RateLimitPolicy", meta(name), spec).map_err(yaml_err)?);
     }
-    if let Some(r) = &spec.degradation_profile_ref {
-        let s = p
-            .degradation
-            .as_ref()
-            .ok_or_else(|| missing(RefKind::DegradationProfile, &r.name))?;
-        docs.push(policy_doc("DegradationProfile", meta(&r.name), s).map_err(yaml_err)?);
+    for (name, spec) in &r.circuits {
+        docs.push(doc("CircuitPolicy", meta(name), spec).map_err(yaml_err)?);
+    }
+    for (name, spec) in &r.degradations {
+        docs.push(doc("DegradationProfile", meta(name), spec).map_err(yaml_err)?);
     }
     let mut yaml = String::new();
     for (i, d) in docs.iter().enumerate() {
@@ -315,7 +351,7 @@ pub fn render(input: &ConfigInput<'_>) -> Result<AgentConfig, DesiredError> {
     Ok(AgentConfig { yaml, revision })
 }
 
-fn policy_doc<S: Serialize>(
+fn doc<S: Serialize>(
     kind: &'static str,
     metadata: DocumentMeta,
     spec: &S,
@@ -328,24 +364,12 @@ fn policy_doc<S: Serialize>(
     })
 }
 
-fn missing(kind: RefKind, name: &str) -> DesiredError {
-    let field = match kind {
-        RefKind::RateLimitPolicy => "spec.rateLimitPolicyRef.name",
-        RefKind::CircuitPolicy => "spec.circuitPolicyRef.name",
-        RefKind::DegradationProfile => "spec.degradationProfileRef.name",
-        RefKind::Secret | RefKind::DeliveryTier => "spec",
-    };
-    DesiredError::MissingReference {
-        kind,
-        name: name.to_owned(),
-        field,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::api::{CircuitPolicySpec, RateLimitPolicySpec};
+    use crate::operator::desired::ResolvedPolicies;
+    use crate::operator::reach;
 
     fn spec(json: serde_json::Value) -> DeliveryTierSpec {
         serde_json::from_value(json).unwrap()
@@ -363,19 +387,29 @@ mod tests {
 
     fn policies() -> ResolvedPolicies {
         ResolvedPolicies {
-            rate_limit: Some(RateLimitPolicySpec::default()),
+            rate_limits: [("limits".to_owned(), RateLimitPolicySpec::default())].into(),
             ..ResolvedPolicies::default()
         }
     }
 
-    fn input<'a>(spec: &'a DeliveryTierSpec, p: &'a ResolvedPolicies, w: u32) -> ConfigInput<'a> {
+    fn reach_of(spec: &DeliveryTierSpec, p: &ResolvedPolicies) -> Reach {
+        reach::complete("alerts", spec, p).unwrap()
+    }
+
+    fn input<'a>(spec: &'a DeliveryTierSpec, r: &'a Reach, w: u32) -> ConfigInput<'a> {
         ConfigInput {
             tier_name: "alerts",
             namespace: "ns",
             spec,
-            policies: p,
+            reach: r,
             canary_weight: w,
         }
+    }
+
+    fn kinds(yaml: &str) -> Vec<&str> {
+        yaml.lines()
+            .filter_map(|l| l.strip_prefix("kind: "))
+            .collect()
     }
 
     #[test]
@@ -383,62 +417,111 @@ mod tests {
         let s = redis_tier();
         let mut p = policies();
         // Resolved but not referenced: left out.
-        p.circuit = Some(CircuitPolicySpec::default());
-        let cfg = render(&input(&s, &p, 0)).unwrap();
-        let kinds: Vec<&str> = cfg
-            .yaml
-            .lines()
-            .filter_map(|l| l.strip_prefix("kind: "))
-            .collect();
+        p.circuits
+            .insert("other".into(), CircuitPolicySpec::default());
+        let r = reach_of(&s, &p);
+        let cfg = render(&input(&s, &r, 0)).unwrap();
         assert_eq!(
-            kinds,
+            kinds(&cfg.yaml),
             ["Agent", "DeliveryTier", "RateLimitPolicy"],
             "{}",
             cfg.yaml
         );
         assert_eq!(cfg.yaml.matches("\n---\n").count(), 2);
-        assert!(cfg.yaml.contains("env: HERALD_TELEGRAM_TOKEN"));
-        assert!(cfg.yaml.contains("env: HERALD_REDIS_URL"));
+        assert!(
+            cfg.yaml.contains("envPrefix: HERALD_SECRET_"),
+            "{}",
+            cfg.yaml
+        );
+        assert!(cfg.yaml.contains("entryTier: alerts"), "{}", cfg.yaml);
+        assert!(!cfg.yaml.contains("null"), "{}", cfg.yaml);
+    }
+
+    #[test]
+    fn other_tiers_and_their_policies_follow_the_agents_own() {
+        let mut s = redis_tier();
+        s.fallback_tiers = vec!["spare".into()];
+        let mut p = policies();
+        p.tiers.insert(
+            "spare".into(),
+            spec(serde_json::json!({
+                "channel": "spool", "spool": {"path": "/s"},
+                "circuitPolicyRef": {"name": "cp"},
+                "rateLimitPolicyRef": {"name": "limits"},
+            })),
+        );
+        p.circuits.insert("cp".into(), CircuitPolicySpec::default());
+        let r = reach_of(&s, &p);
+        let cfg = render(&input(&s, &r, 0)).unwrap();
+        assert_eq!(
+            kinds(&cfg.yaml),
+            [
+                "Agent",
+                "DeliveryTier",
+                "DeliveryTier",
+                "RateLimitPolicy",
+                "CircuitPolicy"
+            ],
+            "{}",
+            cfg.yaml
+        );
+        assert!(cfg.yaml.contains("name: spare"));
     }
 
     #[test]
     fn the_agent_document_round_trips() {
         let s = redis_tier();
-        let p = policies();
-        let cfg = render(&input(&s, &p, 50)).unwrap();
+        let r = reach_of(&s, &policies());
+        let cfg = render(&input(&s, &r, 50)).unwrap();
         let first = cfg.yaml.split("---\n").next().unwrap();
         let doc: AgentDocument = serde_saphyr::from_str(first).unwrap();
-        assert_eq!(doc, agent_document(&input(&s, &p, 50)));
-        let parts = doc.spec.partitions.unwrap();
+        assert_eq!(doc, agent_document(&input(&s, &r, 50)).unwrap());
+        let spec = &doc.spec;
+        assert_eq!(spec.entry_tier.as_deref(), Some("alerts"));
+        assert_eq!(spec.listen, POD_LISTEN);
+        assert_eq!(spec.secrets.env_prefix, SECRET_ENV_PREFIX);
+        assert_eq!(spec.track_env.as_deref(), Some(env::TRACK));
+        let cm = spec.config_map.as_ref().unwrap();
+        assert_eq!(
+            (cm.namespace.as_deref(), cm.name.as_str(), cm.key.as_str()),
+            (None, "alerts-config", CONFIG_KEY)
+        );
+        // A redis tier keeps the agent's default queue path.
+        assert_eq!(spec.store_path, AgentSpec::default().store_path);
+        let parts = spec.partitions.as_ref().unwrap();
         assert_eq!((parts.stable.len(), parts.canary.len()), (5, 5));
+    }
+
+    #[test]
+    fn an_embedded_tier_points_the_agent_at_its_queue_file() {
+        let s = spec(serde_json::json!({"channel": "spool", "spool": {"path": "/s"}}));
+        let r = reach_of(&s, &ResolvedPolicies::default());
+        let doc = agent_document(&input(&s, &r, 0)).unwrap();
+        assert_eq!(Some(doc.spec.store_path), embedded_queue_path(&s).unwrap());
+        assert!(doc.spec.partitions.is_none());
+        let s = spec(serde_json::json!({
+            "channel": "spool", "spool": {"path": "/s"},
+            "store": {"type": "embedded", "embedded": {"path": "/data/q.redb"}},
+        }));
+        let doc = agent_document(&input(&s, &r, 0)).unwrap();
+        assert_eq!(doc.spec.store_path, "/data/q.redb");
     }
 
     #[test]
     fn revision_is_deterministic_and_follows_content() {
         let s = redis_tier();
         let p = policies();
-        let a = render(&input(&s, &p, 0)).unwrap();
-        let b = render(&input(&s, &p, 0)).unwrap();
+        let r = reach_of(&s, &p);
+        let a = render(&input(&s, &r, 0)).unwrap();
+        let b = render(&input(&s, &r, 0)).unwrap();
         assert_eq!(a, b);
         let mut p2 = policies();
-        if let Some(rl) = p2.rate_limit.as_mut() {
+        if let Some(rl) = p2.rate_limits.get_mut("limits") {
             rl.global.rate = 20;
         }
-        assert_ne!(render(&input(&s, &p2, 0)).unwrap().revision, a.revision);
-        assert_ne!(render(&input(&s, &p, 10)).unwrap().revision, a.revision);
-    }
-
-    #[test]
-    fn a_referenced_policy_that_is_not_resolved_is_an_error() {
-        let s = redis_tier();
-        let err = render(&input(&s, &ResolvedPolicies::default(), 0)).unwrap_err();
-        assert!(matches!(
-            err,
-            DesiredError::MissingReference {
-                kind: RefKind::RateLimitPolicy,
-                ..
-            }
-        ));
+        let r2 = reach_of(&s, &p2);
+        assert_ne!(render(&input(&s, &r2, 0)).unwrap().revision, a.revision);
+        assert_ne!(render(&input(&s, &r, 10)).unwrap().revision, a.revision);
     }
 
     #[test]
@@ -454,7 +537,98 @@ mod tests {
             .map(|(r, s)| (r, s.name.as_str()))
             .collect();
         assert_eq!(refs, [(SecretRole::WebhookHmac, "h")]);
-        let p = ResolvedPolicies::default();
-        assert!(agent_document(&input(&s, &p, 0)).spec.partitions.is_none());
+    }
+
+    #[test]
+    fn secret_variables_use_the_agents_naming_once_per_key() {
+        let own = redis_tier();
+        let others = vec![
+            (
+                "hook".to_owned(),
+                spec(serde_json::json!({
+                    "channel": "webhook",
+                    "webhook": {"url": "https://x", "hmacSecretRef": {"name": "hook-keys", "key": "hmac.v1"}},
+                    "store": {"type": "redis", "redis": {"urlSecretRef": {"name": "other-redis", "key": "url"}}},
+                })),
+            ),
+            // The same bot token as the agent's own tier.
+            (
+                "twin".to_owned(),
+                spec(serde_json::json!({
+                    "channel": "telegram",
+                    "telegram": {"tokenSecretRef": {"name": "bot", "key": "token"}},
+                })),
+            ),
+        ];
+        let uses = secret_uses(&own, &others);
+        let got: Vec<(Option<&str>, &str, String)> = uses
+            .iter()
+            .map(|u| (u.tier, u.var.as_str(), u.field()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    None,
+                    "HERALD_SECRET_BOT_TOKEN",
+                    "spec.telegram.tokenSecretRef.name".to_owned()
+                ),
+                (
+                    None,
+                    "HERALD_SECRET_REDIS_URL",
+                    "spec.store.redis.urlSecretRef.name".to_owned()
+                ),
+                (
+                    Some("hook"),
+                    "HERALD_SECRET_HOOK_KEYS_HMAC_V1",
+                    "DeliveryTier/hook: spec.webhook.hmacSecretRef.name".to_owned()
+                ),
+                (
+                    Some("twin"),
+                    "HERALD_SECRET_BOT_TOKEN",
+                    "DeliveryTier/twin: spec.telegram.tokenSecretRef.name".to_owned()
+                ),
+            ]
+        );
+        for u in &uses {
+            assert_eq!(u.var, env_var_name(SECRET_ENV_PREFIX, u.secret));
+        }
+        let vars: Vec<String> = secret_env(&uses)
+            .unwrap()
+            .into_iter()
+            .map(|(v, _)| v)
+            .collect();
+        assert_eq!(
+            vars,
+            [
+                "HERALD_SECRET_BOT_TOKEN",
+                "HERALD_SECRET_REDIS_URL",
+                "HERALD_SECRET_HOOK_KEYS_HMAC_V1"
+            ]
+        );
+    }
+
+    #[test]
+    fn two_keys_folding_into_one_variable_are_refused() {
+        let own = spec(serde_json::json!({
+            "channel": "telegram",
+            "telegram": {"tokenSecretRef": {"name": "a-b", "key": "c"}},
+        }));
+        let others = vec![(
+            "other".to_owned(),
+            spec(serde_json::json!({
+                "channel": "telegram",
+                "telegram": {"tokenSecretRef": {"name": "a", "key": "b-c"}},
+            })),
+        )];
+        let err = secret_env(&secret_uses(&own, &others)).unwrap_err();
+        assert_eq!(
+            err,
+            DesiredError::SecretVariableClash {
+                var: "HERALD_SECRET_A_B_C".into(),
+                first: "a-b/c".into(),
+                second: "a/b-c".into(),
+            }
+        );
     }
 }

@@ -110,11 +110,14 @@ impl Clock {
     }
 }
 
-/// The caches a reconcile reads. Policies, Secrets (metadata only: the
-/// operator never holds a Secret's data), the agent pods, and the tier's
-/// Deployments and PDB, so a pass needs no GET.
+/// The caches a reconcile reads. The tiers (the controller's own store:
+/// other tiers' specs go into an agent's config when it falls back to
+/// them), policies, Secrets (metadata only: the operator never holds a
+/// Secret's data), the agent pods, and the tier's Deployments and PDB, so
+/// a pass needs no GET.
 #[derive(Clone)]
 pub struct Stores {
+    pub tiers: Store<DeliveryTier>,
     pub rate_limits: Store<RateLimitPolicy>,
     pub circuits: Store<CircuitPolicy>,
     pub degradations: Store<DegradationProfile>,
@@ -297,6 +300,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub(crate) fn empty_stores() -> Stores {
     use kube::runtime::reflector;
     Stores {
+        tiers: reflector::store().0,
         rate_limits: reflector::store().0,
         circuits: reflector::store().0,
         degradations: reflector::store().0,

@@ -10,8 +10,11 @@
 //!
 //! A pass over one tier, in order:
 //!
-//! 1. resolve the references from the caches; a missing one sets the
-//!    condition and requeues — children are never touched or deleted;
+//! 1. resolve the references from the caches — the tier's own, and those of
+//!    every tier it delivers through (fallbacks and degradation routes,
+//!    transitively), recording that reach in the index for the mappers; a
+//!    missing one sets the condition and requeues — children are never
+//!    touched or deleted;
 //! 2. ask the agents for `/healthz/details` (short timeout each);
 //! 3. with a rollout, step the canary state machine (state kept on the
 //!    canary Deployment's `herald.dev/rollout-state` annotation);

@@ -1,6 +1,7 @@
-//! The child objects of a DeliveryTier, as a pure function of the tier, the
-//! policies it references, the operator's options and (during a canary) the
-//! two tracks' plan.
+//! The child objects of a DeliveryTier, as a pure function of the tier, what
+//! it references (its policies, and the other tiers its agents deliver
+//! through with theirs — see [`reach`](super::reach)), the operator's
+//! options and (during a canary) the two tracks' plan.
 //!
 //! Owns every field herald sets on its children (what runs inside the pod
 //! comes from [`pod`](super::pod)); the shell applies them with
@@ -8,15 +9,18 @@
 //! so a field left `None` here is a field herald does not own. Decisions
 //! taken here:
 //!
-//! - **Two revisions.** `config_revision` hashes the ConfigMap (tier +
-//!   policies + Agent document); agents hot-reload it, so it is written on
-//!   the ConfigMap only. `pod_revision` hashes what the pods run — the pod
-//!   spec (image, pull policy, resources, env and secret wiring, volumes),
-//!   the store settings, and the versions of the referenced Secrets (env is
-//!   read at start, so a rotated token must restart pods) — and is the pod
-//!   template's [`ANNOTATION_POD_REVISION`](super::names::ANNOTATION_POD_REVISION).
-//!   A policy edit changes the first only; an image edit changes both.
-//!   `replicas` is not in the pod revision: scaling does not roll pods.
+//! - **Two revisions.** `config_revision` hashes the ConfigMap (Agent
+//!   document + the tier + the tiers it delivers through + their policies);
+//!   agents hot-reload it, so it is written on the ConfigMap only.
+//!   `pod_revision` hashes what the pods run — the pod spec (image, pull
+//!   policy, resources, env and secret wiring, volumes), the store
+//!   settings, and the versions of every Secret the pods read from env,
+//!   fallback tiers' included (env is read at start, so a rotated token
+//!   must restart pods) — and is the pod template's
+//!   [`ANNOTATION_POD_REVISION`](super::names::ANNOTATION_POD_REVISION).
+//!   A policy edit (or a fallback tier's) changes the first only; an image
+//!   edit changes both. `replicas` is not in the pod revision: scaling does
+//!   not roll pods.
 //! - **Replicas.** herald owns `spec.replicas` of both Deployments, from
 //!   `spec.replicas` and the canary plan. An HPA on the agent Deployment
 //!   would fight the apply; autoscaling belongs in the tier spec first.
@@ -33,6 +37,12 @@
 //!   `Recreate` strategy (one writer; a surge pod on another node could not
 //!   attach the volume); others roll one extra pod at a time. Claims are
 //!   never listed for deletion: they may hold undelivered messages.
+//! - **Other tiers.** The ConfigMap holds every tier the agents can
+//!   deliver through (fallbacks and degradation routes, transitively) with
+//!   their policies, and the pods carry those tiers' channel Secrets, so
+//!   failover works inside one agent. A loop among their fallbacks is
+//!   refused ([`DesiredError::FallbackCycle`]) rather than rendered for an
+//!   agent that would refuse it.
 //! - **Canary.** With `spec.rollout`, a canary Deployment `<tier>-canary`
 //!   always exists (zero replicas at rest) and runs the desired template.
 //!   While a rollout is underway the caller pins the stable Deployment to
@@ -41,7 +51,8 @@
 //! Invariants: every object has apiVersion/kind (k8s-openapi writes them),
 //! name, namespace, the common labels and one controller owner reference to
 //! the tier; no secret value appears anywhere — Secrets reach pods only as
-//! `secretKeyRef` env.
+//! `secretKeyRef` env, one variable per Secret key, named as the agent
+//! looks it up ([`agent_config::secret_env`]).
 
 use std::collections::BTreeMap;
 
@@ -64,21 +75,26 @@ use crate::api::{
     CircuitPolicySpec, DegradationProfileSpec, DeliveryTier, DeliveryTierSpec, RateLimitPolicySpec,
 };
 
-use super::agent_config::{self, CONFIG_KEY, ConfigInput};
+use super::agent_config::{self, CONFIG_KEY, ConfigInput, secret_env, secret_uses};
 use super::index::RefKind;
 use super::names::{self, Track};
 use super::pod::{Volumes, claim_name, plan_volumes, pod_revision, pod_spec};
+use super::reach;
 
-/// The policies a tier references, as read from the cache. A `None` for a
-/// policy the tier references is a missing reference.
+/// What a tier's agents need besides the tier, as read from the caches, by
+/// name: the policies of the tier and of the other tiers it delivers
+/// through, and those tiers. What [`reach`](super::reach) walks to and
+/// does not find here is a missing reference.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ResolvedPolicies {
-    pub rate_limit: Option<RateLimitPolicySpec>,
-    pub circuit: Option<CircuitPolicySpec>,
-    pub degradation: Option<DegradationProfileSpec>,
-    /// A version token (the `resourceVersion`) of each referenced Secret, by
-    /// Secret name. Part of the pod revision, so a rotated Secret rolls the
-    /// pods that read it from env. Never the Secret's data.
+    pub rate_limits: BTreeMap<String, RateLimitPolicySpec>,
+    pub circuits: BTreeMap<String, CircuitPolicySpec>,
+    pub degradations: BTreeMap<String, DegradationProfileSpec>,
+    /// The other tiers (fallbacks and degradation routes, transitively).
+    pub tiers: BTreeMap<String, DeliveryTierSpec>,
+    /// A version token (the `resourceVersion`) of each Secret the pods
+    /// read, by Secret name. Part of the pod revision, so a rotated Secret
+    /// rolls the pods that read it from env. Never the Secret's data.
     pub secret_versions: BTreeMap<String, String>,
 }
 
@@ -181,7 +197,19 @@ pub enum DesiredError {
     MissingReference {
         kind: RefKind,
         name: String,
-        field: &'static str,
+        field: String,
+    },
+    #[error(
+        "spec.fallbackTiers: fallback cycle {0}; the agent refuses a config whose fallbacks loop"
+    )]
+    FallbackCycle(String),
+    #[error(
+        "Secret keys {first} and {second} would both reach the agent as environment variable {var}; rename one of them"
+    )]
+    SecretVariableClash {
+        var: String,
+        first: String,
+        second: String,
     },
     #[error("{field}: {why}")]
     InvalidSpec {
@@ -227,18 +255,21 @@ pub fn desired_objects_with(
     check_store(spec)?;
     let volumes = plan_volumes(spec, opts)?;
 
+    let reach = reach::complete(name, spec, policies)?;
+    let secrets = secret_env(&secret_uses(spec, &reach.tiers))?;
+
     let canary_weight = tracks.canary.map_or(0, |c| c.weight);
     let config = agent_config::render(&ConfigInput {
         tier_name: name,
         namespace: ns,
         spec,
-        policies,
+        reach: &reach,
         canary_weight,
     })?;
 
     let m = Meta { name, ns, owner };
-    let pod_spec = pod_spec(name, spec, opts, &volumes);
-    let pod_revision = pod_revision(&pod_spec, spec, policies)?;
+    let pod_spec = pod_spec(name, spec, opts, &volumes, &secrets);
+    let pod_revision = pod_revision(&pod_spec, spec, &secrets, policies)?;
     let template = |track| PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(names::pod_labels(name, track)),

@@ -1,12 +1,19 @@
 //! Which tiers reference which policy, Secret or fallback tier — the index
 //! behind the controller's watch mappers, each policy's `usedBy`, and the
-//! tier's missing-reference condition.
+//! tier's missing-reference condition — and which other tiers each tier's
+//! agent config last included (its *reach*: fallbacks and degradation
+//! routes, transitively, as walked by [`reach`](super::reach)).
 //!
-//! A plain struct driven by apply and delete, one writer, no I/O. It holds
+//! A plain struct driven by apply and delete (from the watches) and by
+//! [`set_reach`](TierIndex::set_reach) (from each pass, which is the only
+//! place that sees the profiles' `routeTo`), one writer, no I/O. It holds
 //! names only: never a spec, never a Secret's data. Invariant: after any
-//! sequence of applies and deletes, `tiers_referencing(k, ns, n)` is exactly
-//! the set of applied tiers whose current spec references `(k, ns, n)`;
-//! references never cross namespaces.
+//! sequence of calls, `tiers_referencing(k, ns, n)` is exactly the set of
+//! applied tiers whose current spec references `(k, ns, n)`, plus every
+//! tier whose recorded reach holds one of those tiers (or, for a tier,
+//! `n` itself) — so a change to a fallback tier or to anything it
+//! references re-renders the tiers that deliver through it; references
+//! never cross namespaces.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
@@ -126,13 +133,18 @@ type Key = (RefKind, String, String);
 /// Tier ⇄ reference index for one cluster (all namespaces).
 #[derive(Clone, Debug, Default)]
 pub struct TierIndex {
-    /// What each applied tier references.
-    tiers: HashMap<TierRef, Vec<Reference>>,
+    /// What each applied tier references, and its generation.
+    tiers: HashMap<TierRef, (Option<i64>, Vec<Reference>)>,
     /// Reverse map: target → names of the tiers (in the target's namespace)
     /// that reference it.
     referrers: HashMap<Key, BTreeSet<String>>,
     /// Targets that exist (policies, Secrets, tiers).
     present: HashSet<Key>,
+    /// The other tiers each tier's last pass included.
+    reach: HashMap<TierRef, BTreeSet<String>>,
+    /// Reverse of `reach`: tier → names of the tiers (same namespace) whose
+    /// reach holds it.
+    reached_by: HashMap<TierRef, BTreeSet<String>>,
 }
 
 fn tier_ref(tier: &DeliveryTier) -> TierRef {
@@ -147,9 +159,13 @@ impl TierIndex {
         Self::default()
     }
 
-    /// A tier was created or changed.
-    pub fn apply_tier(&mut self, tier: &DeliveryTier) {
+    /// A tier was created or changed. Returns whether it is new or its
+    /// spec changed (a new generation): news for the tiers that deliver
+    /// through it, which a status write is not.
+    pub fn apply_tier(&mut self, tier: &DeliveryTier) -> bool {
         let id = tier_ref(tier);
+        let generation = tier.metadata.generation;
+        let changed = self.tiers.get(&id).map(|(g, _)| *g) != Some(generation);
         self.unlink(&id);
         let refs = references(&tier.spec);
         for r in &refs {
@@ -160,7 +176,8 @@ impl TierIndex {
         }
         self.present
             .insert((RefKind::DeliveryTier, id.namespace.clone(), id.name.clone()));
-        self.tiers.insert(id, refs);
+        self.tiers.insert(id, (generation, refs));
+        changed
     }
 
     /// A tier was deleted.
@@ -171,8 +188,45 @@ impl TierIndex {
         };
         self.unlink(&id);
         self.tiers.remove(&id);
+        self.set_reach(namespace, name, BTreeSet::new());
         self.present
             .remove(&(RefKind::DeliveryTier, id.namespace, id.name));
+    }
+
+    /// A pass rendered (or tried to render) the tier `name` with these
+    /// other tiers, found or not: from now on a change to any of them, or
+    /// to anything they reference, maps to `name` too.
+    pub fn set_reach(&mut self, namespace: &str, name: &str, reached: BTreeSet<String>) {
+        let id = TierRef {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        };
+        let old = if reached.is_empty() {
+            self.reach.remove(&id)
+        } else {
+            self.reach.insert(id.clone(), reached.clone())
+        };
+        for t in old.iter().flatten().filter(|t| !reached.contains(*t)) {
+            let key = TierRef {
+                namespace: namespace.to_owned(),
+                name: t.clone(),
+            };
+            if let Some(set) = self.reached_by.get_mut(&key) {
+                set.remove(name);
+                if set.is_empty() {
+                    self.reached_by.remove(&key);
+                }
+            }
+        }
+        for t in reached {
+            self.reached_by
+                .entry(TierRef {
+                    namespace: namespace.to_owned(),
+                    name: t,
+                })
+                .or_default()
+                .insert(name.to_owned());
+        }
     }
 
     /// A policy or Secret was created or changed. (Tiers go through
@@ -203,7 +257,9 @@ impl TierIndex {
         }
     }
 
-    /// The tier watch restarted and listed these tiers.
+    /// The tier watch restarted and listed these tiers. The reach of a
+    /// listed tier is kept (it is as of that tier's last pass); that of a
+    /// tier no longer listed goes.
     pub fn reset_tiers<'a>(&mut self, tiers: impl IntoIterator<Item = &'a DeliveryTier>) {
         self.tiers.clear();
         self.referrers.clear();
@@ -211,12 +267,39 @@ impl TierIndex {
         for t in tiers {
             self.apply_tier(t);
         }
+        let gone: Vec<TierRef> = self
+            .reach
+            .keys()
+            .filter(|id| !self.tiers.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.set_reach(&id.namespace, &id.name, BTreeSet::new());
+        }
     }
 
     /// The tiers to reconcile when `(kind, namespace, name)` changes: those
-    /// that reference it, sorted.
+    /// that reference it, and those whose reach holds one of them (or, for
+    /// a tier, holds it), sorted.
     pub fn tiers_referencing(&self, kind: RefKind, namespace: &str, name: &str) -> Vec<TierRef> {
-        self.referrers_of(kind, namespace, name)
+        let reached_by = |tier: &str| {
+            self.reached_by
+                .get(&TierRef {
+                    namespace: namespace.to_owned(),
+                    name: tier.to_owned(),
+                })
+                .into_iter()
+                .flatten()
+        };
+        let mut out: BTreeSet<&String> = BTreeSet::new();
+        for t in self.referrers_of(kind, namespace, name) {
+            out.insert(t);
+            out.extend(reached_by(t));
+        }
+        if kind == RefKind::DeliveryTier {
+            out.extend(reached_by(name));
+        }
+        out.into_iter()
             .map(|t| TierRef {
                 namespace: namespace.to_owned(),
                 name: t.clone(),
@@ -259,7 +342,7 @@ impl TierIndex {
     }
 
     fn unlink(&mut self, id: &TierRef) {
-        let Some(old) = self.tiers.get(id) else {
+        let Some((_, old)) = self.tiers.get(id) else {
             return;
         };
         for r in old {
@@ -480,6 +563,85 @@ mod tests {
         idx.reset_tiers([&b]);
         assert_eq!(idx.used_by(RefKind::CircuitPolicy, "ns", "kept"), vec!["b"]);
         assert!(!idx.contains(RefKind::DeliveryTier, "ns", "a"));
+    }
+
+    #[test]
+    fn a_change_maps_to_the_tiers_whose_reach_holds_its_referrer() {
+        let mut idx = TierIndex::new();
+        // main falls back to spare; spare falls back to last and uses "rl";
+        // main's profile routes to "route" (only the pass knows that).
+        idx.apply_tier(&mk_tier("ns", "main", |s| {
+            s.fallback_tiers = vec!["spare".into()]
+        }));
+        idx.apply_tier(&mk_tier("ns", "spare", |s| {
+            s.fallback_tiers = vec!["last".into()];
+            s.rate_limit_policy_ref = lref("rl");
+        }));
+        idx.apply_tier(&mk_tier("ns", "last", |_| {}));
+        idx.apply_tier(&mk_tier("ns", "route", |s| {
+            s.circuit_policy_ref = lref("cp")
+        }));
+        idx.apply_tier(&mk_tier("other", "main", |_| {}));
+        let reach = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect();
+        idx.set_reach("ns", "main", reach(&["spare", "last", "route"]));
+        idx.set_reach("ns", "spare", reach(&["last"]));
+
+        assert_eq!(
+            idx.tiers_referencing(RefKind::DeliveryTier, "ns", "last"),
+            vec![tr("ns", "main"), tr("ns", "spare")]
+        );
+        assert_eq!(
+            idx.tiers_referencing(RefKind::DeliveryTier, "ns", "route"),
+            vec![tr("ns", "main")]
+        );
+        assert_eq!(
+            idx.tiers_referencing(RefKind::RateLimitPolicy, "ns", "rl"),
+            vec![tr("ns", "main"), tr("ns", "spare")]
+        );
+        assert_eq!(
+            idx.tiers_referencing(RefKind::CircuitPolicy, "ns", "cp"),
+            vec![tr("ns", "main"), tr("ns", "route")]
+        );
+        // usedBy stays the direct referrers.
+        assert_eq!(
+            idx.used_by(RefKind::RateLimitPolicy, "ns", "rl"),
+            vec!["spare"]
+        );
+
+        // A smaller reach forgets; a deleted tier forgets its reach.
+        idx.set_reach("ns", "main", reach(&["spare"]));
+        assert_eq!(
+            idx.tiers_referencing(RefKind::CircuitPolicy, "ns", "cp"),
+            vec![tr("ns", "route")]
+        );
+        idx.delete_tier("ns", "spare");
+        assert_eq!(
+            idx.tiers_referencing(RefKind::DeliveryTier, "ns", "last"),
+            Vec::<TierRef>::new()
+        );
+        // A relist keeps the reach of listed tiers only.
+        idx.set_reach("ns", "route", reach(&["last"]));
+        let main = mk_tier("ns", "main", |s| s.fallback_tiers = vec!["spare".into()]);
+        idx.reset_tiers([&main]);
+        assert_eq!(
+            idx.tiers_referencing(RefKind::DeliveryTier, "ns", "spare"),
+            vec![tr("ns", "main")]
+        );
+        assert!(
+            idx.tiers_referencing(RefKind::DeliveryTier, "ns", "last")
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn applying_a_tier_tells_whether_its_spec_changed() {
+        let mut idx = TierIndex::new();
+        let mut t = mk_tier("ns", "a", |_| {});
+        t.metadata.generation = Some(1);
+        assert!(idx.apply_tier(&t), "new");
+        assert!(!idx.apply_tier(&t), "a status write");
+        t.metadata.generation = Some(2);
+        assert!(idx.apply_tier(&t), "a spec edit");
     }
 
     #[derive(Clone, Debug)]

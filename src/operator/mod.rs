@@ -1,8 +1,8 @@
 //! The operator's decisions: what a DeliveryTier should look like in the
 //! cluster, how a canary moves, when a pod is restarted, what the status
 //! says, and the controller shell that acts on them. The decision files
-//! (index, desired, canary, healing, status, condition, names, hash,
-//! agent_config) are pure — no `kube::Client`, no tokio, no clock; the shell
+//! (index, reach, desired, pod, canary, healing, status, condition, names,
+//! hash, agent_config) are pure — no `kube::Client`, no tokio, no clock; the shell
 //! (`controller`, `context`, `leader`, `health_client`, `metrics`) reads the
 //! cluster and the time, calls them, and applies what they return.
 //!
@@ -14,9 +14,12 @@
 //! DegradationProfile ┤ spec.degradationProfileRef
 //!            Secret ─┤ spec.telegram.tokenSecretRef, spec.webhook.hmacSecretRef,
 //!                    │ spec.store.redis.urlSecretRef
-//!      DeliveryTier ─┘ spec.fallbackTiers (missing-reference checks only)
+//!      DeliveryTier ─┘ spec.fallbackTiers, and a profile's levels[].actions.routeTo:
+//!                    │ tiers the agent delivers through, with their policies
+//!                    │ and channel Secrets, transitively
 //!                    ▼
-//!      DeliveryTier ──owns──▶ ConfigMap <tier>-config (tier + policies + Agent document)
+//!      DeliveryTier ──owns──▶ ConfigMap <tier>-config (Agent document + tier + the
+//!                                tiers it delivers through + their policies)
 //!                            Deployment <tier>-agent (stable) and <tier>-canary
 //!                            Service <tier>, PodDisruptionBudget <tier>
 //!                            ServiceAccount / Role / RoleBinding <tier>-agent
@@ -25,10 +28,14 @@
 //!
 //! Files:
 //! - [`names`]: object names, labels, selectors and annotation keys.
-//! - [`index`]: which tiers reference which policy or Secret (watch mapper,
-//!   policies' `usedBy`, missing references).
-//! - [`agent_config`]: the agent's config file (multi-document YAML) and its
-//!   revision hash.
+//! - [`index`]: which tiers reference which policy, Secret or tier, and
+//!   which tiers each one delivers through (watch mapper, policies'
+//!   `usedBy`, missing references).
+//! - [`reach`]: the tiers one agent delivers through and the policies they
+//!   need — the walk both the resolver and the renderer use.
+//! - [`agent_config`]: the agent's config file (multi-document YAML that
+//!   the agent loads as it is), its revision hash, and the names under
+//!   which Secrets reach the agent.
 //! - [`desired`]: the typed child objects of a tier.
 //! - [`pod`]: the agent pod inside them, and its revision.
 //! - [`canary`]: the rollout state machine and the exact partition split.
@@ -59,6 +66,7 @@ pub mod leader;
 pub mod metrics;
 pub mod names;
 pub mod pod;
+pub mod reach;
 pub mod status;
 pub mod time;
 

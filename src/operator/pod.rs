@@ -1,7 +1,9 @@
 //! The agent pod: container, probes, security context, environment,
 //! volumes, and the pod revision that hashes them.
 //!
-//! Owns what runs inside an agent pod; `desired` wraps it in Deployments.
+//! Owns what runs inside an agent pod; `desired` wraps it in Deployments,
+//! and [`agent_config`](super::agent_config) decides which Secret keys the
+//! agent reads under which variable names.
 //! Invariants: the container is identical in both tracks (the track comes
 //! from a label through the downward API); Secrets enter only as
 //! `secretKeyRef` env; the root filesystem is read-only, so everything the
@@ -17,9 +19,10 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::api::DeliveryTierSpec;
-use crate::api::delivery_tier::{Channel, EmbeddedStoreSpec, StoreKind};
+use crate::api::delivery_tier::Channel;
+use crate::api::refs::SecretKeyRef;
 
-use super::agent_config::{self, CONFIG_DIR, CONFIG_PATH, secret_refs};
+use super::agent_config::{self, CONFIG_DIR, CONFIG_PATH, embedded_queue_path};
 use super::desired::{DesiredError, OperatorOptions, ResolvedPolicies};
 use super::hash::Fnv64;
 use super::names;
@@ -48,16 +51,7 @@ pub(super) fn plan_volumes(
     opts: &OperatorOptions,
 ) -> Result<Volumes, DesiredError> {
     let mut claims = Vec::new();
-    if spec.store.kind == StoreKind::Embedded {
-        let path = match &spec.store.embedded {
-            Some(e) => e.path.clone(),
-            // The API's default, read from the type rather than restated.
-            None => {
-                serde_json::from_value::<EmbeddedStoreSpec>(serde_json::json!({}))
-                    .map_err(|e| DesiredError::Render(e.to_string()))?
-                    .path
-            }
-        };
+    if let Some(path) = embedded_queue_path(spec)? {
         let field = "spec.store.embedded.path";
         check_path(field, &path)?;
         let dir = match path.rsplit_once('/') {
@@ -138,11 +132,14 @@ fn overlaps(a: &str, b: &str) -> bool {
     inside(a, b) || inside(b, a)
 }
 
+/// The pod of `tier`; `secrets` are the variables and the Secret keys
+/// they carry ([`secret_env`](super::agent_config::secret_env)).
 pub(super) fn pod_spec(
     tier: &str,
     spec: &DeliveryTierSpec,
     opts: &OperatorOptions,
     volumes: &Volumes,
+    secrets: &[(String, &SecretKeyRef)],
 ) -> PodSpec {
     let field_env = |name: &str, path: String| EnvVar {
         name: name.to_owned(),
@@ -166,15 +163,10 @@ pub(super) fn pod_spec(
             agent_config::env::TRACK,
             format!("metadata.labels['{}']", names::LABEL_TRACK),
         ),
-        EnvVar {
-            name: agent_config::env::CONFIG_MAP.to_owned(),
-            value: Some(names::config_map_name(tier)),
-            ..EnvVar::default()
-        },
     ];
-    for (role, r) in secret_refs(spec) {
+    for (var, r) in secrets {
         env.push(EnvVar {
-            name: role.env().to_owned(),
+            name: var.clone(),
             value_from: Some(EnvVarSource {
                 secret_key_ref: Some(SecretKeySelector {
                     name: r.name.clone(),
@@ -316,17 +308,19 @@ pub(super) fn claim_name(tier: &str, volume: &str) -> String {
 }
 
 /// Hash of what the pods run: pod spec, store settings (read at start),
-/// and the versions of the Secrets the pods read from env.
+/// and the versions of the Secrets the pods read from env (`secrets`, the
+/// same list the pod spec was built from).
 pub(super) fn pod_revision(
     pod: &PodSpec,
     spec: &DeliveryTierSpec,
+    secrets: &[(String, &SecretKeyRef)],
     policies: &ResolvedPolicies,
 ) -> Result<String, DesiredError> {
     let render = |e: serde_json::Error| DesiredError::Render(e.to_string());
     let mut h = Fnv64::default();
     h.write_part(&serde_json::to_vec(pod).map_err(render)?);
     h.write_part(&serde_json::to_vec(&spec.store).map_err(render)?);
-    for (_, r) in secret_refs(spec) {
+    for (_, r) in secrets {
         h.write_part(r.name.as_bytes());
         let version = policies
             .secret_versions

@@ -16,7 +16,10 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 
-use crate::api::DeliveryTier;
+use crate::api::{
+    CircuitPolicySpec, DegradationProfileSpec, DeliveryTier, DeliveryTierSpec, RateLimitPolicySpec,
+};
+use crate::operator::agent_config::secret_uses;
 use crate::operator::canary::{
     self, CanaryAction, CanaryInput, EventType, RolloutState, gate_names,
 };
@@ -27,14 +30,15 @@ use crate::operator::desired::{
 use crate::operator::error::{Error, Result};
 use crate::operator::hash::Fnv64;
 use crate::operator::health_client::{HealthSource, PodTarget, Sample, read_details};
-use crate::operator::index::{MissingRef, RefKind, references};
+use crate::operator::index::{MissingRef, RefKind, Reference};
 use crate::operator::names::{self, Track};
+use crate::operator::reach::{self, Specs};
 use crate::operator::status::{self, Observed, ReplicaCounts};
 use crate::operator::time::elapsed;
 
+use super::ANNOTATION_ROLLOUT_STATE;
 use super::heal::heal;
 use super::write::{Note, apply_all, delete_owned, publish, publish_status};
-use super::{ANNOTATION_ROLLOUT_STATE, read};
 struct Live {
     stable: Option<Arc<Deployment>>,
     canary: Option<Arc<Deployment>>,
@@ -81,7 +85,7 @@ pub(super) async fn reconcile_tier(tier: &DeliveryTier, ctx: &Context) -> Result
     let mut view = None;
     let tier = with_remembered_status(tier, ctx, &key, &mut view);
 
-    let (policies, missing) = resolve(tier, ns, ctx);
+    let (policies, missing) = resolve(tier, ns, name, ctx);
     let pods = tier_pods(&ctx.stores.pods, ns, name);
     let samples = sample_health(ctx, name, &pods, now).await;
     let reports = ctx.memory(&key, |m| m.health.observe(&samples));
@@ -362,37 +366,74 @@ async fn invalid_spec(
     Ok(Action::requeue(ctx.settings.permanent_retry))
 }
 
-/// The policies and Secrets the tier references, from the caches, and the
-/// references whose target is not there.
-fn resolve(tier: &DeliveryTier, ns: &str, ctx: &Context) -> (ResolvedPolicies, Vec<MissingRef>) {
-    let mut policies = ResolvedPolicies::default();
-    let mut missing = Vec::new();
+/// What the tier's agents need, from the caches: the tiers they deliver
+/// through with every policy those reference ([`reach`]), and the
+/// versions of the Secrets the pods read — plus the references whose
+/// target is not there. Records the reach in the index, missing tiers
+/// included, so that a change to any of them (or their appearance) maps
+/// back to this tier.
+fn resolve(
+    tier: &DeliveryTier,
+    ns: &str,
+    name: &str,
+    ctx: &Context,
+) -> (ResolvedPolicies, Vec<MissingRef>) {
     let s = &ctx.stores;
-    for r in references(&tier.spec) {
-        let key = |n: &str| (n.to_owned(), ns.to_owned());
-        let found = match r.kind {
-            RefKind::RateLimitPolicy => get(&s.rate_limits, key(&r.name))
-                .map(|p| policies.rate_limit = Some(p.spec.clone()))
-                .is_some(),
-            RefKind::CircuitPolicy => get(&s.circuits, key(&r.name))
-                .map(|p| policies.circuit = Some(p.spec.clone()))
-                .is_some(),
-            RefKind::DegradationProfile => get(&s.degradations, key(&r.name))
-                .map(|p| policies.degradation = Some(p.spec.clone()))
-                .is_some(),
-            RefKind::Secret => get(&s.secrets, key(&r.name))
-                .map(|m| {
-                    let version = m.metadata.resource_version.clone().unwrap_or_default();
-                    policies.secret_versions.insert(r.name.clone(), version);
-                })
-                .is_some(),
-            RefKind::DeliveryTier => read(&ctx.index).contains(RefKind::DeliveryTier, ns, &r.name),
-        };
-        if !found {
-            missing.push(r);
+    let reach = reach::walk(name, &tier.spec, &Cached { stores: s, ns });
+    super::write(&ctx.index).set_reach(ns, name, reach.visited.clone());
+    let mut missing = reach.missing.clone();
+    let mut secret_versions = BTreeMap::new();
+    for u in secret_uses(&tier.spec, &reach.tiers) {
+        let secret = &u.secret.name;
+        if secret_versions.contains_key(secret)
+            || missing
+                .iter()
+                .any(|m| m.kind == RefKind::Secret && &m.name == secret)
+        {
+            continue;
+        }
+        match get(&s.secrets, (secret.clone(), ns.to_owned())) {
+            Some(m) => {
+                let version = m.metadata.resource_version.clone().unwrap_or_default();
+                secret_versions.insert(secret.clone(), version);
+            }
+            None => missing.push(Reference {
+                kind: RefKind::Secret,
+                name: secret.clone(),
+                field: u.field(),
+            }),
         }
     }
+    let mut policies = reach.into_resolved();
+    policies.secret_versions = secret_versions;
     (policies, missing)
+}
+
+/// The caches of one namespace, as the walk reads them.
+struct Cached<'a> {
+    stores: &'a Stores,
+    ns: &'a str,
+}
+
+impl Cached<'_> {
+    fn key(&self, name: &str) -> (String, String) {
+        (name.to_owned(), self.ns.to_owned())
+    }
+}
+
+impl Specs for Cached<'_> {
+    fn tier(&self, name: &str) -> Option<DeliveryTierSpec> {
+        get(&self.stores.tiers, self.key(name)).map(|t| t.spec.clone())
+    }
+    fn rate_limit(&self, name: &str) -> Option<RateLimitPolicySpec> {
+        get(&self.stores.rate_limits, self.key(name)).map(|p| p.spec.clone())
+    }
+    fn circuit(&self, name: &str) -> Option<CircuitPolicySpec> {
+        get(&self.stores.circuits, self.key(name)).map(|p| p.spec.clone())
+    }
+    fn degradation(&self, name: &str) -> Option<DegradationProfileSpec> {
+        get(&self.stores.degradations, self.key(name)).map(|p| p.spec.clone())
+    }
 }
 
 fn get<K>(store: &Store<K>, (name, ns): (String, String)) -> Option<Arc<K>>

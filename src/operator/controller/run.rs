@@ -37,7 +37,7 @@ use crate::operator::names;
 
 use super::write::sync_policy_statuses;
 use super::{
-    MANAGED_SELECTOR, error_policy, owning_tier, read, reconcile, tier_predicate, tiers_for, write,
+    MANAGED_SELECTOR, error_policy, owning_tier, reconcile, tier_predicate, tiers_for, write,
 };
 
 /// How `herald operator` runs.
@@ -412,6 +412,12 @@ async fn run_controller(
     let primed = prime_index(&tiers_api, &index).await?;
     tracing::info!(tiers = primed, "indexed the existing tiers");
 
+    // The controller's own tier store. Not waited for below: the controller
+    // fills it from its stream, and a pass runs only for a tier found in
+    // it, which the first list puts there all at once (the reflector swaps
+    // a whole list in) — so a pass always sees every listed tier.
+    let tier_writer: reflector::store::Writer<DeliveryTier> = Default::default();
+    let tier_reader = tier_writer.as_reader();
     let (rl_store, rl_writer) = reflector::store();
     let (cp_store, cp_writer) = reflector::store();
     let (dp_store, dp_writer) = reflector::store();
@@ -420,6 +426,7 @@ async fn run_controller(
     let (dep_store, dep_writer) = reflector::store();
     let (pdb_store, pdb_writer) = reflector::store();
     let stores = Stores {
+        tiers: tier_reader.clone(),
         rate_limits: rl_store,
         circuits: cp_store,
         degradations: dp_store,
@@ -572,8 +579,6 @@ async fn run_controller(
         }));
     }
 
-    let tier_writer: reflector::store::Writer<DeliveryTier> = Default::default();
-    let tier_reader = tier_writer.as_reader();
     let tiers = {
         let ctx = ctx.clone();
         let tx = tx.clone();
@@ -613,7 +618,8 @@ async fn run_controller(
 }
 
 /// Keep the index in step with the tier watch, forget deleted tiers, and
-/// wake the tiers that fall back to a tier that appeared or went away.
+/// wake the tiers that deliver through a tier that appeared, changed its
+/// spec, or went away (their configs hold its spec).
 fn on_tier_event(
     ev: &WatchEvent<DeliveryTier>,
     reader: &Store<DeliveryTier>,
@@ -624,9 +630,8 @@ fn on_tier_event(
         WatchEvent::Apply(t) | WatchEvent::InitApply(t) => {
             let ns = t.namespace().unwrap_or_default();
             let name = t.name_any();
-            let appeared = !read(&ctx.index).contains(RefKind::DeliveryTier, &ns, &name);
-            write(&ctx.index).apply_tier(t);
-            if appeared {
+            let changed = write(&ctx.index).apply_tier(t);
+            if changed {
                 send_all(tx, tiers_for(&ctx.index, RefKind::DeliveryTier, &ns, &name));
             }
             ctx.policy_status_dirty.notify_one();
@@ -650,6 +655,7 @@ fn on_tier_event(
 
 #[cfg(test)]
 mod tests {
+    use super::super::read;
     use super::*;
     use crate::operator::context::empty_stores;
     use crate::operator::health_client::HttpHealth;
@@ -725,7 +731,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_tier_appearing_wakes_the_tiers_that_fall_back_to_it() {
+    async fn a_tier_appearing_or_changing_wakes_the_tiers_that_deliver_through_it() {
         let ctx = ctx().await;
         let (tx, mut rx) = mpsc::unbounded();
         let (reader, _writer) = reflector::store::<DeliveryTier>();
@@ -741,9 +747,24 @@ mod tests {
         );
         on_tier_event(&WatchEvent::Apply(spare.clone()), &reader, &ctx, &tx);
         assert_eq!(drain(&mut rx), vec!["main"]);
-        // An update of a known tier is no news to the others.
+        // A write that leaves the spec alone (its status) is no news to the
+        // others; a spec edit is: their configs hold the spec.
         on_tier_event(&WatchEvent::Apply(spare.clone()), &reader, &ctx, &tx);
         assert!(drain(&mut rx).is_empty());
+        let mut edited = spare.clone();
+        edited.metadata.generation = Some(2);
+        on_tier_event(&WatchEvent::Apply(edited), &reader, &ctx, &tx);
+        assert_eq!(drain(&mut rx), vec!["main"]);
+        // So is an edit of a tier reached only through another one, once a
+        // pass recorded the reach.
+        write(&ctx.index).set_reach("ns", "main", ["spare".into(), "last".into()].into());
+        let mut last = tier("last", json!({"channel": "spool", "spool": {"path": "/s"}}));
+        last.metadata.generation = Some(1);
+        on_tier_event(&WatchEvent::Apply(last.clone()), &reader, &ctx, &tx);
+        assert_eq!(drain(&mut rx), vec!["main"]);
+        last.metadata.generation = Some(2);
+        on_tier_event(&WatchEvent::Apply(last), &reader, &ctx, &tx);
+        assert_eq!(drain(&mut rx), vec!["main"]);
         on_tier_event(&WatchEvent::Delete(spare), &reader, &ctx, &tx);
         assert_eq!(drain(&mut rx), vec!["main"]);
         assert!(!read(&ctx.index).contains(RefKind::DeliveryTier, "ns", "spare"));

@@ -1,9 +1,12 @@
 use super::*;
-use crate::api::delivery_tier::StoreSpec;
-use crate::operator::agent_config::{SecretRole, secret_refs};
-use k8s_openapi::api::core::v1::{Container, PodSpec, Probe};
+use crate::agent::secrets::env_var_name;
+use crate::api::delivery_tier::{Channel, StoreSpec};
+use crate::api::refs::SecretKeyRef;
+use crate::operator::agent_config::{SECRET_ENV_PREFIX, SecretRole, secret_refs};
+use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec, Probe};
 use proptest::prelude::*;
 use serde_json::{Value, json};
+use std::path::Path;
 
 const UID: &str = "0b1c2d3e-0000-4000-8000-000000000001";
 
@@ -57,10 +60,10 @@ fn spec_json(channel: &str, redis: bool, replicas: u32, rollout: bool) -> Value 
 
 fn policies() -> ResolvedPolicies {
     ResolvedPolicies {
-        rate_limit: Some(RateLimitPolicySpec::default()),
-        circuit: Some(CircuitPolicySpec::default()),
-        degradation: None,
+        rate_limits: [("limits".into(), RateLimitPolicySpec::default())].into(),
+        circuits: [("circuit".into(), CircuitPolicySpec::default())].into(),
         secret_versions: BTreeMap::from([("bot".into(), "101".into())]),
+        ..ResolvedPolicies::default()
     }
 }
 
@@ -320,8 +323,10 @@ fn secrets_reach_pods_only_through_secret_key_refs() {
 
         let env = container_of(&d.stable).env.clone().unwrap();
         let refs = secret_refs(&t.spec);
-        for (role, r) in &refs {
-            let e = env.iter().find(|e| e.name == role.env()).unwrap();
+        for (_, r) in &refs {
+            // Under the name the agent looks it up by.
+            let var = env_var_name(SECRET_ENV_PREFIX, r);
+            let e = env.iter().find(|e| e.name == var).unwrap();
             assert_eq!(e.value, None);
             let sel = e
                 .value_from
@@ -334,14 +339,13 @@ fn secrets_reach_pods_only_through_secret_key_refs() {
                 (sel.name.as_str(), sel.key.as_str()),
                 (r.name.as_str(), r.key.as_str())
             );
-            assert!(yaml.contains(&format!("env: {}", role.env())));
         }
-        // Literal values only where nothing secret could be.
+        assert!(yaml.contains(&format!("envPrefix: {SECRET_ENV_PREFIX}")));
+        // No literal values at all: everything comes from the API.
         for e in &env {
-            if e.value.is_some() {
-                assert_eq!(e.name, agent_config::env::CONFIG_MAP);
-            }
+            assert_eq!(e.value, None, "{}", e.name);
         }
+        assert_eq!(env.len(), 3 + refs.len(), "{channel} {redis}: {env:?}");
         let expected = match channel.as_str() {
             "telegram" => vec![SecretRole::TelegramToken],
             "webhook" => vec![SecretRole::WebhookHmac],
@@ -357,7 +361,8 @@ fn secrets_reach_pods_only_through_secret_key_refs() {
 
 #[test]
 fn the_configmap_holds_the_config_and_its_revision() {
-    let d = build(&tier_from(spec_json("telegram", true, 3, false)));
+    let t = tier_from(spec_json("telegram", true, 3, false));
+    let d = build(&t);
     let yaml = &d.config_map.data.as_ref().unwrap()[CONFIG_KEY];
     assert!(
         yaml.starts_with("apiVersion: herald.dev/v1alpha1\nkind: Agent\n"),
@@ -372,8 +377,8 @@ fn the_configmap_holds_the_config_and_its_revision() {
         agent_config::render(&ConfigInput {
             tier_name: "alerts",
             namespace: "ns",
-            spec: &tier_from(spec_json("telegram", true, 3, false)).spec,
-            policies: &policies(),
+            spec: &t.spec,
+            reach: &reach::complete("alerts", &t.spec, &policies()).unwrap(),
             canary_weight: 0,
         })
         .unwrap()
@@ -407,7 +412,7 @@ fn a_policy_change_updates_the_configmap_only() {
     let t = tier_from(spec_json("telegram", true, 3, true));
     let a = build(&t);
     let mut p = policies();
-    p.rate_limit.as_mut().unwrap().global.rate = 25;
+    p.rate_limits.get_mut("limits").unwrap().global.rate = 25;
     let b = desired_objects(&t, &p, &opts()).unwrap();
     assert_ne!(a.config_revision, b.config_revision);
     assert_eq!(a.pod_revision, b.pod_revision);
@@ -643,7 +648,7 @@ proptest! {
             t.spec.resources = serde_json::from_value(json!({"requests": {"cpu": CPUS[cpu]}})).unwrap();
             t.spec.store.redis.as_mut().unwrap().partitions = PARTITIONS[parts];
             let mut p = policies();
-            p.rate_limit.as_mut().unwrap().global.rate = RATES[rate];
+            p.rate_limits.get_mut("limits").unwrap().global.rate = RATES[rate];
             desired_objects(&t, &p, &opts()).unwrap()
         };
         let (da, db) = (make(a), make(b));
@@ -651,4 +656,305 @@ proptest! {
         prop_assert_eq!(da.pod_revision == db.pod_revision, pod_inputs_equal);
         prop_assert_eq!(da.config_revision == db.config_revision, (a.0, a.1, a.2, a.3, a.4) == (b.0, b.1, b.2, b.3, b.4));
     }
+}
+
+// ---------------------------------------------------------------------------
+// The contract with the agent: what the operator renders, the agent loads.
+// ---------------------------------------------------------------------------
+
+/// The value a fake cluster would put behind a `secretKeyRef`.
+fn fake_secret(name: &str, key: &str) -> String {
+    format!("fake-{name}-{key}")
+}
+
+/// The environment a pod of `d` would see: Secrets get fake values, the
+/// downward API a pod's name, namespace and track.
+fn pod_env(d: &Deployment) -> impl Fn(&str) -> Option<String> + use<> {
+    let env: Vec<EnvVar> = container_of(d).env.clone().unwrap_or_default();
+    move |var| {
+        let e = env.iter().find(|e| e.name == var)?;
+        if let Some(v) = &e.value {
+            return Some(v.clone());
+        }
+        let from = e.value_from.as_ref()?;
+        if let Some(s) = &from.secret_key_ref {
+            return Some(fake_secret(&s.name, &s.key));
+        }
+        let path = from.field_ref.as_ref()?.field_path.as_str();
+        Some(
+            match path {
+                "metadata.name" => "pod-a",
+                "metadata.namespace" => "ns",
+                p if p.starts_with("metadata.labels") => "stable",
+                _ => return None,
+            }
+            .to_owned(),
+        )
+    }
+}
+
+/// `alerts` (any matrix case) falls back to `backup`, which falls back to
+/// `last`; its DegradationProfile routes to `overflow`. Secrets and
+/// policies are shared where that is allowed, so deduplication is tested.
+fn with_fallbacks(spec: &mut Value) -> ResolvedPolicies {
+    spec["fallbackTiers"] = json!(["backup"]);
+    spec["degradationProfileRef"] = json!({"name": "shed"});
+    let tier = |v: Value| serde_json::from_value::<DeliveryTierSpec>(v).unwrap();
+    let mut p = policies();
+    p.tiers = [
+        (
+            "backup".into(),
+            tier(json!({
+                "channel": "webhook",
+                "webhook": {"url": "https://hooks.example.com/b", "hmacSecretRef": {"name": "hook", "key": "hmac"}},
+                "rateLimitPolicyRef": {"name": "limits"},
+                "fallbackTiers": ["last"],
+            })),
+        ),
+        (
+            "last".into(),
+            tier(json!({
+                "channel": "telegram",
+                "telegram": {"tokenSecretRef": {"name": "bot-2", "key": "token.v2"}},
+                "circuitPolicyRef": {"name": "strict"},
+            })),
+        ),
+        (
+            "overflow".into(),
+            tier(json!({
+                "channel": "telegram",
+                "telegram": {"tokenSecretRef": {"name": "bot", "key": "token"}},
+                "store": {"type": "redis", "redis": {"urlSecretRef": {"name": "overflow-redis", "key": "url"}}},
+                "replicas": 2,
+            })),
+        ),
+    ]
+    .into();
+    p.circuits
+        .insert("strict".into(), CircuitPolicySpec::default());
+    p.degradations.insert(
+        "shed".into(),
+        serde_json::from_value(json!({"levels": [
+            {"level": "MINOR", "entry": {"queueDepth": 1000}, "actions": {"routeTo": "overflow"}},
+        ]}))
+        .unwrap(),
+    );
+    p
+}
+
+/// Every valid matrix case, alone and with a fallback chain and a
+/// degradation route: (case, tier, policies, tiers the config must hold).
+fn contract_cases() -> Vec<(String, DeliveryTier, ResolvedPolicies, Vec<&'static str>)> {
+    let mut out = Vec::new();
+    for (channel, redis, replicas, rollout) in matrix() {
+        if !valid(redis, replicas, rollout) {
+            continue;
+        }
+        let case = format!("{channel} redis={redis} replicas={replicas} rollout={rollout}");
+        let mut spec = spec_json(&channel, redis, replicas, rollout);
+        out.push((
+            case.clone(),
+            tier_from(spec.clone()),
+            policies(),
+            vec!["alerts"],
+        ));
+        let p = with_fallbacks(&mut spec);
+        out.push((
+            format!("{case} with fallbacks"),
+            tier_from(spec),
+            p,
+            vec!["alerts", "backup", "last", "overflow"],
+        ));
+    }
+    out
+}
+
+#[test]
+fn every_rendered_config_loads_in_the_agent_with_the_pods_env() {
+    for (case, t, p, tiers) in contract_cases() {
+        // A canary weight changes the partitions written; both must load.
+        let weights: &[u32] = if t.spec.rollout.is_some() {
+            &[0, 30]
+        } else {
+            &[0]
+        };
+        for &weight in weights {
+            let tracks = Tracks {
+                stable_template: None,
+                canary: t.spec.rollout.as_ref().map(|_| CanaryTrack {
+                    replicas: 1,
+                    weight,
+                }),
+            };
+            let d = desired_objects_with(&t, &p, &opts(), &tracks).unwrap();
+            // Both tracks run the same container, so one environment
+            // stands for both (a load is slow: it compiles the schemas).
+            if let Some(c) = &d.canary {
+                assert_eq!(container_of(c).env, container_of(&d.stable).env);
+            }
+            let yaml = &d.config_map.data.as_ref().unwrap()[CONFIG_KEY];
+            let env = pod_env(&d.stable);
+            let cfg =
+                crate::agent::config::AgentConfig::from_text(Path::new("config.yaml"), yaml, &env)
+                    .unwrap_or_else(|e| {
+                        panic!("{case}: the agent refuses its config: {e}\n{yaml}")
+                    });
+            assert_eq!(cfg.entry_tier, "alerts", "{case}");
+            let mut got = cfg.tier_names();
+            got.sort();
+            assert_eq!(got, tiers, "{case}");
+            // Each tier reads its own Secret, not just some Secret.
+            for rt in &cfg.tiers {
+                let s = &rt.policy.spec;
+                let want = |r: Option<&SecretKeyRef>| r.map(|r| fake_secret(&r.name, &r.key));
+                let read =
+                    |v: Option<&crate::agent::secrets::Secret>| v.map(|v| v.expose().to_owned());
+                let (got, want) = match s.channel {
+                    Channel::Telegram => (
+                        read(rt.secrets.bot_token.as_ref()),
+                        want(
+                            s.telegram
+                                .as_ref()
+                                .and_then(|t| t.token_secret_ref.as_ref()),
+                        ),
+                    ),
+                    Channel::Webhook => (
+                        read(rt.secrets.hmac_secret.as_ref()),
+                        want(s.webhook.as_ref().and_then(|w| w.hmac_secret_ref.as_ref())),
+                    ),
+                    Channel::Spool => (None, None),
+                };
+                assert_eq!(got, want, "{case}: {}", rt.policy.name);
+            }
+            // The agent's own Redis URL is where the agent looks for it.
+            if let Some(r) = &t.spec.store.redis {
+                let url =
+                    crate::agent::secrets::resolve(&cfg.agent.secrets, &r.url_secret_ref, &env)
+                        .unwrap();
+                assert_eq!(url.expose(), fake_secret("redis", "url"));
+                let parts = cfg.agent.partitions.as_ref().unwrap();
+                assert_eq!(parts.total, 16);
+                let canary = if weight > 0 { 5 } else { 0 };
+                assert_eq!(parts.canary.len(), canary, "{case}");
+            } else {
+                assert!(cfg.agent.partitions.is_none());
+                assert_eq!(cfg.agent.store_path, "/var/lib/herald/queue.redb");
+            }
+            let cm = cfg.agent.config_map.as_ref().unwrap();
+            assert_eq!(
+                (cm.name.as_str(), cm.key.as_str()),
+                ("alerts-config", CONFIG_KEY)
+            );
+            assert_eq!(cfg.agent.listen, agent_config::POD_LISTEN);
+            assert_eq!(
+                env(cfg.agent.track_env.as_deref().unwrap()).as_deref(),
+                Some("stable")
+            );
+        }
+    }
+}
+
+#[test]
+fn pods_carry_the_channel_secrets_of_every_tier_they_deliver_through() {
+    let mut spec = spec_json("telegram", true, 3, false);
+    let p = with_fallbacks(&mut spec);
+    let d = desired_objects(&tier_from(spec), &p, &opts()).unwrap();
+    let env = container_of(&d.stable).env.clone().unwrap();
+    let secrets: Vec<(&str, &str, &str)> = env
+        .iter()
+        .filter_map(|e| {
+            let s = e.value_from.as_ref()?.secret_key_ref.as_ref()?;
+            Some((e.name.as_str(), s.name.as_str(), s.key.as_str()))
+        })
+        .collect();
+    // `overflow` shares alerts' bot token (one variable), and its Redis
+    // URL is not this agent's to read.
+    assert_eq!(
+        secrets,
+        [
+            ("HERALD_SECRET_BOT_TOKEN", "bot", "token"),
+            ("HERALD_SECRET_REDIS_URL", "redis", "url"),
+            ("HERALD_SECRET_HOOK_HMAC", "hook", "hmac"),
+            ("HERALD_SECRET_BOT_2_TOKEN_V2", "bot-2", "token.v2"),
+        ]
+    );
+}
+
+#[test]
+fn what_other_tiers_change_reaches_the_config_and_their_secrets_the_pods() {
+    let mut spec = spec_json("telegram", true, 3, false);
+    let p = with_fallbacks(&mut spec);
+    let t = tier_from(spec);
+    let a = desired_objects(&t, &p, &opts()).unwrap();
+    // A fallback tier's spec, or a policy only it references: config only.
+    let mut p2 = p.clone();
+    p2.tiers.get_mut("last").unwrap().priority = 9;
+    let b = desired_objects(&t, &p2, &opts()).unwrap();
+    assert_ne!(a.config_revision, b.config_revision);
+    assert_eq!(a.pod_revision, b.pod_revision);
+    let mut p3 = p.clone();
+    p3.circuits.get_mut("strict").unwrap().breaker.minimum_calls = 7;
+    let c = desired_objects(&t, &p3, &opts()).unwrap();
+    assert_ne!(a.config_revision, c.config_revision);
+    assert_eq!(a.pod_revision, c.pod_revision);
+    // A rotated Secret of a fallback tier rolls the pods reading it.
+    let mut p4 = p.clone();
+    p4.secret_versions.insert("bot-2".into(), "7".into());
+    let e = desired_objects(&t, &p4, &opts()).unwrap();
+    assert_ne!(a.pod_revision, e.pod_revision);
+    assert_eq!(a.config_revision, e.config_revision);
+    // Not the Redis URL of a tier whose store this agent does not use.
+    let mut p5 = p.clone();
+    p5.secret_versions
+        .insert("overflow-redis".into(), "7".into());
+    assert_eq!(
+        desired_objects(&t, &p5, &opts()).unwrap().pod_revision,
+        a.pod_revision
+    );
+    // Nothing secret in the config, whichever tier it belongs to.
+    let yaml = &a.config_map.data.as_ref().unwrap()[CONFIG_KEY];
+    assert!(!yaml.contains("fake-"), "{yaml}");
+}
+
+#[test]
+fn what_the_agent_would_refuse_is_refused_here() {
+    let mut spec = spec_json("telegram", true, 3, false);
+    let mut p = with_fallbacks(&mut spec);
+    let t = tier_from(spec);
+    // A fallback tier or a policy it needs is missing: a missing reference.
+    let mut gone = p.clone();
+    gone.tiers.remove("last");
+    assert!(matches!(
+        desired_objects(&t, &gone, &opts()).unwrap_err(),
+        DesiredError::MissingReference { kind: RefKind::DeliveryTier, ref name, ref field }
+            if name == "last" && field == "DeliveryTier/backup: spec.fallbackTiers[0]"
+    ));
+    let mut gone = p.clone();
+    gone.circuits.remove("strict");
+    assert!(matches!(
+        desired_objects(&t, &gone, &opts()).unwrap_err(),
+        DesiredError::MissingReference { kind: RefKind::CircuitPolicy, ref name, .. } if name == "strict"
+    ));
+    // A loop among the fallbacks.
+    p.tiers.get_mut("last").unwrap().fallback_tiers = vec!["alerts".into()];
+    assert_eq!(
+        desired_objects(&t, &p, &opts()).unwrap_err(),
+        DesiredError::FallbackCycle("alerts -> backup -> last -> alerts".into())
+    );
+    // Two Secret keys that one variable name cannot tell apart.
+    p.tiers.get_mut("last").unwrap().fallback_tiers.clear();
+    p.tiers
+        .get_mut("last")
+        .unwrap()
+        .telegram
+        .as_mut()
+        .unwrap()
+        .token_secret_ref = Some(SecretKeyRef {
+        name: "bot".into(),
+        key: "TOKEN".into(),
+    });
+    assert!(matches!(
+        desired_objects(&t, &p, &opts()).unwrap_err(),
+        DesiredError::SecretVariableClash { ref var, .. } if var == "HERALD_SECRET_BOT_TOKEN"
+    ));
 }

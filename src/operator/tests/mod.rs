@@ -8,6 +8,7 @@
 //! tests can assert what was *not* written and the RBAC test can check each
 //! call against the table.
 
+mod fallback;
 mod flows;
 mod rbac;
 mod scale;
@@ -76,6 +77,7 @@ impl HealthSource for CannedHealth {
 }
 
 struct Writers {
+    tiers: Writer<DeliveryTier>,
     rate_limits: Writer<RateLimitPolicy>,
     circuits: Writer<CircuitPolicy>,
     degradations: Writer<DegradationProfile>,
@@ -224,6 +226,7 @@ impl Harness {
         });
         let client = Client::new(svc, "default");
 
+        let (tiers, w_t) = reflector::store();
         let (rate_limits, w_rl) = reflector::store();
         let (circuits, w_cp) = reflector::store();
         let (degradations, w_dp) = reflector::store();
@@ -232,6 +235,7 @@ impl Harness {
         let (deployments, w_d) = reflector::store();
         let (pdbs, w_pdb) = reflector::store();
         let stores = Stores {
+            tiers,
             rate_limits,
             circuits,
             degradations,
@@ -261,6 +265,7 @@ impl Harness {
             clock,
             faults,
             writers: Mutex::new(Writers {
+                tiers: w_t,
                 rate_limits: w_rl,
                 circuits: w_cp,
                 degradations: w_dp,
@@ -358,6 +363,7 @@ impl Harness {
             }
         }
         let mut w = self.writers.lock().unwrap();
+        fill(&mut w.tiers, tiers);
         fill(&mut w.rate_limits, rl);
         fill(&mut w.circuits, cp);
         fill(&mut w.degradations, dp);
