@@ -121,11 +121,14 @@ impl AgentConfig {
             {
                 s.bot_token = Some(secrets::resolve(&agent.secrets, r, env)?);
             }
-            if let Some(r) = t
-                .spec
-                .webhook
-                .as_ref()
-                .and_then(|w| w.hmac_secret_ref.as_ref())
+            // Only the channel in use needs its secret: a leftover webhook
+            // section on a telegram tier must not demand an HMAC key.
+            if t.spec.channel == Channel::Webhook
+                && let Some(r) = t
+                    .spec
+                    .webhook
+                    .as_ref()
+                    .and_then(|w| w.hmac_secret_ref.as_ref())
             {
                 s.hmac_secret = Some(secrets::resolve(&agent.secrets, r, env)?);
             }

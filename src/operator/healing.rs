@@ -15,7 +15,12 @@
 //!    (capped at `maxBackoff`) after its n-th restart.
 //! 5. At most `restartBudget` restarts in any `budgetWindow`, tier-wide;
 //!    when it is spent, `BudgetExhausted` says until when.
-//! 6. Never more restarts in one pass than the PDB's allowed disruptions.
+//! 6. Never more restarts of *ready* pods in one pass than the PDB's
+//!    allowed disruptions. A pod that is not ready is not counted healthy
+//!    by the PDB (evicting it costs the budget nothing, and the agents'
+//!    PDB sets `unhealthyPodEvictionPolicy: AlwaysAllow`), so with one
+//!    replica — where the PDB allows 0 while the pod is down — the
+//!    operator can still replace it.
 //!
 //! Invariant: the output is a function of the input; pods are considered
 //! longest-unhealthy first, then by name.
@@ -186,7 +191,6 @@ pub fn decide(input: &HealingInput<'_>) -> Vec<HealingAction> {
     let mut unhealthy: Vec<(&PodHealth, Timestamp)> = input
         .pods
         .iter()
-        .filter(|p| !p.ready)
         .filter_map(|p| p.unhealthy_since.map(|t| (p, t)))
         .collect();
     unhealthy.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.name.cmp(&b.0.name)));
@@ -245,16 +249,18 @@ pub fn decide(input: &HealingInput<'_>) -> Vec<HealingAction> {
             out.push(HealingAction::BudgetExhausted { until });
             break;
         }
-        if disruptions == 0 {
-            out.push(HealingAction::Wait {
-                pod: pod.name.clone(),
-                until: None,
-                why: WaitReason::DisruptionBudget,
-            });
-            continue;
+        if pod.ready {
+            if disruptions == 0 {
+                out.push(HealingAction::Wait {
+                    pod: pod.name.clone(),
+                    until: None,
+                    why: WaitReason::DisruptionBudget,
+                });
+                continue;
+            }
+            disruptions -= 1;
         }
         remaining -= 1;
-        disruptions -= 1;
         in_window.push(now);
         out.push(HealingAction::Restart {
             pod: pod.name.clone(),

@@ -18,6 +18,15 @@ fn pod(name: &str, unhealthy_since: Option<i64>) -> PodHealth {
     }
 }
 
+/// Ready in Kubernetes' eyes (the PDB counts it healthy) but failing the
+/// operator's health check since `since`.
+fn failing(name: &str, since: i64) -> PodHealth {
+    PodHealth {
+        ready: true,
+        ..pod(name, Some(since))
+    }
+}
+
 fn input(spec: &HealingSpec, now: i64, pods: Vec<PodHealth>) -> HealingInput<'_> {
     HealingInput {
         now: ts(now),
@@ -108,9 +117,9 @@ fn the_budget_caps_restarts_per_window() {
 }
 
 #[test]
-fn never_more_restarts_than_the_pdb_allows() {
+fn never_more_restarts_of_ready_pods_than_the_pdb_allows() {
     let s = spec();
-    let pods = vec![pod("p1", Some(0)), pod("p2", Some(10)), pod("p3", Some(5))];
+    let pods = vec![failing("p1", 0), failing("p2", 10), failing("p3", 5)];
     let mut i = input(&s, 1000, pods);
     i.pdb_allowed_disruptions = 0;
     let a = decide(&i);
@@ -133,6 +142,26 @@ fn never_more_restarts_than_the_pdb_allows() {
     assert_eq!(restarted(&a), ["p1"]);
     assert!(a.contains(&HealingAction::BudgetExhausted {
         until: ts(900 + 3600)
+    }));
+}
+
+#[test]
+fn a_pod_that_is_not_ready_is_replaced_whatever_the_pdb_allows() {
+    // One replica down: the PDB (maxUnavailable 1) reports 0 allowed
+    // disruptions, yet replacing the pod costs no healthy capacity.
+    let s = spec();
+    let mut i = input(&s, 1000, vec![pod("only", Some(0))]);
+    i.pdb_allowed_disruptions = 0;
+    assert_eq!(restarted(&decide(&i)), ["only"]);
+    // Mixed: the not-ready pod goes, the ready-but-failing one waits.
+    let mut i = input(&s, 1000, vec![pod("down", Some(0)), failing("sick", 0)]);
+    i.pdb_allowed_disruptions = 0;
+    let a = decide(&i);
+    assert_eq!(restarted(&a), ["down"]);
+    assert!(a.contains(&HealingAction::Wait {
+        pod: "sick".into(),
+        until: None,
+        why: WaitReason::DisruptionBudget
     }));
 }
 
@@ -192,7 +221,7 @@ fn the_decision_is_deterministic_whatever_the_pod_order() {
     let mut i = input(
         &s,
         1000,
-        vec![pod("b", Some(0)), pod("a", Some(0)), pod("c", Some(500))],
+        vec![failing("b", 0), failing("a", 0), failing("c", 500)],
     );
     i.pdb_allowed_disruptions = 2;
     let a = decide(&i);
@@ -226,8 +255,8 @@ fn tick(pods: usize) -> impl Strategy<Value = Tick> {
 
 proptest! {
     /// Simulated hours of flapping pods: in any budget window there are at
-    /// most `restartBudget` restarts; no pass restarts more pods than the
-    /// PDB allows; nothing is restarted while a shared dependency is down;
+    /// most `restartBudget` restarts; no pass restarts more ready pods than
+    /// the PDB allows; nothing is restarted while a shared dependency is down;
     /// a pod is never restarted again before its backoff has run out.
     #[test]
     fn restarts_stay_within_every_limit(
@@ -260,7 +289,9 @@ proptest! {
                 .iter()
                 .map(|n| PodHealth {
                     name: (*n).to_owned(),
-                    ready: since[n].is_none(),
+                    // p0 and p1 fail the health check while still Ready;
+                    // p2 and p3 go not ready.
+                    ready: since[n].is_none() || matches!(*n, "p0" | "p1"),
                     unhealthy_since: since[n].map(ts),
                     last_restart: last.get(n).map(|(t, _)| ts(*t)),
                     restarts_by_operator: last.get(n).map_or(0, |(_, c)| *c),
@@ -276,7 +307,8 @@ proptest! {
             };
             let actions = decide(&i);
             let restarts = restarted(&actions);
-            prop_assert!(restarts.len() <= t.pdb as usize);
+            let ready_restarts = restarts.iter().filter(|p| matches!(**p, "p0" | "p1")).count();
+            prop_assert!(ready_restarts <= t.pdb as usize);
             if t.dependency_down {
                 prop_assert!(restarts.is_empty());
             }
