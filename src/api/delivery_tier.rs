@@ -395,6 +395,10 @@ pub struct CanaryStatus {
     pub verdict: String,
     /// One-line summary for `kubectl get tier`, e.g. `50% analysing`.
     pub summary: String,
+    /// The pod revision under rollout: what `herald rollout promote|abort`
+    /// writes into the `herald.dev/promote` / `herald.dev/abort` annotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
 }
 
 /// A restart made by the operator.

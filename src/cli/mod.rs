@@ -6,6 +6,7 @@ mod crd;
 mod demo;
 mod logging;
 mod operator;
+mod rollout;
 mod run;
 mod sandbox;
 mod simulate;
@@ -36,6 +37,8 @@ enum Command {
     Operator(Box<operator::Args>),
     /// Measure the agent's own cost (throughput, latency, RSS) against a null Bot API.
     Bench(bench::Args),
+    /// Open or close a canary's manual gate: promote or abort a rollout.
+    Rollout(rollout::Args),
     /// Run the engine on a virtual clock against a model of Telegram.
     Simulate(simulate::Args),
     /// Print the CustomResourceDefinitions as YAML.
@@ -63,6 +66,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(a) | Command::Agent(a) => run::run(a),
         Command::Operator(a) => operator::run(*a),
         Command::Bench(a) => bench::run(a),
+        Command::Rollout(a) => rollout::run(a),
         Command::Simulate(a) => simulate::run_cmd(a),
         Command::Crd(a) => crd::run(a),
         Command::Validate(a) => validate::run(a),

@@ -58,6 +58,7 @@ pub mod context;
 pub mod controller;
 pub mod desired;
 pub mod error;
+pub mod gate;
 pub mod hash;
 pub mod healing;
 pub mod health_client;

@@ -454,15 +454,21 @@ fn level_str(level: LevelName) -> &'static str {
 
 /// The `canary` block of the status; `None` before any rollout.
 pub fn canary_status(state: &RolloutState) -> Option<CanaryStatus> {
-    let (step, weight) = match state {
-        RolloutState::Progressing(p) | RolloutState::Paused(p) => (p.step, p.weight),
-        _ => (0, 0),
+    let (step, weight, revision) = match state {
+        RolloutState::Progressing(p) | RolloutState::Paused(p) => {
+            (p.step, p.weight, p.revision.clone())
+        }
+        RolloutState::Promoted { revision, .. } | RolloutState::Aborted { revision, .. } => {
+            (0, 0, revision.clone())
+        }
+        RolloutState::Stable => (0, 0, String::new()),
     };
     Some(CanaryStatus {
         step,
         weight,
         verdict: state.verdict()?.to_owned(),
         summary: state.summary()?,
+        revision: Some(revision).filter(|r| !r.is_empty()),
     })
 }
 
