@@ -13,8 +13,47 @@ fn main() -> ExitCode {
     match cli::run(args) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("herald: {e:#}");
+            eprintln!("herald: {}", chain(&e));
             ExitCode::from(2)
         }
+    }
+}
+
+/// The error and its causes, `: `-joined, leaving out a cause whose text
+/// the message already carries (library errors often embed their source).
+fn chain(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("configuration: {0}")]
+    struct Outer(#[from] Inner);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("secret bot/token not found")]
+    struct Inner;
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let e = anyhow::Error::from(Outer(Inner)).context("starting the agent");
+        assert_eq!(
+            chain(&e),
+            "starting the agent: configuration: secret bot/token not found"
+        );
     }
 }
