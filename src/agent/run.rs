@@ -66,6 +66,7 @@ pub async fn start(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<RunningAgent, AgentError> {
     let config = Arc::new(AgentConfig::load(&path, env)?);
+    refuse_shared_store(&config)?;
     let store_path = config.agent.store_path.clone();
     if let Some(parent) = std::path::Path::new(&store_path).parent()
         && !parent.as_os_str().is_empty()
@@ -197,6 +198,26 @@ async fn watch_config(state: Arc<AppState>, path: PathBuf, mut stop: watch::Rece
     }
 }
 
+/// Several agents on an embedded store would each pace the bot alone and
+/// together exceed its limit; until this agent runs on the Redis store, a
+/// tier that asks for it is refused rather than silently served alone.
+fn refuse_shared_store(config: &AgentConfig) -> Result<(), AgentError> {
+    use crate::api::delivery_tier::StoreKind;
+    let asks: Vec<&str> = config
+        .tiers
+        .iter()
+        .filter(|t| t.policy.spec.store.kind == StoreKind::Redis)
+        .map(|t| t.policy.name.as_str())
+        .collect();
+    if asks.is_empty() {
+        return Ok(());
+    }
+    Err(AgentError::Config(ConfigError::Missing(format!(
+        "tier(s) {} ask for store.type redis, which this agent does not run yet (the Redis store is built but not wired in); use store.type embedded with one agent per bot",
+        asks.join(", ")
+    ))))
+}
+
 /// In a cluster: follow the ConfigMap through the API, which is faster than
 /// the kubelet's refresh of the mounted file. Outside one (no service
 /// account, no kubeconfig) only the file is watched.
@@ -278,5 +299,37 @@ async fn cleanup(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(store: &str) -> AgentConfig {
+        let text = format!(
+            "apiVersion: herald.dev/v1alpha1
+kind: DeliveryTier
+metadata: {{name: bots}}
+spec:
+  channel: webhook
+  webhook: {{url: 'http://127.0.0.1:9/hook'}}
+  store: {store}
+"
+        );
+        let env =
+            |k: &str| (k == "HERALD_SECRET_REDIS_URL").then(|| "redis://127.0.0.1:1/".to_owned());
+        AgentConfig::from_text(std::path::Path::new("t.yaml"), &text, &env).unwrap()
+    }
+
+    #[test]
+    fn a_tier_on_the_redis_store_is_refused_not_served_alone() {
+        assert!(refuse_shared_store(&config("{type: embedded}")).is_ok());
+        let e = refuse_shared_store(&config(
+            "{type: redis, redis: {urlSecretRef: {name: redis, key: url}}}",
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("bots"), "{e}");
+        assert!(e.to_string().contains("store.type redis"), "{e}");
     }
 }
