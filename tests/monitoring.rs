@@ -354,6 +354,7 @@ fn families() -> &'static BTreeMap<String, Family> {
         add(&mut f, &m.breaker_transitions);
         add(&mut f, &m.health_score);
         add(&mut f, &m.degradation_level);
+        add(&mut f, &m.dead_letters);
         add(&mut f, &m.bulkhead_in_use);
         add(&mut f, &m.send_seconds);
         add(&mut f, &m.delivery_seconds);

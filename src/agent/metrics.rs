@@ -28,6 +28,7 @@ pub struct Metrics {
     pub breaker_transitions: IntCounterVec,
     pub health_score: IntGaugeVec,
     pub degradation_level: IntGauge,
+    pub dead_letters: IntGauge,
     pub bulkhead_in_use: IntGaugeVec,
     pub send_seconds: HistogramVec,
     pub delivery_seconds: HistogramVec,
@@ -89,6 +90,10 @@ impl Metrics {
         let degradation_level = plain_gauge(
             "herald_degradation_level",
             "Degradation level: 0 NORMAL, 1 MINOR, 2 MODERATE, 3 SEVERE, 4 CRITICAL.",
+        );
+        let dead_letters = plain_gauge(
+            "herald_dead_letters",
+            "Dead letters held in the store, waiting for a retry or a purge.",
         );
         let duplicates = IntCounter::new(
             "herald_duplicates_total",
@@ -184,6 +189,7 @@ impl Metrics {
                 &["tier"],
             ),
             degradation_level,
+            dead_letters,
             bulkhead_in_use: gauge(
                 &r,
                 "herald_bulkhead_in_use",

@@ -152,6 +152,7 @@ async fn serve(
     }
     tokio::spawn(watch_config(state.clone(), path, aux_stop_rx.clone()));
     tokio::spawn(cleanup(state.clone(), aux_stop_rx.clone()));
+    tokio::spawn(store_gauges(state.clone(), aux_stop_rx.clone()));
     if let Some(dir) = state.config().agent.spool_source.clone() {
         tokio::spawn(crate::agent::ingest::spool_source::run(
             state.clone(),
@@ -273,6 +274,22 @@ fn apply(state: &Arc<AppState>, loaded: Result<AgentConfig, ConfigError>, origin
                 m.config_reloads.with_label_values(&["invalid"]).inc();
             }
             tracing::error!(source = %origin, error = %e, "new configuration refused; the old one keeps running");
+        }
+    }
+}
+
+/// Queue sizes only the store knows (dead letters), read from its counters.
+async fn store_gauges(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
+    loop {
+        if let Some(m) = state.metrics()
+            && let Ok(stats) = state.store.stats().await
+        {
+            m.dead_letters
+                .set(i64::try_from(stats.dead).unwrap_or(i64::MAX));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = stop.changed() => return,
         }
     }
 }
