@@ -201,8 +201,9 @@ async fn watch_config(state: Arc<AppState>, path: PathBuf, mut stop: watch::Rece
 
 /// Several agents on an embedded store would each pace the bot alone and
 /// together exceed its limit; until this agent runs on the Redis store, a
-/// tier that asks for it is refused rather than silently served alone.
-fn refuse_shared_store(config: &AgentConfig) -> Result<(), AgentError> {
+/// tier that asks for it is refused rather than silently served alone — at
+/// start and on every reload.
+fn refuse_shared_store(config: &AgentConfig) -> Result<(), ConfigError> {
     use crate::api::delivery_tier::StoreKind;
     let asks: Vec<&str> = config
         .tiers
@@ -213,10 +214,10 @@ fn refuse_shared_store(config: &AgentConfig) -> Result<(), AgentError> {
     if asks.is_empty() {
         return Ok(());
     }
-    Err(AgentError::Config(ConfigError::Missing(format!(
+    Err(ConfigError::Missing(format!(
         "tier(s) {} ask for store.type redis, which this agent does not run yet (the Redis store is built but not wired in); use store.type embedded with one agent per bot",
         asks.join(", ")
-    ))))
+    )))
 }
 
 /// In a cluster: follow the ConfigMap through the API, which is faster than
@@ -256,7 +257,7 @@ const POD_NAMESPACE_ENV: &str = "HERALD_POD_NAMESPACE";
 /// Install a newly loaded config, or log why it was refused; either way
 /// the agent keeps running.
 fn apply(state: &Arc<AppState>, loaded: Result<AgentConfig, ConfigError>, origin: &str) {
-    match loaded {
+    match loaded.and_then(|c| refuse_shared_store(&c).map(|()| c)) {
         Ok(c) => {
             let c = Arc::new(c);
             state.set_config(c.clone());

@@ -82,20 +82,11 @@ mod tests {
     use crate::operator::tests::Harness;
 
     async fn tier_with(h: &Harness, canary: Option<CanaryStatus>) {
-        let mut t = crate::operator::tests::spool_tier("bots", None);
-        h.create(&t).await;
-        t.status = Some(crate::api::delivery_tier::DeliveryTierStatus {
-            canary,
-            ..Default::default()
-        });
-        h.api::<DeliveryTier>()
-            .patch_status(
-                "bots",
-                &PatchParams::default(),
-                &Patch::Merge(&json!({"status": t.status})),
-            )
-            .await
-            .unwrap();
+        h.create(&crate::operator::tests::spool_tier("bots", None))
+            .await;
+        if let Some(c) = canary {
+            set_canary(h, c).await;
+        }
     }
 
     fn rolling(verdict: &str) -> CanaryStatus {
@@ -108,18 +99,27 @@ mod tests {
         }
     }
 
+    async fn ask(h: &Harness, tier: &str, gate: Gate) -> Result<String, GateError> {
+        request(h.client.clone(), crate::operator::tests::NS, tier, gate).await
+    }
+
+    async fn set_canary(h: &Harness, canary: CanaryStatus) {
+        h.api::<DeliveryTier>()
+            .patch_status(
+                "bots",
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"status": {"canary": canary}})),
+            )
+            .await
+            .unwrap();
+    }
+
     #[tokio::test]
     async fn promote_and_abort_name_the_revision_under_rollout() {
         let h = Harness::new().await;
         tier_with(&h, Some(rolling("Paused"))).await;
-        let ns = crate::operator::tests::NS;
-        let r = request(h.client.clone(), ns, "bots", Gate::Promote)
-            .await
-            .unwrap();
-        assert_eq!(r, "rev-2");
-        request(h.client.clone(), ns, "bots", Gate::Abort)
-            .await
-            .unwrap();
+        assert_eq!(ask(&h, "bots", Gate::Promote).await.unwrap(), "rev-2");
+        ask(&h, "bots", Gate::Abort).await.unwrap();
         let t = h.api::<DeliveryTier>().get("bots").await.unwrap();
         let a = t.metadata.annotations.unwrap();
         assert_eq!(a[ANNOTATION_PROMOTE], "rev-2");
@@ -130,44 +130,13 @@ mod tests {
     async fn without_a_rollout_nothing_is_written() {
         let h = Harness::new().await;
         tier_with(&h, None).await;
-        let e = request(
-            h.client.clone(),
-            crate::operator::tests::NS,
-            "bots",
-            Gate::Promote,
-        )
-        .await
-        .unwrap_err();
+        let e = ask(&h, "bots", Gate::Promote).await.unwrap_err();
         assert!(matches!(e, GateError::NoRollout { .. }), "{e}");
-        let e = request(
-            h.client.clone(),
-            crate::operator::tests::NS,
-            "other",
-            Gate::Abort,
-        )
-        .await
-        .unwrap_err();
+        let e = ask(&h, "other", Gate::Abort).await.unwrap_err();
         assert!(matches!(e, GateError::NotFound { .. }), "{e}");
-        tier_with_done(&h).await;
-    }
-
-    async fn tier_with_done(h: &Harness) {
-        h.api::<DeliveryTier>()
-            .patch_status(
-                "bots",
-                &PatchParams::default(),
-                &Patch::Merge(&json!({"status": {"canary": rolling("Promoted")}})),
-            )
-            .await
-            .unwrap();
-        let e = request(
-            h.client.clone(),
-            crate::operator::tests::NS,
-            "bots",
-            Gate::Promote,
-        )
-        .await
-        .unwrap_err();
+        // A finished rollout has nothing left to gate.
+        set_canary(&h, rolling("Promoted")).await;
+        let e = ask(&h, "bots", Gate::Promote).await.unwrap_err();
         assert!(e.to_string().contains("promoted"), "{e}");
         let t = h.api::<DeliveryTier>().get("bots").await.unwrap();
         assert!(t.metadata.annotations.unwrap_or_default().is_empty());
