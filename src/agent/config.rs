@@ -132,6 +132,11 @@ impl AgentConfig {
             {
                 s.hmac_secret = Some(secrets::resolve(&agent.secrets, r, env)?);
             }
+            if t.spec.store.kind == crate::api::delivery_tier::StoreKind::Redis
+                && let Some(r) = t.spec.store.redis.as_ref()
+            {
+                s.redis_url = Some(secrets::resolve(&agent.secrets, &r.url_secret_ref, env)?);
+            }
             tiers.push(TierRuntime {
                 policy: t.clone(),
                 secrets: s,

@@ -34,6 +34,11 @@ pub struct Metrics {
     pub delivery_seconds: HistogramVec,
     pub accept_seconds: Histogram,
     pub config_reloads: IntCounterVec,
+    pub fleet_agents: IntGauge,
+    pub fleet_partitions: IntGauge,
+    pub redis_up: IntGauge,
+    pub limiter_mode: IntGaugeVec,
+    pub shared_refusals: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -94,6 +99,18 @@ impl Metrics {
         let dead_letters = plain_gauge(
             "herald_dead_letters",
             "Dead letters held in the store, waiting for a retry or a purge.",
+        );
+        let fleet_agents = plain_gauge(
+            "herald_fleet_agents",
+            "Live agents sharing this agent's Redis queue, at the last heartbeat.",
+        );
+        let fleet_partitions = plain_gauge(
+            "herald_fleet_partitions_held",
+            "Redis queue partitions this agent holds the lease of.",
+        );
+        let redis_up = plain_gauge(
+            "herald_redis_up",
+            "1 while the last Redis call succeeded, 0 while Redis is unreachable (Redis store only).",
         );
         let duplicates = IntCounter::new(
             "herald_duplicates_total",
@@ -217,6 +234,21 @@ impl Metrics {
                 "Config reloads by result.",
                 &["result"],
             ),
+            fleet_agents,
+            fleet_partitions,
+            redis_up,
+            limiter_mode: gauge(
+                &r,
+                "herald_limiter_mode",
+                "1 for the limiter each tier uses now: shared (Redis), local-share or paused.",
+                &["tier", "mode"],
+            ),
+            shared_refusals: counter(
+                &r,
+                "herald_shared_limiter_refusals_total",
+                "Sends the shared (Redis) limiter refused and put back to wait.",
+                &["tier"],
+            ),
             registry: r,
         }
     }
@@ -261,6 +293,8 @@ mod tests {
             .with_label_values(&["t", "normal"])
             .observe(0.1);
         m.config_reloads.with_label_values(&["ok"]).inc();
+        m.limiter_mode.with_label_values(&["t", "shared"]).set(1);
+        m.shared_refusals.with_label_values(&["t"]).inc();
         let text = m.render();
         let doc = include_str!("../../docs/metrics.md");
         let mut names: Vec<&str> = text

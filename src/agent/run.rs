@@ -12,21 +12,21 @@ use tokio::sync::{mpsc, watch};
 
 use crate::agent::config::{AgentConfig, ConfigError};
 use crate::agent::dispatch_loop::{DispatchLoop, LoopError};
+use crate::agent::fleet::{self, Fleet};
 use crate::agent::metrics::Metrics;
 use crate::agent::state::{AppState, DispatchCmd};
-use crate::store::{EmbeddedOptions, EmbeddedStore, Store, StoreError};
+use crate::agent::store::{AgentStore, OpenError};
+use crate::store::Store;
 
 /// Why the agent could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("configuration: {0}")]
     Config(#[from] ConfigError),
-    #[error("store {path}: {source}")]
-    Store {
-        path: String,
-        #[source]
-        source: StoreError,
-    },
+    #[error(transparent)]
+    Store(#[from] OpenError),
+    #[error("joining the agents on Redis: {0}")]
+    Fleet(#[from] crate::store::redis::shared_limiter::SharedError),
     #[error("listen {addr}: {source}")]
     Listen {
         addr: String,
@@ -66,23 +66,17 @@ pub async fn start(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<RunningAgent, AgentError> {
     let config = Arc::new(AgentConfig::load(&path, env)?);
-    refuse_shared_store(&config)?;
-    let store_path = config.agent.store_path.clone();
-    if let Some(parent) = std::path::Path::new(&store_path).parent()
-        && !parent.as_os_str().is_empty()
-    {
-        let _ = std::fs::create_dir_all(parent);
-    }
-    let options = EmbeddedOptions {
-        idempotency_ttl: config.agent.retention.get(),
-        ..EmbeddedOptions::default()
+    let agent_id = fleet::agent_id();
+    let store = AgentStore::open(&config, &agent_id).await?;
+    let fleet = match (
+        &store,
+        crate::agent::store::redis_options(&config, &agent_id)?,
+    ) {
+        (AgentStore::Redis(redis), Some(options)) => Some(Arc::new(
+            Fleet::join(redis.clone(), &options.url, &options.key_prefix, &config).await?,
+        )),
+        _ => None,
     };
-    let store = EmbeddedStore::open(&store_path, options)
-        .await
-        .map_err(|source| AgentError::Store {
-            path: store_path.clone(),
-            source,
-        })?;
     let listener = tokio::net::TcpListener::bind(&config.agent.listen)
         .await
         .map_err(|source| AgentError::Listen {
@@ -97,6 +91,7 @@ pub async fn start(
     let state = Arc::new(AppState {
         config: std::sync::RwLock::new(config.clone()),
         store,
+        fleet: fleet.clone(),
         metrics: config.agent.metrics.enabled.then(Metrics::new),
         http: crate::sink::http_client()?,
         dispatch: tx,
@@ -109,7 +104,7 @@ pub async fn start(
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(7);
-    let dispatch = DispatchLoop::new(state.clone(), &config, seed)?;
+    let dispatch = DispatchLoop::new(state.clone(), config.clone(), seed)?;
     let (stop, stop_rx) = watch::channel(false);
     let grace = config.agent.shutdown_grace.get();
     let task = tokio::spawn(serve(
@@ -121,7 +116,7 @@ pub async fn start(
         grace,
         path,
     ));
-    tracing::info!(%addr, entry_tier = %config.entry_tier, "herald agent listening");
+    tracing::info!(%addr, entry_tier = %config.entry_tier, store = state.store.kind(), agent = %agent_id, "herald agent listening");
     Ok(RunningAgent {
         addr,
         state,
@@ -142,6 +137,10 @@ async fn serve(
     let (loop_stop_tx, loop_stop_rx) = watch::channel(false);
     let dispatch_task = tokio::spawn(dispatch.run(rx, loop_stop_rx, grace));
     let (aux_stop_tx, aux_stop_rx) = watch::channel(false);
+    let fleet_task = state.fleet.clone().map(|f| {
+        let quiet = crate::agent::dispatch_loop::restart_quiet(&state.config());
+        tokio::spawn(fleet::run(state.clone(), f, quiet, aux_stop_rx.clone()))
+    });
     if let Some(source) = state.config().agent.config_map.clone() {
         tokio::spawn(watch_config_map(
             state.clone(),
@@ -169,8 +168,14 @@ async fn serve(
     });
     let served = server.await;
     let _ = aux_stop_tx.send(true);
+    if let Some(t) = fleet_task {
+        let _ = t.await;
+    }
     let _ = loop_stop_tx.send(true);
     let _ = dispatch_task.await;
+    if let Some(f) = &state.fleet {
+        fleet::hand_over(f).await;
+    }
     tracing::info!("herald agent stopped");
     served.map_err(AgentError::Serve)
 }
@@ -197,27 +202,6 @@ async fn watch_config(state: Arc<AppState>, path: PathBuf, mut stop: watch::Rece
             &path.display().to_string(),
         );
     }
-}
-
-/// Several agents on an embedded store would each pace the bot alone and
-/// together exceed its limit; until this agent runs on the Redis store, a
-/// tier that asks for it is refused rather than silently served alone — at
-/// start and on every reload.
-fn refuse_shared_store(config: &AgentConfig) -> Result<(), ConfigError> {
-    use crate::api::delivery_tier::StoreKind;
-    let asks: Vec<&str> = config
-        .tiers
-        .iter()
-        .filter(|t| t.policy.spec.store.kind == StoreKind::Redis)
-        .map(|t| t.policy.name.as_str())
-        .collect();
-    if asks.is_empty() {
-        return Ok(());
-    }
-    Err(ConfigError::Missing(format!(
-        "tier(s) {} ask for store.type redis, which this agent does not run yet (the Redis store is built but not wired in); use store.type embedded with one agent per bot",
-        asks.join(", ")
-    )))
 }
 
 /// In a cluster: follow the ConfigMap through the API, which is faster than
@@ -257,7 +241,7 @@ const POD_NAMESPACE_ENV: &str = "HERALD_POD_NAMESPACE";
 /// Install a newly loaded config, or log why it was refused; either way
 /// the agent keeps running.
 fn apply(state: &Arc<AppState>, loaded: Result<AgentConfig, ConfigError>, origin: &str) {
-    match loaded.and_then(|c| refuse_shared_store(&c).map(|()| c)) {
+    match loaded.and_then(|c| same_store(&state.config(), &c).map(|()| c)) {
         Ok(c) => {
             let c = Arc::new(c);
             state.set_config(c.clone());
@@ -277,6 +261,26 @@ fn apply(state: &Arc<AppState>, loaded: Result<AgentConfig, ConfigError>, origin
             tracing::error!(source = %origin, error = %e, "new configuration refused; the old one keeps running");
         }
     }
+}
+
+/// The queue an agent runs on is opened once: a reload that moves it (to
+/// another file, another Redis, the other kind) is refused, not half
+/// applied. Restart the agent to move its queue.
+fn same_store(old: &AgentConfig, new: &AgentConfig) -> Result<(), ConfigError> {
+    let store_of = |c: &AgentConfig| {
+        let tier = c.tier(&c.entry_tier).map(|t| t.policy.spec.store.clone());
+        let path = c.agent.store_path.clone();
+        let url = c
+            .tier(&c.entry_tier)
+            .and_then(|t| t.secrets.redis_url.as_ref().map(|u| u.expose().to_owned()));
+        (c.entry_tier.clone(), tier, path, url)
+    };
+    if store_of(old) == store_of(new) {
+        return Ok(());
+    }
+    Err(ConfigError::Missing(
+        "the new configuration moves the queue (entry tier, spec.store, storePath or the Redis URL changed); restart the agent to move it".to_owned(),
+    ))
 }
 
 /// Queue sizes only the store knows (dead letters), read from its counters.
@@ -324,7 +328,7 @@ async fn cleanup(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
 mod tests {
     use super::*;
 
-    fn config(store: &str) -> AgentConfig {
+    fn config(store: &str, url: &str) -> AgentConfig {
         let text = format!(
             "apiVersion: herald.dev/v1alpha1
 kind: DeliveryTier
@@ -335,19 +339,22 @@ spec:
   store: {store}
 "
         );
-        let env =
-            |k: &str| (k == "HERALD_SECRET_REDIS_URL").then(|| "redis://127.0.0.1:1/".to_owned());
+        let url = url.to_owned();
+        let env = move |k: &str| (k == "HERALD_SECRET_REDIS_URL").then(|| url.clone());
         AgentConfig::from_text(std::path::Path::new("t.yaml"), &text, &env).unwrap()
     }
 
     #[test]
-    fn a_tier_on_the_redis_store_is_refused_not_served_alone() {
-        assert!(refuse_shared_store(&config("{type: embedded}")).is_ok());
-        let e = refuse_shared_store(&config(
-            "{type: redis, redis: {urlSecretRef: {name: redis, key: url}}}",
-        ))
-        .unwrap_err();
-        assert!(e.to_string().contains("bots"), "{e}");
-        assert!(e.to_string().contains("store.type redis"), "{e}");
+    fn a_reload_that_moves_the_queue_is_refused() {
+        let redis = "{type: redis, redis: {urlSecretRef: {name: redis, key: url}}}";
+        let a = config(redis, "redis://127.0.0.1:1/");
+        assert!(same_store(&a, &config(redis, "redis://127.0.0.1:1/")).is_ok());
+        let e = same_store(&a, &config(redis, "redis://127.0.0.1:2/")).unwrap_err();
+        assert!(e.to_string().contains("restart the agent"), "{e}");
+        assert!(
+            !e.to_string().contains("127.0.0.1"),
+            "the URL may hold a password: {e}"
+        );
+        assert!(same_store(&a, &config("{type: embedded}", "")).is_err());
     }
 }

@@ -11,8 +11,10 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::agent::config::AgentConfig;
+use crate::agent::fleet::Fleet;
 use crate::agent::metrics::Metrics;
-use crate::store::{EmbeddedStore, MessageId, StoredMessage};
+use crate::agent::store::AgentStore;
+use crate::store::{MessageId, StoredMessage};
 
 /// How a message's life ended, for a Bot API caller waiting on it.
 #[derive(Clone, Debug)]
@@ -36,12 +38,17 @@ pub enum DispatchCmd {
     Degrade(Option<String>, oneshot::Sender<Result<(), String>>),
     /// A new configuration (hot reload).
     Reconfigure(Arc<AgentConfig>),
+    /// Redis store: another agent takes this queue partition; forget its
+    /// waiting messages and answer how many there were.
+    DropPartition(u32, oneshot::Sender<usize>),
 }
 
 /// Shared by every handler.
 pub struct AppState {
     pub config: RwLock<Arc<AgentConfig>>,
-    pub store: EmbeddedStore,
+    pub store: AgentStore,
+    /// The agents sharing the queue, on the Redis store.
+    pub fleet: Option<Arc<Fleet>>,
     /// `None` when the config turns metrics off (`spec.metrics.enabled`).
     pub metrics: Option<Metrics>,
     /// One HTTP connection pool for pass-through calls and receipts.

@@ -69,6 +69,11 @@ pub struct AgentSpec {
     /// Which queue partitions each track owns (Redis store only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partitions: Option<PartitionAssignment>,
+    /// Redis store only: how long a queue partition stays with an agent
+    /// that stopped renewing it (killed, frozen, cut off) before another
+    /// agent takes it over. Agents renew three times per period.
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl: DurationString,
 }
 
 /// A ConfigMap key holding the agent's config file.
@@ -154,6 +159,7 @@ impl Default for AgentSpec {
             config_map: None,
             track_env: None,
             partitions: None,
+            lease_ttl: default_lease_ttl(),
         }
     }
 }
@@ -243,6 +249,9 @@ fn default_env_prefix() -> String {
 }
 fn default_retention() -> DurationString {
     DurationString::lit("24h")
+}
+fn default_lease_ttl() -> DurationString {
+    DurationString::lit("10s")
 }
 fn default_grace() -> DurationString {
     DurationString::lit("10s")

@@ -163,6 +163,8 @@ pub struct TierSecrets {
     pub bot_token: Option<Secret>,
     /// For `webhook`: the HMAC key; requests are unsigned without it.
     pub hmac_secret: Option<Secret>,
+    /// For `store.type redis`: the URL, which may carry a password.
+    pub redis_url: Option<Secret>,
 }
 
 /// A sink could not be built from its settings. Never carries a secret or a
@@ -305,7 +307,7 @@ mod tests {
         assert!(matches!(err, SinkError::MissingSecret(_)));
         let secrets = TierSecrets {
             bot_token: Some(Secret::new("1:abc")),
-            hmac_secret: None,
+            ..TierSecrets::default()
         };
         let sink = Sink::from_spec(&s, secrets, &client).unwrap();
         assert_eq!(sink.channel(), Channel::Telegram);
@@ -320,8 +322,8 @@ mod tests {
         let err = Sink::from_spec(&w, TierSecrets::default(), &client).unwrap_err();
         assert!(matches!(err, SinkError::MissingSecret(_)));
         let secrets = TierSecrets {
-            bot_token: None,
             hmac_secret: Some(Secret::new("k")),
+            ..TierSecrets::default()
         };
         assert_eq!(
             Sink::from_spec(&w, secrets, &client).unwrap().channel(),

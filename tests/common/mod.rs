@@ -112,8 +112,14 @@ pub fn agent_in(dir: &Path, config: &str) -> Agent {
 }
 
 pub fn start_agent(dir: &Path, path: &Path) -> Agent {
+    start_agent_env(dir, path, &[])
+}
+
+/// As [`start_agent`], with extra environment variables.
+pub fn start_agent_env(dir: &Path, path: &Path, env: &[(&str, &str)]) -> Agent {
     let child = Command::new(bin())
         .args(["run", "-f", path.to_str().unwrap()])
+        .envs(env.iter().copied())
         .env("HERALD_SECRET_BOT_TOKEN", TOKEN)
         .env("HERALD_SECRET_ADMIN_TOKEN", ADMIN)
         .env("HERALD_SECRET_HOOK_KEY", "hmac-SECRET-key")

@@ -235,7 +235,11 @@ async fn retry_dead(State(state): State<Arc<AppState>>, body: Bytes) -> Response
             requeued.push(m);
         }
     }
-    let _ = state.dispatch.send(DispatchCmd::Enqueue(requeued)).await;
+    // On Redis the revived messages reach their partition's holder
+    // through the feed.
+    if state.store.enqueues_locally() {
+        let _ = state.dispatch.send(DispatchCmd::Enqueue(requeued)).await;
+    }
     axum::Json(json!({"requeued": ids.iter().map(|i| i.to_string()).collect::<Vec<_>>()}))
         .into_response()
 }

@@ -230,9 +230,10 @@ pub async fn store_batch(
         }
         out.push((stored, a.duplicate_of));
     }
-    if !fresh.is_empty() {
-        // The messages are durable already; if the loop is gone (shutdown)
-        // they are picked up from the store at the next start.
+    // The messages are durable already; if the loop is gone (shutdown)
+    // they are picked up from the store at the next start. On Redis the
+    // holder of each message's partition reads it from the feed instead.
+    if !fresh.is_empty() && state.store.enqueues_locally() {
         let _ = state.dispatch.send(DispatchCmd::Enqueue(fresh)).await;
     }
     Ok(out)

@@ -22,7 +22,18 @@ pub async fn healthz() -> Response {
 
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if state.is_ready() {
-        (StatusCode::OK, axum::Json(json!({"status": "ready"}))).into_response()
+        let mut body = json!({"status": "ready", "store": state.store.kind()});
+        // Still ready while Redis is away: what it already holds is sent
+        // within its local share, and ingest answers 503 until Redis is back.
+        if let Some(f) = &state.fleet {
+            body["redis"] = json!(f.link_state());
+            body["limiter"] = json!(if f.connected() {
+                "shared"
+            } else {
+                "local-share"
+            });
+        }
+        (StatusCode::OK, axum::Json(body)).into_response()
     } else {
         let why = if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
             "draining"
@@ -58,11 +69,26 @@ pub async fn details(State(state): State<Arc<AppState>>) -> Response {
     if let Some(telegram) = snapshot.as_ref().and_then(telegram_health) {
         dependencies["telegram"] = telegram;
     }
-    let body = json!({
+    let mut body = json!({
         "ready": state.is_ready(),
         "dispatcher": snapshot.unwrap_or_else(|| json!({"status": "unavailable"})),
         "dependencies": dependencies,
     });
+    if let Some(f) = &state.fleet {
+        // A shared dependency: the operator must not restart pods for it.
+        body["dependencies"]["redis"] = if f.connected() {
+            json!({"status": "ok", "link": f.link_state()})
+        } else {
+            json!({"status": "down", "link": f.link_state(), "reason": "Redis does not answer; sending within this agent's local share"})
+        };
+        body["fleet"] = json!({
+            "agent": f.store.agent_id(),
+            "live_agents": f.live(),
+            "partitions_held": f.held(),
+            "partitions": f.store.partitions(),
+            "limit_divisor": f.divisor(),
+        });
+    }
     let code = if stats.is_ok() {
         StatusCode::OK
     } else {

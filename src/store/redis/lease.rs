@@ -129,6 +129,29 @@ impl RedisStore {
             .collect()
     }
 
+    /// Whether this handle may send from `partition` now: it holds the
+    /// lease and the lease's local deadline (counted from before the last
+    /// acquire or renewal was sent, so never later than the server's
+    /// expiry) has not passed.
+    pub fn may_send(&self, partition: u32) -> bool {
+        let now = Instant::now();
+        self.leases()
+            .get(&partition)
+            .is_some_and(|held| held.deadline > now)
+    }
+
+    /// Partitions whose lease this handle had but did not renew in time:
+    /// another agent may hold them by now, so their messages must wait
+    /// until [`RedisStore::acquire`] gets them back (and reloads them).
+    pub fn lapsed(&self) -> Vec<u32> {
+        let now = Instant::now();
+        self.leases()
+            .iter()
+            .filter(|(_, held)| held.deadline <= now)
+            .map(|(partition, _)| *partition)
+            .collect()
+    }
+
     /// The token this handle holds for `partition`, expired locally or not:
     /// writes carry it and the server decides.
     pub(super) fn token_of(&self, partition: u32) -> Option<u64> {
