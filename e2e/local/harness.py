@@ -1,18 +1,23 @@
 """Real processes on loopback for the local e2e suite: the herald sandbox,
-herald agents and the webhook receiver, plus HTTP and bounded waiting.
+herald agents (alone or as a fleet on one Redis), `redis-server` and the
+webhook receiver, plus HTTP and bounded waiting.
 
 Owns: starting each process with its output in a log file under the run's
 temp dir, reading the address it announces, talking HTTP to it, and killing
 every process it started (`Processes.kill_all`, also on SIGINT/SIGTERM).
 Leaves: what to send and what to expect to `scenarios.py`.
 Invariant: everything binds 127.0.0.1 (port 0 where the program supports it,
-so there is no race for a port); every wait has a deadline; no process
-outlives the suite. Python 3 standard library only.
+so there is no race for a port; redis-server gets a port just released by
+the OS and is retried on another when it loses that race); every wait has a
+deadline; no process outlives the suite, stopped (SIGSTOP) ones included.
+Python 3 standard library only.
 """
 
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -29,6 +34,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 class Timeout(Exception):
     """A bounded wait ran out."""
+
+
+class MissingTool(Exception):
+    """A program the suite needs is not installed (a failure, never a skip)."""
 
 
 class Deadline:
@@ -105,6 +114,8 @@ class Proc:
         if not self.alive():
             return
         try:
+            # A stopped process acts on nothing but SIGKILL until continued.
+            self.popen.send_signal(signal.SIGCONT)
             self.popen.send_signal(signal.SIGTERM)
             self.popen.wait(timeout=grace)
         except subprocess.TimeoutExpired:
@@ -143,6 +154,8 @@ class Processes:
         for p in self.procs:
             if p.alive():
                 try:
+                    # A stopped process acts on nothing but SIGKILL until continued.
+                    p.popen.send_signal(signal.SIGCONT)
                     p.popen.send_signal(signal.SIGTERM)
                 except ProcessLookupError:
                     pass
@@ -265,12 +278,16 @@ class WebhookReceiver:
 
 
 class Agent:
-    """`herald run -f DIR/config.yaml` on the embedded store in DIR."""
+    """`herald run -f DIR/config.yaml`, its store whatever the config names;
+    `name` labels its logs (DIR/<name>-<start>.log), `env` is added to its
+    environment."""
 
-    def __init__(self, procs, herald, workdir, config_text):
+    def __init__(self, procs, herald, workdir, config_text, name="agent", env=None):
         self.procs = procs
         self.herald = herald
         self.dir = workdir
+        self.name = name
+        self.env = dict(env or {})
         self.config = os.path.join(workdir, "config.yaml")
         self.starts = 0
         self.write_config(config_text)
@@ -285,19 +302,16 @@ class Agent:
 
     def start(self):
         self.starts += 1
-        log = os.path.join(self.dir, "agent-%d.log" % self.starts)
-        self.proc = self.procs.start(
-            "agent",
-            [self.herald, "run", "-f", self.config],
-            log,
-            {
-                "HERALD_SECRET_BOT_TOKEN": BOT_TOKEN,
-                "HERALD_SECRET_ADMIN_TOKEN": ADMIN_TOKEN,
-                "HERALD_SECRET_HOOK_KEY": WEBHOOK_KEY,
-                "RUST_LOG": "info",
-                "HERALD_LOG_FORMAT": "text",
-            },
-        )
+        log = os.path.join(self.dir, "%s-%d.log" % (self.name, self.starts))
+        env = {
+            "HERALD_SECRET_BOT_TOKEN": BOT_TOKEN,
+            "HERALD_SECRET_ADMIN_TOKEN": ADMIN_TOKEN,
+            "HERALD_SECRET_HOOK_KEY": WEBHOOK_KEY,
+            "RUST_LOG": "info",
+            "HERALD_LOG_FORMAT": "text",
+        }
+        env.update(self.env)
+        self.proc = self.procs.start(self.name, [self.herald, "run", "-f", self.config], log, env)
         line = self.proc.wait_line("herald agent on http://", 30)
         self.url = line[line.index("http://") :].split()[0]
         Deadline(30).wait("agent /readyz", lambda: http("GET", self.url + "/readyz")[0] == 200)
@@ -326,6 +340,25 @@ class Agent:
             out[s] = out.get(s, 0) + 1
         return out
 
+    def details(self):
+        """`GET /healthz/details` as a dict ({} when it does not answer)."""
+        status, body = http("GET", self.url + "/healthz/details")
+        return body if status in (200, 503) and isinstance(body, dict) else {}
+
+    def delivered_total(self):
+        """This agent's `herald_messages_delivered_total`, summed over its labels."""
+        status, text = http("GET", self.url + "/metrics")
+        if status != 200 or not isinstance(text, str):
+            return 0
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith("herald_messages_delivered_total"):
+                try:
+                    total += float(line.rsplit(None, 1)[1])
+                except (IndexError, ValueError):
+                    pass
+        return int(total)
+
     def admin(self, method, path, body=None):
         return http(
             method,
@@ -345,6 +378,197 @@ class Agent:
             timeout=30,
         )
         return r.returncode, r.stdout + r.stderr
+
+
+class RedisServer:
+    """`redis-server` on 127.0.0.1, data in DIR/redis, log in DIR/redis.log.
+
+    The port is one the OS just handed out and released; when another
+    process takes it first, redis-server exits and a new port is tried."""
+
+    def __init__(self, procs, workdir, appendonly=False, attempts=5):
+        binary = shutil.which("redis-server")
+        if not binary:
+            raise MissingTool(
+                "redis-server is not on PATH: the Redis scenarios need a real one and fail "
+                "without it, they never skip (Debian/Ubuntu: apt-get install -y redis-server)"
+            )
+        self.dir = os.path.join(workdir, "redis")
+        os.makedirs(self.dir, exist_ok=True)
+        log = os.path.join(workdir, "redis.log")
+        why = "no attempt"
+        for _ in range(attempts):
+            port = free_port()
+            argv = [
+                binary,
+                "--bind", "127.0.0.1",
+                "--port", str(port),
+                "--protected-mode", "yes",
+                "--save", "",
+                "--appendonly", "yes" if appendonly else "no",
+                "--dir", self.dir,
+            ]  # fmt: skip
+            proc = procs.start("redis", argv, log)
+            end = time.monotonic() + 10
+            while proc.alive() and time.monotonic() < end and not redis_ping(port):
+                time.sleep(0.05)
+            if proc.alive() and redis_ping(port):
+                self.proc, self.port = proc, port
+                self.url = "redis://127.0.0.1:%d/" % port
+                return
+            why = "port %d: %s" % (port, proc.tail(3) or "no answer to PING within 10s")
+            proc.stop()
+        raise RuntimeError("redis-server did not start (%s)" % why)
+
+    def pause(self):
+        """SIGSTOP: Redis keeps its connections but answers nothing."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self):
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+    def ping(self):
+        return redis_ping(self.port)
+
+
+def free_port():
+    """A loopback port the OS just handed out (and that is free again now)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redis_ping(port, timeout=0.5):
+    """One inline PING over a plain socket; True on +PONG."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class Fleet:
+    """`n` agents of one tier on one Redis queue: agent i runs in
+    DIR/e2e-agent-i with HERALD_POD_NAME=e2e-agent-i and reads the Redis URL
+    from its secrets dir (secrets/redis/url)."""
+
+    def __init__(self, procs, herald, workdir, sandbox_url, redis, n, partitions=16):
+        self.partitions = partitions
+        self.agents = []
+        for i in range(n):
+            name = "e2e-agent-%d" % i
+            d = os.path.join(workdir, name)
+            os.makedirs(os.path.join(d, "secrets", "redis"))
+            with open(os.path.join(d, "secrets", "redis", "url"), "w", encoding="utf-8") as f:
+                f.write(redis.url)
+            config = fleet_agent_config(d, sandbox_url, n, partitions)
+            self.agents.append(Agent(procs, herald, d, config, name, {"HERALD_POD_NAME": name}))
+
+    def live(self):
+        return [a for a in self.agents if a.proc.alive()]
+
+    def details(self):
+        return [a.details() for a in self.live()]
+
+    def settled(self):
+        """Every live agent sees all the others, each holds some partitions,
+        and together they hold every partition."""
+        d = self.details()
+        n = len(d)
+        fleets = [x.get("fleet") or {} for x in d]
+        return (
+            n > 0
+            and all(f.get("live_agents") == n for f in fleets)
+            and all((f.get("partitions_held") or 0) > 0 for f in fleets)
+            and sum(f.get("partitions_held") or 0 for f in fleets) == self.partitions
+        )
+
+    def summary(self):
+        """One line per live agent: name, live agents seen, partitions held,
+        limit divisor, Redis status (for failure messages and details)."""
+        out = []
+        for d in self.details():
+            f = d.get("fleet") or {}
+            r = (d.get("dependencies") or {}).get("redis") or {}
+            out.append(
+                "%s: live %s, held %s/%s, divisor %s, redis %s"
+                % (
+                    f.get("agent"),
+                    f.get("live_agents"),
+                    f.get("partitions_held"),
+                    f.get("partitions"),
+                    f.get("limit_divisor"),
+                    r.get("status"),
+                )
+            )
+        return "; ".join(out) or "no agent answers"
+
+    def send(self, messages, batch=100):
+        """Accepts `messages` in batches taken in turn by each live agent;
+        returns their ids in order."""
+        agents = self.live()
+        ids = []
+        for k, i in enumerate(range(0, len(messages), batch)):
+            ids += agents[k % len(agents)].send(messages[i : i + batch])
+        return ids
+
+
+# A fleet agent's lease: short, so that a lost agent's partitions move
+# within seconds.
+LEASE_TTL_S = 3
+
+
+def fleet_agent_config(workdir, sandbox_url, replicas, partitions):
+    """A fleet agent's config: tier `tg` on the Redis store, `replicas`
+    agents, a RateLimitPolicy whose limiter lives in Redis and falls back to
+    this agent's share of it while Redis is away."""
+    return """apiVersion: herald.dev/v1alpha1
+kind: Agent
+metadata: {{name: e2e}}
+spec:
+  listen: 127.0.0.1:0
+  entryTier: tg
+  storePath: {store}
+  leaseTtl: {ttl}s
+  adminTokenRef: {{name: admin, key: token}}
+  secrets: {{dir: {secrets}, envPrefix: HERALD_SECRET_}}
+  shutdownGrace: 5s
+---
+apiVersion: herald.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: {{name: bot-limits}}
+spec:
+  global: {{rate: 30, period: 1s, burst: 1}}
+  perChat: {{rate: 1, period: 1s, burst: 1}}
+  perGroup: {{rate: 20, period: 1m, burst: 1}}
+  backend: redis
+  fallback: local-share
+---
+apiVersion: herald.dev/v1alpha1
+kind: DeliveryTier
+metadata: {{name: tg}}
+spec:
+  channel: telegram
+  telegram:
+    tokenSecretRef: {{name: bot, key: token}}
+    apiUrl: {api}
+  priority: 200
+  replicas: {replicas}
+  rateLimitPolicyRef: {{name: bot-limits}}
+  store:
+    type: redis
+    redis:
+      urlSecretRef: {{name: redis, key: url}}
+      partitions: {partitions}
+""".format(
+        store=os.path.join(workdir, "unused.redb"),
+        ttl=LEASE_TTL_S,
+        secrets=os.path.join(workdir, "secrets"),
+        api=sandbox_url,
+        replicas=replicas,
+        partitions=partitions,
+    )
 
 
 def agent_config(workdir, sandbox_url, tier_extra="", extra_docs=""):

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """The local e2e suite: herald's whole data path with real processes on
-loopback, one fresh sandbox/agent (and webhook receiver) per scenario.
+loopback, one fresh sandbox and agent (or a fleet of agents on a fresh
+redis-server, or a webhook receiver beside them) per scenario.
 
 Owns: the scenarios, their verdicts and the pass/fail table.
 Leaves: process handling, HTTP and waiting to `harness.py`.
@@ -27,6 +28,8 @@ from harness import Deadline, Timeout, agent_config, max_in_window  # noqa: E402
 # Telegram's limits, as the sandbox judges them by default.
 PER_BOT_PER_SECOND = 30
 PER_CHAT_PER_SECOND = 1
+# The Redis scenarios' queue partitions.
+FLEET_PARTITIONS = 16
 
 
 class Failed(Exception):
@@ -57,6 +60,22 @@ class Context:
 
     def webhook(self):
         return harness.WebhookReceiver(self.procs, self.dir)
+
+    def redis(self):
+        return harness.RedisServer(self.procs, self.dir)
+
+    def fleet(self, sandbox, redis, n):
+        """`n` agents on `redis`, waited for until they have split the
+        partitions; returns (fleet, seconds from the first start to settled)."""
+        started = time.monotonic()
+        fleet = harness.Fleet(
+            self.procs, self.herald, self.dir, sandbox.url, redis, n, FLEET_PARTITIONS
+        )
+        try:
+            self.wait("the %d agents to split the partitions" % n, fleet.settled, limit=30, every=0.2)
+        except Timeout as e:
+            raise Failed("%s: %s" % (e, fleet.summary()))
+        return fleet, time.monotonic() - started
 
     def wait(self, what, check_fn, limit=None, every=0.2):
         return self.deadline.wait(what, check_fn, limit, every)
@@ -322,17 +341,207 @@ def reload(ctx):
 
 
 # --------------------------------------------------------------------- Redis
-# The Redis-backed agent (several agents on one shared queue and one shared
-# limiter) is not wired into `herald run` yet. Its scenarios belong here and
-# run against a real `redis-server` started by the harness once it is:
-#   - redis_shared_limit: two agents drain one burst; the sandbox sees the
-#     sum of both at most 30/s and no 429.
-#   - redis_agent_loss: kill -9 one of two agents; its partitions move to the
-#     other after the lease expires; nothing accepted is lost.
-#   - redis_outage: stop redis-server mid-drain; the agents fall back to a
-#     local share of the limit, then resume on the shared queue.
+# Several `herald run` agents of one tier on one real redis-server: one shared
+# queue (16 partitions, leased), one shared limiter (30/s for the bot), and a
+# local share of the limit while Redis does not answer.
 
-REDIS_PENDING = "the Redis-backed agent is not wired into `herald run` yet"
+
+def fleet_messages(prefix, n, chats, first_chat):
+    """`n` messages over `chats` chats; texts `<prefix>-<i>` in accept order."""
+    return [{"chat_id": first_chat + i % chats, "text": "%s-%d" % (prefix, i)} for i in range(n)]
+
+
+def distinct_arrived(sb, sent):
+    return len(set(texts_of(sb.messages())) & {m["text"] for m in sent})
+
+
+def check_fleet_delivery(sb, sent, max_duplicates):
+    """Every message of `sent` reached the sandbox, the first arrival of each
+    chat's messages keeps accept order (a repeat after a takeover may come
+    later), within the bot's and the chats' limits and without a 429.
+    Returns (arrivals, counters, max 1-s window, duplicates)."""
+    got = sb.messages()
+    texts = texts_of(got)
+    missing = {m["text"] for m in sent} - set(texts)
+    check(not missing, "%d never reached the sandbox: %s" % (len(missing), sorted(missing)[:5]))
+    duplicates = len(texts) - len(set(texts))
+    check(
+        duplicates <= max_duplicates,
+        "%d duplicate deliveries (at most %d allowed)" % (duplicates, max_duplicates),
+    )
+    seen, last = set(), {}
+    for m in got:
+        if m["text"] in seen:
+            continue
+        seen.add(m["text"])
+        k = int(m["text"].rsplit("-", 1)[1])
+        check(last.get(m["chat_id"], -1) < k, "chat %s out of order at %s" % (m["chat_id"], k))
+        last[m["chat_id"]] = k
+    c = sb.counters()
+    check(c.get("rejected_429") == 0, "429s: %s" % c.get("rejected_429_by_cause"))
+    window = max_in_window(sorted(m["arrival_ns"] for m in got))
+    check(window <= PER_BOT_PER_SECOND, "%d sends in one 1-s window" % window)
+    check(
+        c.get("max_per_bot_per_1s", 99) <= PER_BOT_PER_SECOND
+        and c.get("max_per_chat_per_1s", 99) <= PER_CHAT_PER_SECOND,
+        "sandbox maxima: bot %s/s, chat %s/s"
+        % (c.get("max_per_bot_per_1s"), c.get("max_per_chat_per_1s")),
+    )
+    return got, c, window, duplicates
+
+
+def wait_all_arrived(ctx, sb, sent):
+    ctx.wait(
+        "%d messages at the sandbox" % len(sent),
+        lambda: distinct_arrived(sb, sent) == len(sent),
+        limit=60,
+        every=0.5,
+    )
+
+
+def all_delivered_state(ctx, agent, ids):
+    """Waits until `agent` (any of the fleet: the queue is shared) reports
+    every id `delivered`."""
+    ctx.wait(
+        "every message delivered according to %s" % agent.name,
+        lambda: agent.states(ids).get("delivered") == len(ids),
+        limit=20,
+        every=1,
+    )
+
+
+def span_of(got):
+    return max(1e-9, (got[-1]["arrival_ns"] - got[0]["arrival_ns"]) / 1e9)
+
+
+def redis_shared_limit(ctx):
+    """Two agents on one Redis drain 450 messages accepted by both: all
+    delivered once, in per-chat order, both agents deliver, and the bot
+    stays within 30/s in total with no 429."""
+    n, chats = 450, 45
+    redis = ctx.redis()
+    sb = ctx.sandbox()
+    fleet, settled = ctx.fleet(sb, redis, 2)
+    held = [(d.get("fleet") or {}).get("partitions_held") for d in fleet.details()]
+    sent = fleet_messages("shared", n, chats, 7000)
+    ids = fleet.send(sent)
+    check(len(ids) == n, "accepted %d of %d" % (len(ids), n))
+    wait_all_arrived(ctx, sb, sent)
+    all_delivered_state(ctx, fleet.agents[1], ids)
+    got, c, window, _ = check_fleet_delivery(sb, sent, max_duplicates=0)
+    by_agent = [a.delivered_total() for a in fleet.agents]
+    check(all(k > 0 for k in by_agent), "not every agent delivered: %s" % by_agent)
+    check(sum(by_agent) == n, "the agents count %s deliveries for %d messages" % (by_agent, n))
+    span = span_of(got)
+    return (
+        "%d/%d over %.1fs (%.1f msg/s, %.0f%% of 30/s), delivered %s by 2 agents holding %s "
+        "partitions (settled %.1fs after start), 0x429, max 1-s window %d, max per chat %s/s"
+        % (n, n, span, (n - 1) / span, 100 * (n - 1) / span / PER_BOT_PER_SECOND,
+           "+".join(map(str, by_agent)), "+".join(map(str, held)), settled, window,
+           c.get("max_per_chat_per_1s"))
+    )  # fmt: skip
+
+
+def redis_agent_loss(ctx):
+    """kill -9 of one of three agents mid-drain: the two survivors take all
+    16 partitions once its leases run out (3 s), and every accepted message
+    is delivered, within the limits, with no 429; duplicates at most one
+    second of sends."""
+    n, chats = 300, 60
+    redis = ctx.redis()
+    sb = ctx.sandbox()
+    fleet, _ = ctx.fleet(sb, redis, 3)
+    sent = fleet_messages("loss", n, chats, 8000)
+    ids = fleet.send(sent)
+    check(len(ids) == n, "accepted %d of %d" % (len(ids), n))
+    ctx.wait("60 deliveries before the kill", lambda: sb.delivered() >= 60, limit=30, every=0.1)
+    victim = fleet.agents[1]
+    victim_held = (victim.details().get("fleet") or {}).get("partitions_held")
+    victim.proc.kill9()
+    killed_at = time.monotonic()
+    at_kill = sb.delivered()
+    check(at_kill < n, "everything was delivered before the kill (%d)" % at_kill)
+    try:
+        ctx.wait("the survivors to take every partition", fleet.settled, limit=20, every=0.1)
+    except Timeout as e:
+        raise Failed("%s: %s" % (e, fleet.summary()))
+    takeover = time.monotonic() - killed_at
+    after = [(d.get("fleet") or {}).get("partitions_held") for d in fleet.details()]
+    wait_all_arrived(ctx, sb, sent)
+    all_delivered_state(ctx, fleet.live()[0], ids)
+    got, c, window, duplicates = check_fleet_delivery(sb, sent, max_duplicates=PER_BOT_PER_SECOND)
+    return (
+        "killed %s (%s partitions) at %d/%d delivered; the 2 survivors held all %d (%s) "
+        "%.1fs after the kill; %d/%d delivered over %.1fs (%.1f msg/s), %d duplicate(s), "
+        "0x429, max 1-s window %d"
+        % (victim.name, victim_held, at_kill, n, FLEET_PARTITIONS, "+".join(map(str, after)),
+           takeover, n, n, span_of(got), (len(got) - 1) / span_of(got), duplicates, window)
+    )  # fmt: skip
+
+
+def redis_outage(ctx):
+    """redis-server frozen (SIGSTOP) for 8 s mid-drain, then continued: the
+    agents switch to their local share of the limit and send until their
+    leases lapse (3 s), then return to the shared queue; every message
+    delivered, no 429, no 1-s window above 30, Redis ok again on both."""
+    n, chats, frozen, lease = 450, 45, 8.0, harness.LEASE_TTL_S
+    redis = ctx.redis()
+    sb = ctx.sandbox()
+    fleet, _ = ctx.fleet(sb, redis, 2)
+    sent = fleet_messages("outage", n, chats, 9000)
+    ids = fleet.send(sent)
+    check(len(ids) == n, "accepted %d of %d" % (len(ids), n))
+    ctx.wait("60 deliveries before the outage", lambda: sb.delivered() >= 60, limit=30, every=0.1)
+    check(ctx.deadline.left() > frozen + 30, "no time left for the outage")
+    redis.pause()
+    paused_at, paused_wall = time.monotonic(), time.time()
+    at_pause = sb.delivered()
+    # What each agent's readyz says while Redis is away.
+    modes = {a.name: set() for a in fleet.agents}
+    try:
+        while time.monotonic() - paused_at < frozen:
+            for a in fleet.agents:
+                _, body = harness.http("GET", a.url + "/readyz", timeout=2)
+                if isinstance(body, dict):
+                    modes[a.name].add(body.get("limiter"))
+            time.sleep(0.5)
+    finally:
+        redis.resume()
+    resumed_at, resumed_wall = time.monotonic(), time.time()
+    held_out = resumed_at - paused_at
+    lost = [k for k, v in sorted(modes.items()) if "local-share" not in v]
+    check(not lost, "%s never reported limiter local-share while Redis was stopped" % lost)
+
+    def redis_ok_everywhere():
+        d = fleet.details()
+        return len(d) == 2 and all(
+            ((x.get("dependencies") or {}).get("redis") or {}).get("status") == "ok" for x in d
+        )
+
+    try:
+        ctx.wait("both agents to report Redis ok", redis_ok_everywhere, limit=30, every=0.2)
+    except Timeout as e:
+        raise Failed("%s: %s" % (e, fleet.summary()))
+    back = time.monotonic() - resumed_at
+    wait_all_arrived(ctx, sb, sent)
+    all_delivered_state(ctx, fleet.agents[0], ids)
+    try:
+        ctx.wait("the fleet to settle again", fleet.settled, limit=20)
+    except Timeout as e:
+        raise Failed("%s: %s" % (e, fleet.summary()))
+    # Only what was sent while Redis could not record it may be sent twice.
+    at_ms = [m["arrival_unix_ms"] / 1000.0 for m in sb.messages()]
+    early = sum(1 for t in at_ms if paused_wall <= t < paused_wall + lease)
+    late = sum(1 for t in at_ms if paused_wall + lease <= t < resumed_wall)
+    got, c, window, duplicates = check_fleet_delivery(sb, sent, max_duplicates=early + late)
+    first_after = min((t for t in at_ms if t >= resumed_wall), default=resumed_wall) - resumed_wall
+    return (
+        "Redis stopped at %d/%d for %.1fs: both agents went local-share; %d sent in its "
+        "first %.0fs (%.1f/s), %d after the leases lapsed; Redis ok on both %.1fs and sending "
+        "again %.1fs after SIGCONT; %d/%d delivered, %d duplicate(s), 0x429, max 1-s window %d"
+        % (at_pause, n, held_out, early, lease, early / lease, late, back, first_after, n, n,
+           duplicates, window)
+    )  # fmt: skip
 
 
 # -------------------------------------------------------------------- runner
@@ -344,9 +553,9 @@ SCENARIOS = [
     ("kill-9", kill_9, 100, None),
     ("dead-letters", dead_letters, 75, None),
     ("reload", reload, 45, None),
-    ("redis-shared-limit", None, 0, REDIS_PENDING),
-    ("redis-agent-loss", None, 0, REDIS_PENDING),
-    ("redis-outage", None, 0, REDIS_PENDING),
+    ("redis-shared-limit", redis_shared_limit, 90, None),
+    ("redis-agent-loss", redis_agent_loss, 90, None),
+    ("redis-outage", redis_outage, 90, None),
 ]
 
 
@@ -358,7 +567,7 @@ def run_one(herald, root, name, fn, budget, keep):
     try:
         details = fn(ctx)
         result = "PASS"
-    except (Failed, Timeout) as e:
+    except (Failed, Timeout, harness.MissingTool) as e:
         result, details = "FAIL", str(e)
     except Exception as e:  # noqa: BLE001 (a crash is a failed scenario, not a crashed suite)
         result, details = "FAIL", "%s: %s" % (type(e).__name__, e)
