@@ -132,7 +132,10 @@ impl AgentConfig {
             {
                 s.hmac_secret = Some(secrets::resolve(&agent.secrets, r, env)?);
             }
-            if t.spec.store.kind == crate::api::delivery_tier::StoreKind::Redis
+            // Only the entry tier's store is opened (messages are stored
+            // once, whichever tier sends them).
+            if t.name == entry_tier
+                && t.spec.store.kind == crate::api::delivery_tier::StoreKind::Redis
                 && let Some(r) = t.spec.store.redis.as_ref()
             {
                 s.redis_url = Some(secrets::resolve(&agent.secrets, &r.url_secret_ref, env)?);
