@@ -360,6 +360,11 @@ fn families() -> &'static BTreeMap<String, Family> {
         add(&mut f, &m.delivery_seconds);
         add(&mut f, &m.accept_seconds);
         add(&mut f, &m.config_reloads);
+        add(&mut f, &m.fleet_agents);
+        add(&mut f, &m.fleet_partitions);
+        add(&mut f, &m.redis_up);
+        add(&mut f, &m.limiter_mode);
+        add(&mut f, &m.shared_refusals);
         f
     })
 }

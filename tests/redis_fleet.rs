@@ -160,6 +160,20 @@ impl Fleet {
         counters(self.sandbox_port)
     }
 
+    /// Waits until `n` distinct messages arrived. Polls gently: the
+    /// sandbox answers from the same two cores the agents send from, and a
+    /// busy referee stamps arrivals late and bunched.
+    fn wait_delivered(&self, n: usize, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.delivered() as usize >= n && distinct(self) >= n {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        false
+    }
+
     fn delivered(&self) -> u64 {
         self.counters()["delivered"].as_u64().unwrap_or(0)
     }
@@ -256,6 +270,21 @@ impl Fleet {
         );
         let c = self.counters();
         if c["rejected_429"] != 0 {
+            // Kept for a post-mortem: what arrived when, and each agent's log.
+            let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+                "redis-fleet-{}",
+                std::thread::current().name().unwrap_or("test")
+            ));
+            let _ = std::fs::create_dir_all(&dir);
+            let (_, messages) = get(&format!(
+                "http://127.0.0.1:{}/sandbox/messages?since=0",
+                self.sandbox_port
+            ));
+            let _ = std::fs::write(dir.join("sandbox-messages.json"), messages);
+            for (i, a) in self.live().enumerate() {
+                let _ = std::fs::write(dir.join(format!("agent-{i}.log")), a.proc.log());
+            }
+            eprintln!("post-mortem files in {}", dir.display());
             for a in self.live() {
                 for line in a.proc.log().lines().filter(|l| {
                     l.contains("modes changed")
@@ -319,7 +348,7 @@ fn three_agents_deliver_as_one_bot() {
     let ids = fleet.send(3000, 300, 0);
     assert_eq!(ids.len(), 3000);
     assert!(
-        eventually(Duration::from_secs(300), || fleet.delivered() >= 3001),
+        fleet.wait_delivered(3001, Duration::from_secs(300)),
         "not all delivered: {}",
         fleet.counters()
     );
@@ -347,7 +376,7 @@ fn three_agents_deliver_as_one_bot() {
 fn a_killed_agent_partitions_are_taken_over_and_nothing_is_lost() {
     let mut fleet = Fleet::start(3, Persistence::None);
     fleet.send(900, 90, 0);
-    assert!(eventually(Duration::from_secs(60), || fleet.delivered() >= 150));
+    assert!(fleet.wait_delivered(150, Duration::from_secs(60)));
     let victim = fleet.agents[1].take().unwrap();
     let mut proc = victim.proc;
     let killed_at = Instant::now();
@@ -367,8 +396,32 @@ fn a_killed_agent_partitions_are_taken_over_and_nothing_is_lost() {
         takeover <= LEASE_TTL + Duration::from_secs(1),
         "takeover took {takeover:?}"
     );
+
+    // SIGTERM hands the leases over at once: the last agent holds every
+    // partition well before the leaving agent's leases could have run out
+    // (at least `LEASE_TTL` minus one round after its last renewal).
+    let leaving = fleet.agents[2].take().unwrap();
+    let mut proc = leaving.proc;
+    let status = sigterm(&mut proc, Duration::from_secs(20));
     assert!(
-        eventually(Duration::from_secs(120), || fleet.delivered() >= 900),
+        status.is_some_and(|s| s.success()),
+        "SIGTERM exit: {status:?}"
+    );
+    let exited = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(20), || fleet.settled(1)),
+        "the last agent never took every partition: {:?}",
+        fleet.details()
+    );
+    let handover = exited.elapsed();
+    eprintln!("takeover after SIGTERM: {handover:?}");
+    assert!(
+        handover < Duration::from_millis(1500),
+        "handover took {handover:?}: the leases were not released"
+    );
+
+    assert!(
+        fleet.wait_delivered(900, Duration::from_secs(120)),
         "not all delivered after the kill: {}",
         fleet.counters()
     );
@@ -381,15 +434,14 @@ fn a_killed_agent_partitions_are_taken_over_and_nothing_is_lost() {
 fn redis_frozen_for_15_s_loses_nothing_and_keeps_the_limit() {
     let fleet = Fleet::start(3, Persistence::None);
     fleet.send(900, 90, 0);
-    assert!(eventually(Duration::from_secs(60), || fleet.delivered() >= 150));
+    assert!(fleet.wait_delivered(150, Duration::from_secs(60)));
     fleet.redis.pause().unwrap();
     std::thread::sleep(Duration::from_secs(15));
     let during = fleet.delivered();
     fleet.redis.resume().unwrap();
     eprintln!("delivered while Redis was stopped (local share): {during}");
     assert!(
-        eventually(Duration::from_secs(180), || fleet.delivered() >= 900
-            && distinct(&fleet) >= 900),
+        fleet.wait_delivered(900, Duration::from_secs(180)),
         "not all delivered after Redis came back: {}",
         fleet.counters()
     );
@@ -407,12 +459,12 @@ fn redis_frozen_for_15_s_loses_nothing_and_keeps_the_limit() {
 fn redis_killed_and_restarted_on_its_data_loses_nothing() {
     let mut fleet = Fleet::start(3, Persistence::AofEverySec);
     fleet.send(600, 60, 0);
-    assert!(eventually(Duration::from_secs(60), || fleet.delivered() >= 100));
+    assert!(fleet.wait_delivered(100, Duration::from_secs(60)));
     fleet.redis.kill().unwrap();
     std::thread::sleep(Duration::from_secs(5));
     fleet.redis.restart().unwrap();
     assert!(
-        eventually(Duration::from_secs(180), || distinct(&fleet) >= 600),
+        fleet.wait_delivered(600, Duration::from_secs(180)),
         "not all delivered after Redis restarted: {}",
         fleet.counters()
     );
@@ -421,14 +473,14 @@ fn redis_killed_and_restarted_on_its_data_loses_nothing() {
     fleet.check_all_arrived_in_order(600);
     // Ingest works again once Redis is back.
     fleet.send(30, 30, 600);
-    assert!(eventually(Duration::from_secs(60), || distinct(&fleet) >= 630));
+    assert!(fleet.wait_delivered(630, Duration::from_secs(60)));
 }
 
 #[test]
 fn a_frozen_agent_that_lost_its_leases_cannot_ack_late() {
     let fleet = Fleet::start(3, Persistence::None);
     fleet.send(600, 60, 0);
-    assert!(eventually(Duration::from_secs(60), || fleet.delivered() >= 60));
+    assert!(fleet.wait_delivered(60, Duration::from_secs(60)));
     let frozen = fleet.agents[0].as_ref().unwrap();
     let pid = frozen.proc.child.id();
     signal(pid, "-STOP");
@@ -436,7 +488,7 @@ fn a_frozen_agent_that_lost_its_leases_cannot_ack_late() {
     std::thread::sleep(LEASE_TTL * 3);
     signal(pid, "-CONT");
     assert!(
-        eventually(Duration::from_secs(120), || distinct(&fleet) >= 600),
+        fleet.wait_delivered(600, Duration::from_secs(120)),
         "not all delivered: {}",
         fleet.counters()
     );

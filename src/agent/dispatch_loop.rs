@@ -81,7 +81,8 @@ enum Unsent {
     Lapsed(u32),
 }
 
-/// How far ahead a shared decision may reserve a slot: enough that agents
+/// How far ahead a shared decision may reserve a slot at most (less when
+/// the chat guard is thinner, see [`SendDelay`]): enough that agents
 /// queue for the next global slot instead of polling for it, short enough
 /// that a send never sleeps long on a reservation.
 const SHARED_HORIZON: Duration = Duration::from_millis(50);
@@ -446,6 +447,7 @@ impl DispatchLoop {
                 bot: self.tier_names.get(tier).cloned().unwrap_or_default(),
                 limits: *limits,
                 priority,
+                delay: SendDelay::for_limits(limits),
             })),
         }
     }
@@ -956,6 +958,45 @@ struct SharedAsk {
     bot: String,
     limits: Limits,
     priority: Priority,
+    /// How long after its local admission the send may still leave.
+    delay: SendDelay,
+}
+
+/// How long the shared decision may hold a send that the local limiter
+/// already admitted.
+///
+/// The local limiter charged the chat's cell at admission; the chat's next
+/// message may leave one guarded interval later with no wait at all. If
+/// this one left more than the chat key's guard after its admission, the
+/// two would reach the API closer than the chat limit allows. So the
+/// reservation horizon plus the allowed lateness stay within the guard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct SendDelay {
+    horizon: Duration,
+    late: Duration,
+}
+
+impl SendDelay {
+    /// For a tier's limits: the smallest guard of its chat and group keys
+    /// bounds the delay; without such keys the defaults apply.
+    fn for_limits(limits: &Limits) -> SendDelay {
+        let guard = [limits.per_chat, limits.per_group]
+            .into_iter()
+            .flatten()
+            .map(|l| Duration::from_nanos(l.cell().interval).saturating_sub(l.nominal_interval()))
+            .min();
+        let Some(guard) = guard else {
+            return SendDelay {
+                horizon: SHARED_HORIZON,
+                late: SHARED_LATE_LIMIT,
+            };
+        };
+        // Half the guard for lateness at most, and a fifth kept for the
+        // decision's round trip and the timer.
+        let late = SHARED_LATE_LIMIT.min(guard / 2);
+        let horizon = SHARED_HORIZON.min(guard.saturating_sub(late).saturating_sub(guard / 5));
+        SendDelay { horizon, late }
+    }
 }
 
 impl SendGate {
@@ -966,6 +1007,7 @@ impl SendGate {
             bot,
             limits,
             priority,
+            delay,
         } = match self {
             SendGate::Open => return None,
             SendGate::Paused => return Some(PAUSED_RETRY),
@@ -978,7 +1020,7 @@ impl SendGate {
         let ask = Ask {
             bot: &bot,
             checks: &checks,
-            horizon: SHARED_HORIZON,
+            horizon: delay.horizon,
         };
         match fleet.limiter.decide(ask).await {
             Ok(SharedDecision::Admitted { wait }) => {
@@ -989,7 +1031,7 @@ impl SendGate {
                 // with the next agents' sends. Its slot is given up and
                 // the send asks again.
                 let late = due.elapsed();
-                if late > SHARED_LATE_LIMIT {
+                if late > delay.late {
                     tracing::debug!(
                         late_ms = late.as_millis() as u64,
                         "a shared slot passed before the send; asking again"
@@ -1000,7 +1042,7 @@ impl SendGate {
             }
             Ok(SharedDecision::Refused { retry_after, .. }) => Some(
                 retry_after
-                    .saturating_sub(SHARED_HORIZON)
+                    .saturating_sub(delay.horizon)
                     .max(Duration::from_millis(1)),
             ),
             Err(e) => {
@@ -1135,5 +1177,32 @@ fn log_event(state: &AppState, e: &Event) {
             );
         }
         other => tracing::warn!(event = ?other, "dispatcher event"),
+    }
+}
+
+#[cfg(test)]
+mod send_delay_tests {
+    use super::*;
+    use crate::api::rate_limit_policy::RateLimitPolicySpec;
+
+    #[test]
+    fn a_shared_wait_never_outlasts_the_chat_guard() {
+        // The policy defaults: a 5 % guard on the 1/s chat key, 50 ms.
+        let mut limits = crate::policy::limits(&RateLimitPolicySpec::default());
+        let d = SendDelay::for_limits(&limits);
+        assert_eq!(d.late, SHARED_LATE_LIMIT);
+        assert!(d.horizon + d.late < Duration::from_millis(50), "{d:?}");
+        assert!(d.horizon >= Duration::from_millis(20), "{d:?}");
+        // A thin 1 % chat guard (10 ms) leaves 5 ms of lateness and less
+        // than that of horizon.
+        limits.per_chat = limits.per_chat.map(|l| l.with_guard(Guard::percent(1)));
+        let d = SendDelay::for_limits(&limits);
+        assert_eq!(d.late, Duration::from_millis(5));
+        assert!(d.horizon + d.late < Duration::from_millis(10), "{d:?}");
+        // Without chat or group keys the defaults apply.
+        limits.per_chat = None;
+        limits.per_group = None;
+        let d = SendDelay::for_limits(&limits);
+        assert_eq!((d.horizon, d.late), (SHARED_HORIZON, SHARED_LATE_LIMIT));
     }
 }

@@ -382,6 +382,31 @@ pub enum PauseScope {
     Key(Key),
 }
 
+/// What one admission charged: each key with its TAT before and after.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Charge {
+    items: [(Key, Instant, Instant); 4],
+    len: usize,
+}
+
+impl Default for Charge {
+    fn default() -> Self {
+        Charge {
+            items: [(Key::Global, Instant::ZERO, Instant::ZERO); 4],
+            len: 0,
+        }
+    }
+}
+
+impl Charge {
+    fn push(&mut self, key: Key, before: Instant, after: Instant) {
+        if let Some(slot) = self.items.get_mut(self.len) {
+            *slot = (key, before, after);
+            self.len += 1;
+        }
+    }
+}
+
 /// Per-key GCRA state of one bot, in memory.
 #[derive(Clone, Debug, Default)]
 pub struct Limiter {
@@ -399,16 +424,40 @@ impl Limiter {
     /// repeated key is charged once per occurrence, in order, and then
     /// `retry_at` is a lower bound rather than exact.
     pub fn check(&mut self, now: Instant, checks: &[(Key, &Limit)]) -> Decision {
+        self.check_charged(now, checks).0
+    }
+
+    /// [`Limiter::check`], also answering what an admission charged, for
+    /// [`Limiter::refund`] if the message is not sent after all.
+    pub fn check_charged(&mut self, now: Instant, checks: &[(Key, &Limit)]) -> (Decision, Charge) {
         let decision = self.peek(now, checks);
+        let mut charge = Charge::default();
         if decision == Decision::Admit {
             for (key, limit) in checks {
                 let tat = self.tats.entry(*key).or_insert(Instant::ZERO);
                 if let Ok(next) = gcra(now, *tat, limit) {
+                    charge.push(*key, *tat, next);
                     *tat = next;
                 }
             }
         }
-        decision
+        (decision, charge)
+    }
+
+    /// Takes back an admission that sent nothing (a shared budget refused
+    /// it): each key whose TAT is still what the admission left goes back
+    /// to what it was before. A key charged again since keeps its state —
+    /// undoing one cell under later ones could admit more than the limit.
+    pub fn refund(&mut self, charge: &Charge) {
+        for &(key, before, after) in charge.items.iter().take(charge.len).rev() {
+            if self.tats.get(&key) == Some(&after) {
+                if before == Instant::ZERO {
+                    self.tats.remove(&key);
+                } else {
+                    self.tats.insert(key, before);
+                }
+            }
+        }
     }
 
     /// What [`Limiter::check`] would answer, without charging anything.
@@ -498,6 +547,42 @@ impl Limiter {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_refund_takes_back_an_untouched_admission_only() {
+        let chat = Limit::per_second(1, 1);
+        let global = Limit::per_second(30, 1);
+        let at = |ms: u64| Instant::ZERO + Duration::from_millis(ms);
+        let mut l = Limiter::new();
+        let checks = [(Key::Global, &global), (Key::Chat(7), &chat)];
+        let (d, charge) = l.check_charged(at(1_000), &checks);
+        assert_eq!(d, Decision::Admit);
+        // Another chat goes meanwhile: the global key moved, chat 7 did not.
+        assert_eq!(
+            l.check(at(1_100), &[(Key::Global, &global), (Key::Chat(8), &chat)]),
+            Decision::Admit
+        );
+        let global_after = l.tat(&Key::Global);
+        l.refund(&charge);
+        assert_eq!(l.tat(&Key::Chat(7)), None, "chat 7 is fresh again");
+        assert_eq!(
+            l.tat(&Key::Global),
+            global_after,
+            "the global key keeps both cells"
+        );
+        assert_eq!(
+            l.check(at(1_200), &checks),
+            Decision::Admit,
+            "chat 7 may send as soon as the global key allows"
+        );
+        // A refused check charges nothing, so its refund changes nothing.
+        let before = l.clone();
+        let (d, charge) = l.check_charged(at(1_210), &checks);
+        assert!(matches!(d, Decision::Refuse { .. }));
+        l.refund(&charge);
+        assert_eq!(l.tat(&Key::Chat(7)), before.tat(&Key::Chat(7)));
+        assert_eq!(l.tat(&Key::Global), before.tat(&Key::Global));
+    }
 
     const MS: u64 = 1_000_000;
 

@@ -28,6 +28,7 @@ impl Dispatcher {
         let InFlight {
             tier_key,
             chat,
+            charge,
             permit,
             tier_ticket,
             chat_ticket,
@@ -48,6 +49,10 @@ impl Dispatcher {
             let t = &mut self.tiers[i];
             t.in_flight = t.in_flight.saturating_sub(1);
             t.counters.sent = t.counters.sent.saturating_sub(1);
+            // Nothing was sent: the chat's cell (and any key nobody has
+            // charged since) is given back, so a chat whose send the
+            // shared budget refused is not held a full chat interval.
+            t.limiter.refund(&charge);
             t.limiter.pause(PauseScope::All, until);
             if let Some(ty) = t.release(permit) {
                 self.release_aside(BlockKey::Bulkhead { tier: tier_key, ty }, 1);

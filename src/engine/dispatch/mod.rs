@@ -57,6 +57,7 @@ use crate::engine::breaker::{BreakerSet, Ticket};
 use crate::engine::bulkhead::Permit;
 use crate::engine::degradation::{Degrader, Level, LevelChange, Refusal};
 use crate::engine::health::LatencyWindow;
+use crate::engine::limiter::Charge;
 use crate::engine::scheduler::{Item, PrioritySet, Scheduler};
 use crate::engine::selector::{Route, SelectorConfig};
 use crate::engine::taxonomy::Correlator;
@@ -102,6 +103,8 @@ struct Meta {
 struct InFlight {
     tier_key: u32,
     chat: i64,
+    /// What the limiter charged for this send.
+    charge: Charge,
     /// `None` for a type without a bulkhead.
     permit: Option<Permit<MessageType>>,
     tier_ticket: Option<Ticket>,

@@ -31,7 +31,7 @@
 
 use crate::engine::breaker::{Admission, BreakerSet, Ticket, Transition};
 use crate::engine::bulkhead::Permit;
-use crate::engine::limiter::{Binding, Decision, Key};
+use crate::engine::limiter::{Binding, Charge, Decision, Key};
 use crate::engine::scheduler::{Gate, Item, PrioritySet};
 use crate::engine::selector::{self, SelectorConfig, TierView};
 use crate::engine::{Instant, Priority, SplitMix64};
@@ -70,6 +70,8 @@ enum Stop {
 #[derive(Debug)]
 struct Taken {
     tier: usize,
+    /// The limiter's charge, taken back if the send is deferred.
+    charge: Charge,
     permit: Option<Permit<MessageType>>,
     tier_ticket: Option<Ticket>,
     chat_ticket: Option<Ticket>,
@@ -240,9 +242,9 @@ impl Offer<'_> {
             }
             let recipient = self.tiers[tier].recipient(item.chat);
             let TierState { limiter, cfg, .. } = &mut self.tiers[tier];
-            if let Decision::Refuse { retry_at, binding } =
-                limiter.check(now, &cfg.limits.checks(recipient, item.priority))
-            {
+            let (decision, charge) =
+                limiter.check_charged(now, &cfg.limits.checks(recipient, item.priority));
+            if let Decision::Refuse { retry_at, binding } = decision {
                 self.tiers[tier].release(permit);
                 self.give_back(key, item.chat, tier_ticket, chat_ticket, probe);
                 return match binding {
@@ -262,6 +264,7 @@ impl Offer<'_> {
             }
             self.taken = Some(Taken {
                 tier,
+                charge,
                 permit,
                 tier_ticket,
                 chat_ticket,
@@ -585,6 +588,7 @@ impl Dispatcher {
             InFlight {
                 tier_key: t.key,
                 chat: item.chat,
+                charge: taken.charge,
                 permit: taken.permit,
                 tier_ticket: taken.tier_ticket,
                 chat_ticket: taken.chat_ticket,
