@@ -26,8 +26,8 @@ use crate::engine::{Instant, SplitMix64};
 use crate::store::StoredMessage;
 use crate::store::redis::RedisStore;
 use crate::store::redis::membership::{
-    AgentId, CanarySplit, Fallback, LimiterMode, LiveAgent, Membership, RedisLink, Track,
-    owned_partitions,
+    AgentId, CanarySplit, Fallback, LimiterMode, LinkState, LiveAgent, Membership, RedisLink,
+    Track, owned_partitions,
 };
 use crate::store::redis::shared_limiter::{ConnectOptions, SharedError, SharedLimiter};
 
@@ -135,14 +135,8 @@ impl Fleet {
     /// heartbeat gets through again.
     pub fn failed(&self) {
         let now = self.now();
-        let mut rng = match self.rng.lock() {
-            Ok(r) => r.clone(),
-            Err(p) => p.into_inner().clone(),
-        };
+        let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
         self.with_link(|l| l.failed(now, &mut rng));
-        if let Ok(mut r) = self.rng.lock() {
-            *r = rng;
-        }
     }
 
     /// `connected`, `lost` or `reconnecting`.
@@ -151,7 +145,7 @@ impl Fleet {
     }
 
     pub fn connected(&self) -> bool {
-        self.link_state() == "connected"
+        self.with_link(|l| l.state() == LinkState::Connected)
     }
 
     /// Agents assumed to share each bot-wide limit.
