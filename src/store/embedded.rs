@@ -137,6 +137,62 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// What the Redis spill needs beyond [`Store`]: chosen ids and removal.
+impl EmbeddedStore {
+    /// Accepts under the given ids, durably (see `Tables::accept_as`).
+    pub async fn accept_as(
+        &self,
+        batch: Vec<(MessageId, NewMessage)>,
+        now_ms: u64,
+    ) -> Vec<Result<Accepted, StoreError>> {
+        if batch.is_empty() {
+            return Vec::new();
+        }
+        let count = batch.len();
+        match self.write(true, move |t| t.accept_as(batch, now_ms)).await {
+            Ok(answers) => answers,
+            Err(e) => std::iter::repeat_n(Err(e), count).collect(),
+        }
+    }
+
+    /// Up to `limit` open messages with ids above `after`, oldest first.
+    pub async fn open_page(
+        &self,
+        after: Option<MessageId>,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        self.read(move |txn| {
+            let open = txn.open_table(layout::OPEN).map_err(StoreError::storage)?;
+            let messages = txn
+                .open_table(layout::MESSAGES)
+                .map_err(StoreError::storage)?;
+            let start = after.map_or(0, |id| id.as_u128().saturating_add(1));
+            let mut found = Vec::new();
+            for entry in open
+                .range(start..)
+                .map_err(StoreError::storage)?
+                .take(limit)
+            {
+                let (key, _) = entry.map_err(StoreError::storage)?;
+                found.push(layout::load_indexed(
+                    &messages,
+                    layout::id_of(key.value())?,
+                )?);
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    /// Deletes `ids` durably; their idempotency keys stay until they expire.
+    pub async fn remove(&self, ids: Vec<MessageId>) -> Result<u64, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        self.write(true, move |t| t.remove(&ids)).await
+    }
+}
+
 impl Store for EmbeddedStore {
     async fn accept(
         &self,

@@ -249,6 +249,26 @@ pub struct StoredMessage {
     pub dead_reason: Option<String>,
 }
 
+impl StoredMessage {
+    /// `msg` as accepted under `id` at `now_ms`: pending, no attempt yet,
+    /// first due at its `not_before`.
+    pub fn accepted(id: MessageId, msg: NewMessage, now_ms: u64) -> Self {
+        StoredMessage {
+            id,
+            next_attempt_ms: msg.not_before,
+            msg,
+            state: MessageState::Pending,
+            attempts: Vec::new(),
+            created_ms: now_ms,
+            updated_ms: now_ms,
+            in_flight_tier: None,
+            delivered_tier: None,
+            receipt: None,
+            dead_reason: None,
+        }
+    }
+}
+
 /// A record's bytes could not be turned back into a message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {

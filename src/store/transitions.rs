@@ -82,14 +82,43 @@ impl<'txn> Tables<'txn> {
     ) -> Result<Vec<Result<Accepted, StoreError>>, StoreError> {
         let mut answers = Vec::with_capacity(batch.len());
         for msg in batch {
-            answers.push(self.accept_one(msg, now_ms)?);
+            answers.push(self.accept_one(None, msg, now_ms)?);
         }
         Ok(answers)
+    }
+
+    /// [`Tables::accept`] under ids the caller chose (the Redis spill keeps
+    /// the id it offered Redis, so that a resync can tell whether Redis took
+    /// the message after all). An id already stored is refused.
+    pub(super) fn accept_as(
+        &mut self,
+        batch: Vec<(MessageId, NewMessage)>,
+        now_ms: u64,
+    ) -> Result<Vec<Result<Accepted, StoreError>>, StoreError> {
+        let mut answers = Vec::with_capacity(batch.len());
+        for (id, msg) in batch {
+            answers.push(self.accept_one(Some(id), msg, now_ms)?);
+        }
+        Ok(answers)
+    }
+
+    /// Deletes the records of `ids` whatever their state, keeping their
+    /// idempotency keys until those expire; returns how many existed.
+    pub(super) fn remove(&mut self, ids: &[MessageId]) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        for id in ids {
+            if let Some(old) = layout::load(&self.messages, *id)? {
+                self.delete(&old)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// The outer error fails the transaction, the inner one only this message.
     fn accept_one(
         &mut self,
+        preset: Option<MessageId>,
         msg: NewMessage,
         now_ms: u64,
     ) -> Result<Result<Accepted, StoreError>, StoreError> {
@@ -112,20 +141,25 @@ impl<'txn> Tables<'txn> {
                 expired_key_seen_ms = Some(first_seen_ms);
             }
         }
-        let id = self.fresh_id()?;
-        let stored = StoredMessage {
-            id,
-            next_attempt_ms: msg.not_before,
-            msg,
-            state: MessageState::Pending,
-            attempts: Vec::new(),
-            created_ms: now_ms,
-            updated_ms: now_ms,
-            in_flight_tier: None,
-            delivered_tier: None,
-            receipt: None,
-            dead_reason: None,
+        let id = match preset {
+            None => self.fresh_id()?,
+            Some(id) => {
+                if self
+                    .messages
+                    .get(id.as_u128())
+                    .map_err(StoreError::storage)?
+                    .is_some()
+                {
+                    return Ok(Err(StoreError::InvalidState {
+                        id,
+                        state: MessageState::Pending,
+                        op: "accept again under the same id",
+                    }));
+                }
+                id
+            }
         };
+        let stored = StoredMessage::accepted(id, msg, now_ms);
         if let Err(refusal) = self.put(None, &stored) {
             return if refusal.is_refusal() {
                 Ok(Err(refusal))

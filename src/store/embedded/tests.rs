@@ -536,3 +536,48 @@ async fn measure_accept_throughput() {
         );
     }
 }
+
+#[tokio::test]
+async fn chosen_ids_pages_and_removal_for_the_spill() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let ids: Vec<MessageId> = (0..3).map(|_| MessageId::generate()).collect();
+    let keyed = NewMessage {
+        idempotency_key: Some("k".into()),
+        ..sample_new(3)
+    };
+    let batch = vec![
+        (ids[0], sample_new(1)),
+        (ids[1], sample_new(2)),
+        (ids[2], keyed.clone()),
+    ];
+    let answers = store.accept_as(batch, 100).await;
+    let got: Vec<MessageId> = answers.iter().map(|a| a.as_ref().unwrap().id).collect();
+    assert_eq!(got, ids, "the chosen ids are kept");
+    // The same id again is refused; a known key answers the first id.
+    let again = store.accept_as(vec![(ids[0], sample_new(1))], 200).await;
+    assert!(matches!(again[0], Err(StoreError::InvalidState { .. })));
+    let dup = store
+        .accept_as(vec![(MessageId::generate(), keyed.clone())], 200)
+        .await;
+    assert_eq!(dup[0].as_ref().unwrap().id, ids[2]);
+    assert!(dup[0].as_ref().unwrap().duplicate_of);
+
+    let first = store.open_page(None, 2).await.unwrap();
+    assert_eq!(first.iter().map(|m| m.id).collect::<Vec<_>>(), ids[..2]);
+    let rest = store.open_page(Some(ids[1]), 10).await.unwrap();
+    assert_eq!(rest.iter().map(|m| m.id).collect::<Vec<_>>(), ids[2..]);
+
+    assert_eq!(
+        store
+            .remove(vec![ids[0], ids[2], MessageId::generate()])
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(store.stats().await.unwrap().open_total(), 1);
+    assert!(store.get(ids[2]).await.unwrap().is_none());
+    // The key outlives its record until it expires.
+    let after = store.accept(vec![keyed], 300).await;
+    assert!(after[0].as_ref().unwrap().duplicate_of);
+}

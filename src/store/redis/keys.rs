@@ -37,6 +37,11 @@ impl Keys {
         format!("{}m:{}", self.prefix, id_hex(id))
     }
 
+    /// Where accept notes the id it gave a candidate it had to move.
+    pub(super) fn alias(&self, candidate: MessageId) -> String {
+        format!("{}a:{}", self.prefix, id_hex(candidate))
+    }
+
     pub(super) fn feed(&self, partition: u32) -> String {
         format!("{}s:{partition}", self.prefix)
     }

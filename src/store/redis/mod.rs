@@ -9,8 +9,9 @@
 //!
 //! Invariants:
 //! - A chat always maps to one partition ([`partition_of`], FNV-1a of
-//!   the chat's canonical text), and within a partition ids grow in accept
-//!   order, so per-chat FIFO holds across agents.
+//!   the chat's canonical text), and a partition is delivered in accept
+//!   sequence, so per-chat FIFO holds across agents. New ids grow with that
+//!   sequence; an import from an agent's spill keeps its older id.
 //! - Every change of more than one key is one Lua script (`lua/`), applied
 //!   whole or not at all.
 //! - A delivery-side write succeeds only while the writer holds its
@@ -32,6 +33,7 @@
 //! | `P:pm:<n>`      | hash        | partition n's accept sequence `seq` and `last` id |
 //! | `P:l:<n>`       | hash        | lease of partition n: `owner`, `token`, `exp` (server ms) |
 //! | `P:i:<key>`     | string      | idempotency key → id, expiring after its TTL      |
+//! | `P:a:<id>`      | string      | a candidate id accept moved → the id it got, for 10 min |
 //! | `P:dead`        | sorted set  | dead letters, all score 0 (ordered by id)         |
 //! | `P:done`        | sorted set  | delivered messages, scored by delivery time (ms)  |
 //! | `P:stats`       | hash        | counters: `pending.<priority>`, `in_flight`       |
@@ -55,9 +57,12 @@ mod write;
 
 pub use keys::partition_of;
 pub use options::{Durability, MAX_PARTITIONS, RedisOptions};
+pub use queue::Imported;
 pub use store::RedisStore;
 
 #[cfg(test)]
 mod fleet_tests;
+#[cfg(test)]
+mod import_tests;
 #[cfg(test)]
 mod tests;

@@ -29,6 +29,10 @@ use crate::store::{
     Accepted, Attempt, CleanupCounts, DeadFilter, DeadSelection, Store, StoreError, StoreStats,
 };
 
+/// One message's arguments to `lua/accept.lua`: partition, id, marked
+/// idempotency key, record, stats slot.
+type NewArgs = (u32, String, String, Vec<u8>, &'static str);
+
 /// Delivered messages one `cleanup` call removes at most, so one script
 /// never holds Redis for long.
 const CLEANUP_BATCH: usize = 2_000;
@@ -42,71 +46,11 @@ impl Store for RedisStore {
         batch: Vec<NewMessage>,
         now_ms: u64,
     ) -> Vec<Result<Accepted, StoreError>> {
-        let mut answers: Vec<Option<Result<Accepted, StoreError>>> =
-            Vec::with_capacity(batch.len());
-        let mut args: Vec<(u32, String, String, Vec<u8>, &'static str)> = Vec::new();
-        let mut sent = Vec::new();
-        for msg in batch {
-            let candidate = MessageId::generate();
-            let partition = partition_of(&msg.chat_id, self.inner.partitions);
-            // Marked, so that an empty key is still a key.
-            let key = msg
-                .idempotency_key
-                .as_ref()
-                .map_or_else(String::new, |k| format!("={k}"));
-            let slot = slot_of(MessageState::Pending, msg.priority).unwrap_or("pending.normal");
-            let stored = StoredMessage {
-                id: candidate,
-                next_attempt_ms: msg.not_before,
-                msg,
-                state: MessageState::Pending,
-                attempts: Vec::new(),
-                created_ms: now_ms,
-                updated_ms: now_ms,
-                in_flight_tier: None,
-                delivered_tier: None,
-                receipt: None,
-                dead_reason: None,
-            };
-            let refusal = match record::encode(&stored) {
-                Err(source) => Some(StoreError::Corrupt {
-                    id: candidate,
-                    source,
-                }),
-                Ok(bytes) if bytes.len() > self.inner.max_record_bytes => {
-                    Some(StoreError::TooLarge {
-                        size: bytes.len(),
-                        max: self.inner.max_record_bytes,
-                    })
-                }
-                Ok(bytes) => {
-                    args.push((partition, id_hex(candidate), key, bytes, slot));
-                    None
-                }
-            };
-            if refusal.is_none() {
-                sent.push(answers.len());
-            }
-            answers.push(refusal.map(Err));
-        }
-        if !args.is_empty() {
-            match self.run_accept(&args).await {
-                Ok(accepted) => {
-                    for (slot, answer) in sent.iter().zip(accepted) {
-                        answers[*slot] = Some(answer);
-                    }
-                }
-                Err(e) => {
-                    for slot in &sent {
-                        answers[*slot] = Some(Err(e.clone()));
-                    }
-                }
-            }
-        }
-        answers
+        let batch = batch
             .into_iter()
-            .map(|a| a.unwrap_or_else(|| Err(bad_reply("accept"))))
-            .collect()
+            .map(|msg| (MessageId::generate(), msg))
+            .collect();
+        self.accept_as(batch, now_ms).await
     }
 
     /// The open messages of the partitions this handle holds (see
@@ -121,12 +65,31 @@ impl Store for RedisStore {
         Ok(found)
     }
 
+    /// A candidate id that accept moved (see [`RedisStore::import`]) is
+    /// followed to the id it got, so an id the spill handed out still finds
+    /// its message.
     async fn get(&self, id: MessageId) -> Result<Option<StoredMessage>, StoreError> {
-        let stored: Option<Vec<u8>> = ::redis::cmd("GET")
+        let (stored, alias): (Option<Vec<u8>>, Option<Vec<u8>>) = ::redis::pipe()
+            .cmd("GET")
             .arg(self.inner.keys.message(id))
+            .cmd("GET")
+            .arg(self.inner.keys.alias(id))
             .query_async(&mut self.conn())
             .await
             .map_err(redis_error)?;
+        let (id, stored) = match (stored, alias) {
+            (Some(stored), _) => (id, Some(stored)),
+            (None, Some(to)) => {
+                let to = parse_id(&to)?;
+                let stored: Option<Vec<u8>> = ::redis::cmd("GET")
+                    .arg(self.inner.keys.message(to))
+                    .query_async(&mut self.conn())
+                    .await
+                    .map_err(redis_error)?;
+                (to, stored)
+            }
+            (None, None) => (id, None),
+        };
         let Some(stored) = stored else {
             return Ok(None);
         };
@@ -270,17 +233,165 @@ impl Store for RedisStore {
     }
 }
 
+/// Whether a batch is new (`accept`) or comes back from an agent's spill.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Accept,
+    Import,
+}
+
+impl Mode {
+    fn arg(self) -> &'static str {
+        match self {
+            Mode::Accept => "a",
+            Mode::Import => "i",
+        }
+    }
+}
+
+/// What the accept script found for one message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Found {
+    New,
+    /// Its idempotency key named an earlier message.
+    ByKey,
+    /// An import's message was already here (by id or alias).
+    Itself,
+}
+
+/// How one spilled message fared on import.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Imported {
+    /// Added under its own id.
+    Added,
+    /// Redis already held it: an accept of it had been applied before the
+    /// agent gave up waiting, or an earlier import got through.
+    AlreadyThere(MessageId),
+    /// Its idempotency key names another message, accepted while this one
+    /// waited in the spill: that one is delivered instead.
+    DuplicateOf(MessageId),
+}
+
+impl RedisStore {
+    /// [`Store::accept`] under candidate ids the caller chose, so that a
+    /// caller who spills the batch elsewhere when Redis does not answer can
+    /// later import it under the same ids ([`RedisStore::import`]); a
+    /// candidate Redis had to move leaves an alias behind for that.
+    pub async fn accept_as(
+        &self,
+        batch: Vec<(MessageId, NewMessage)>,
+        now_ms: u64,
+    ) -> Vec<Result<Accepted, StoreError>> {
+        let stored = batch
+            .into_iter()
+            .map(|(id, msg)| StoredMessage::accepted(id, msg, now_ms))
+            .collect();
+        self.write_new(stored, Mode::Accept)
+            .await
+            .into_iter()
+            .map(|r| {
+                r.map(|(id, found)| Accepted {
+                    id,
+                    duplicate_of: found != Found::New,
+                })
+            })
+            .collect()
+    }
+
+    /// Brings spilled messages in under their own ids and accept times,
+    /// once: a message Redis already holds (by id, by the alias of a moved
+    /// candidate, or by idempotency key) is reported, not added again. The
+    /// records must be pending (as the spill holds them).
+    pub async fn import(&self, messages: Vec<StoredMessage>) -> Vec<Result<Imported, StoreError>> {
+        self.write_new(messages, Mode::Import)
+            .await
+            .into_iter()
+            .map(|r| {
+                r.map(|(id, found)| match found {
+                    Found::New => Imported::Added,
+                    Found::Itself => Imported::AlreadyThere(id),
+                    Found::ByKey => Imported::DuplicateOf(id),
+                })
+            })
+            .collect()
+    }
+
+    async fn write_new(
+        &self,
+        batch: Vec<StoredMessage>,
+        mode: Mode,
+    ) -> Vec<Result<(MessageId, Found), StoreError>> {
+        let mut answers: Vec<Option<Result<(MessageId, Found), StoreError>>> =
+            Vec::with_capacity(batch.len());
+        let mut args: Vec<NewArgs> = Vec::new();
+        let mut sent = Vec::new();
+        for stored in batch {
+            let id = stored.id;
+            let partition = partition_of(&stored.msg.chat_id, self.inner.partitions);
+            // Marked, so that an empty key is still a key.
+            let key = stored
+                .msg
+                .idempotency_key
+                .as_ref()
+                .map_or_else(String::new, |k| format!("={k}"));
+            let slot =
+                slot_of(MessageState::Pending, stored.msg.priority).unwrap_or("pending.normal");
+            let refusal = match record::encode(&stored) {
+                Err(source) => Some(StoreError::Corrupt { id, source }),
+                Ok(bytes) if bytes.len() > self.inner.max_record_bytes => {
+                    Some(StoreError::TooLarge {
+                        size: bytes.len(),
+                        max: self.inner.max_record_bytes,
+                    })
+                }
+                Ok(bytes) => {
+                    args.push((partition, id_hex(id), key, bytes, slot));
+                    None
+                }
+            };
+            if refusal.is_none() {
+                sent.push(answers.len());
+            }
+            answers.push(refusal.map(Err));
+        }
+        if !args.is_empty() {
+            match self.run_accept(&args, mode).await {
+                Ok(accepted) => {
+                    for (slot, answer) in sent.iter().zip(accepted) {
+                        answers[*slot] = Some(answer);
+                    }
+                }
+                Err(e) => {
+                    for slot in &sent {
+                        answers[*slot] = Some(Err(e.clone()));
+                    }
+                }
+            }
+        }
+        answers
+            .into_iter()
+            .map(|a| a.unwrap_or_else(|| Err(bad_reply("accept"))))
+            .collect()
+    }
+}
+
 impl RedisStore {
     async fn run_accept(
         &self,
-        args: &[(u32, String, String, Vec<u8>, &'static str)],
-    ) -> Result<Vec<Result<Accepted, StoreError>>, StoreError> {
+        args: &[NewArgs],
+        mode: Mode,
+    ) -> Result<Vec<Result<(MessageId, Found), StoreError>>, StoreError> {
         let mut call = self.inner.scripts.accept.prepare_invoke();
         call.arg(self.inner.keys.prefix())
             .arg(self.inner.idempotency_ttl_ms)
             .arg(args.len());
         for (partition, id, key, bytes, slot) in args {
-            call.arg(partition).arg(id).arg(key).arg(bytes).arg(slot);
+            call.arg(partition)
+                .arg(id)
+                .arg(key)
+                .arg(bytes)
+                .arg(slot)
+                .arg(mode.arg());
         }
         let reply: Vec<Value> = call
             .invoke_async(&mut self.conn())
@@ -293,8 +404,13 @@ impl RedisStore {
             .chunks(2)
             .map(|pair| {
                 let id = parse_id(reply_bytes(&pair[0]).ok_or_else(|| bad_reply("accept"))?)?;
-                let duplicate_of = reply_int(&pair[1]).ok_or_else(|| bad_reply("accept"))? == 1;
-                Ok(Ok(Accepted { id, duplicate_of }))
+                let found = match reply_int(&pair[1]) {
+                    Some(0) => Found::New,
+                    Some(1) => Found::ByKey,
+                    Some(2) => Found::Itself,
+                    _ => return Err(bad_reply("accept")),
+                };
+                Ok(Ok((id, found)))
             })
             .collect()
     }
