@@ -365,6 +365,8 @@ fn families() -> &'static BTreeMap<String, Family> {
         add(&mut f, &m.redis_up);
         add(&mut f, &m.limiter_mode);
         add(&mut f, &m.shared_refusals);
+        add(&mut f, &m.spill_waiting);
+        add(&mut f, &m.spill_messages);
         f
     })
 }

@@ -34,7 +34,7 @@ metadata: {{name: {name}}}
 spec:
   listen: 127.0.0.1:0
   entryTier: tg
-  storePath: {dir}/unused.redb
+  storePath: {dir}/spill.redb
   leaseTtl: {ttl}s
   adminTokenRef: {{name: admin, key: token}}
   secrets: {{dir: {dir}/secrets, envPrefix: HERALD_SECRET_}}
@@ -182,21 +182,26 @@ impl Fleet {
     /// texts are `"<chat>:<seq>"` so per-chat order can be checked.
     fn send(&self, n: usize, chats: usize, from: usize) -> Vec<String> {
         let urls: Vec<&str> = self.live().map(|a| a.url.as_str()).collect();
+        let msgs: Vec<Value> = (from..from + n).map(|i| message(i, chats)).collect();
         let mut ids = Vec::new();
-        let msgs: Vec<Value> = (from..from + n)
-            .map(|i| {
-                let chat = 5000 + (i % chats) as i64;
-                json!({"chat_id": chat, "text": format!("{chat}:{:06}", i / chats)})
-            })
-            .collect();
         for (k, batch) in msgs.chunks(250).enumerate() {
-            let url = urls[k % urls.len()];
-            let (status, body) =
-                post_json(&format!("{url}/v1/messages"), &json!({"messages": batch}));
-            assert_eq!(status, 202, "{body}");
-            for a in body["accepted"].as_array().unwrap() {
-                ids.push(a["id"].as_str().unwrap().to_owned());
-            }
+            ids.extend(accept(urls[k % urls.len()], batch));
+        }
+        ids
+    }
+
+    /// [`Fleet::send`] with each chat's messages through one agent, so
+    /// that every agent takes some: per-chat order across a Redis outage is
+    /// promised per agent (each agent's spill is imported in its order).
+    fn send_by_chat(&self, n: usize, chats: usize, from: usize) -> Vec<String> {
+        let urls: Vec<&str> = self.live().map(|a| a.url.as_str()).collect();
+        let mut ids = Vec::new();
+        for (k, url) in urls.iter().enumerate() {
+            let msgs: Vec<Value> = (from..from + n)
+                .filter(|i| (i % chats) % urls.len() == k)
+                .map(|i| message(i, chats))
+                .collect();
+            ids.extend(accept(url, &msgs));
         }
         ids
     }
@@ -240,6 +245,26 @@ impl Fleet {
             let mut sorted = list.clone();
             sorted.sort();
             assert_eq!(list, sorted, "chat {chat} got its messages out of order");
+        }
+    }
+
+    /// The messages `range` of [`Fleet::send`] over `chats` chats each
+    /// arrived exactly once: spilled messages are queued once.
+    fn check_each_arrived_once(&self, range: std::ops::Range<usize>, chats: usize) {
+        let texts = self.texts();
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        for (_, text, _) in &texts {
+            *seen.entry(text.clone()).or_default() += 1;
+        }
+        for i in range {
+            let chat = 5000 + (i % chats) as i64;
+            let text = format!("{chat}:{:06}", i / chats);
+            assert_eq!(
+                seen.get(&text),
+                Some(&1),
+                "{text} arrived {:?} times",
+                seen.get(&text)
+            );
         }
     }
 
@@ -436,21 +461,41 @@ fn redis_frozen_for_15_s_loses_nothing_and_keeps_the_limit() {
     fleet.send(900, 90, 0);
     assert!(fleet.wait_delivered(150, Duration::from_secs(60)));
     fleet.redis.pause().unwrap();
-    std::thread::sleep(Duration::from_secs(15));
+    // Ingest goes on: every agent accepts into its spill (its first batch
+    // waits out one Redis command timeout, 5 s), so Redis stays stopped
+    // for about 15 s.
+    let spilled = fleet.send_by_chat(150, 30, 900);
+    assert_eq!(spilled.len(), 150);
+    let details = fleet.details();
+    assert!(
+        details
+            .iter()
+            .all(|d| d["dependencies"]["redis"]["spill"]["accepting"] == true),
+        "every agent should report accepting into its spill: {details:?}"
+    );
     let during = fleet.delivered();
     fleet.redis.resume().unwrap();
     eprintln!("delivered while Redis was stopped (local share): {during}");
     assert!(
-        fleet.wait_delivered(900, Duration::from_secs(180)),
+        fleet.wait_delivered(1050, Duration::from_secs(180)),
         "not all delivered after Redis came back: {}",
         fleet.counters()
     );
     std::thread::sleep(Duration::from_secs(2));
     fleet.check_limits();
-    fleet.check_all_arrived_in_order(900);
+    fleet.check_all_arrived_in_order(1050);
+    fleet.check_each_arrived_once(900..1050, 30);
     assert!(
         eventually(Duration::from_secs(30), || fleet.settled(3)),
         "the fleet did not recover: {:?}",
+        fleet.details()
+    );
+    assert!(
+        fleet
+            .details()
+            .iter()
+            .all(|d| d["dependencies"]["redis"]["spill"]["waiting"] == 0),
+        "spills left behind: {:?}",
         fleet.details()
     );
 }
@@ -461,19 +506,23 @@ fn redis_killed_and_restarted_on_its_data_loses_nothing() {
     fleet.send(600, 60, 0);
     assert!(fleet.wait_delivered(100, Duration::from_secs(60)));
     fleet.redis.kill().unwrap();
+    // Refused connections spill at once.
+    let spilled = fleet.send_by_chat(90, 30, 600);
+    assert_eq!(spilled.len(), 90);
     std::thread::sleep(Duration::from_secs(5));
     fleet.redis.restart().unwrap();
     assert!(
-        fleet.wait_delivered(600, Duration::from_secs(180)),
+        fleet.wait_delivered(690, Duration::from_secs(180)),
         "not all delivered after Redis restarted: {}",
         fleet.counters()
     );
     std::thread::sleep(Duration::from_secs(2));
     fleet.check_limits();
-    fleet.check_all_arrived_in_order(600);
-    // Ingest works again once Redis is back.
-    fleet.send(30, 30, 600);
-    assert!(fleet.wait_delivered(630, Duration::from_secs(60)));
+    fleet.check_all_arrived_in_order(690);
+    fleet.check_each_arrived_once(600..690, 30);
+    // Ingest goes to Redis again once the spills are empty.
+    fleet.send(30, 30, 690);
+    assert!(fleet.wait_delivered(720, Duration::from_secs(60)));
 }
 
 #[test]
@@ -500,6 +549,24 @@ fn a_frozen_agent_that_lost_its_leases_cannot_ack_late() {
         "the thawed agent did not rejoin: {:?}",
         fleet.details()
     );
+}
+
+/// Message `i` of a run over `chats` chats.
+fn message(i: usize, chats: usize) -> Value {
+    let chat = 5000 + (i % chats) as i64;
+    json!({"chat_id": chat, "text": format!("{chat}:{:06}", i / chats)})
+}
+
+/// Posts one batch to an agent; answers the accepted ids.
+fn accept(url: &str, batch: &[Value]) -> Vec<String> {
+    let (status, body) = post_json(&format!("{url}/v1/messages"), &json!({"messages": batch}));
+    assert_eq!(status, 202, "{body}");
+    body["accepted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 fn distinct(fleet: &Fleet) -> usize {

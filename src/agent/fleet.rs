@@ -14,7 +14,7 @@
 //! partition it holds the lease of, first through `pending_in` right after
 //! the lease was taken, then through the feed.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -66,6 +66,9 @@ pub struct Fleet {
     held: AtomicU32,
     /// The canary weight when this agent's config assigns tracks.
     canary_weight: Option<u32>,
+    /// Partitions taken lately, with the wall-clock ms until which their
+    /// messages wait (see [`hold_back`]): the load's and the feed's alike.
+    quiet: Mutex<BTreeMap<u32, u64>>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -117,6 +120,7 @@ impl Fleet {
             live: AtomicU32::new(0),
             held: AtomicU32::new(0),
             canary_weight: canary_weight(config),
+            quiet: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -156,6 +160,19 @@ impl Fleet {
     /// Live agents at the last heartbeat (0 before the first).
     pub fn live(&self) -> u32 {
         self.live.load(Ordering::Relaxed)
+    }
+
+    fn set_quiet(&self, partition: u32, until_ms: u64) {
+        let mut quiet = self.quiet.lock().unwrap_or_else(|p| p.into_inner());
+        let now = now_ms();
+        quiet.retain(|_, until| *until > now);
+        quiet.insert(partition, until_ms);
+    }
+
+    /// Until when a partition's messages wait, if it was taken lately.
+    fn quiet_until(&self, partition: u32) -> Option<u64> {
+        let quiet = self.quiet.lock().unwrap_or_else(|p| p.into_inner());
+        quiet.get(&partition).copied().filter(|u| *u > now_ms())
     }
 
     /// Partitions this agent holds.
@@ -233,7 +250,15 @@ pub async fn run(
         tokio::select! {
             fed = fleet.store.new_messages(wait) => match fed {
                 Ok(found) if !found.is_empty() => {
-                    let msgs = found.into_iter().map(|(_, m)| m).collect();
+                    // A message accepted just after the load must not
+                    // overtake the load's quiet wait (nor its chat's order).
+                    let msgs = found
+                        .into_iter()
+                        .map(|(p, m)| match fleet.quiet_until(p) {
+                            Some(until) => hold_back_one(m, until),
+                            None => m,
+                        })
+                        .collect();
                     let _ = state.dispatch.send(DispatchCmd::Enqueue(msgs)).await;
                 }
                 Ok(_) => {}
@@ -305,7 +330,9 @@ async fn rebalance(state: &AppState, fleet: &Fleet, quiet: Duration) {
             Ok(Some(_)) => match fleet.store.pending_in(p).await {
                 Ok(msgs) => {
                     tracing::info!(partition = p, messages = msgs.len(), "partition taken");
-                    let msgs = hold_back(msgs, now_ms() + millis(quiet));
+                    let until = now_ms() + millis(quiet);
+                    fleet.set_quiet(p, until);
+                    let msgs = hold_back(msgs, until);
                     let _ = state.dispatch.send(DispatchCmd::Enqueue(msgs)).await;
                 }
                 Err(e) => {
@@ -332,11 +359,15 @@ async fn rebalance(state: &AppState, fleet: &Fleet, quiet: Duration) {
 /// A partition's previous holder may have sent to its chats a moment ago,
 /// and chat limits are not shared: its messages wait `quiet` (one full cell
 /// of the slowest chat limit) before their first send here.
-fn hold_back(mut msgs: Vec<StoredMessage>, until_ms: u64) -> Vec<StoredMessage> {
-    for m in &mut msgs {
-        m.next_attempt_ms = Some(m.next_attempt_ms.unwrap_or(0).max(until_ms));
-    }
-    msgs
+fn hold_back(msgs: Vec<StoredMessage>, until_ms: u64) -> Vec<StoredMessage> {
+    msgs.into_iter()
+        .map(|m| hold_back_one(m, until_ms))
+        .collect()
+}
+
+fn hold_back_one(mut m: StoredMessage, until_ms: u64) -> StoredMessage {
+    m.next_attempt_ms = Some(m.next_attempt_ms.unwrap_or(0).max(until_ms));
+    m
 }
 
 fn millis(d: Duration) -> u64 {

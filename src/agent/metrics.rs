@@ -39,6 +39,8 @@ pub struct Metrics {
     pub redis_up: IntGauge,
     pub limiter_mode: IntGaugeVec,
     pub shared_refusals: IntCounterVec,
+    pub spill_waiting: IntGauge,
+    pub spill_messages: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -111,6 +113,10 @@ impl Metrics {
         let redis_up = plain_gauge(
             "herald_redis_up",
             "1 while the last Redis call succeeded, 0 while Redis is unreachable (Redis store only).",
+        );
+        let spill_waiting = plain_gauge(
+            "herald_spill_waiting",
+            "Messages accepted into the local spill while Redis did not answer, not yet moved to Redis.",
         );
         let duplicates = IntCounter::new(
             "herald_duplicates_total",
@@ -249,6 +255,13 @@ impl Metrics {
                 "Sends the shared (Redis) limiter refused and put back to wait.",
                 &["tier"],
             ),
+            spill_waiting,
+            spill_messages: counter(
+                &r,
+                "herald_spill_messages_total",
+                "Messages through the Redis outage spill: spilled, then imported, already_there (Redis had taken it after all) or duplicate (its idempotency key was taken meanwhile).",
+                &["outcome"],
+            ),
             registry: r,
         }
     }
@@ -295,6 +308,7 @@ mod tests {
         m.config_reloads.with_label_values(&["ok"]).inc();
         m.limiter_mode.with_label_values(&["t", "shared"]).set(1);
         m.shared_refusals.with_label_values(&["t"]).inc();
+        m.spill_messages.with_label_values(&["spilled"]).inc();
         let text = m.render();
         let doc = include_str!("../../docs/metrics.md");
         let mut names: Vec<&str> = text

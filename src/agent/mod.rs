@@ -14,5 +14,6 @@ pub mod ingest;
 pub mod metrics;
 pub mod run;
 pub mod secrets;
+pub mod spill;
 pub mod state;
 pub mod store;

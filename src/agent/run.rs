@@ -67,12 +67,13 @@ pub async fn start(
 ) -> Result<RunningAgent, AgentError> {
     let config = Arc::new(AgentConfig::load(&path, env)?);
     let agent_id = fleet::agent_id();
-    let store = AgentStore::open(&config, &agent_id).await?;
+    let metrics = config.agent.metrics.enabled.then(Metrics::new);
+    let store = AgentStore::open(&config, &agent_id, metrics.clone()).await?;
     let fleet = match (
         &store,
         crate::agent::store::redis_options(&config, &agent_id)?,
     ) {
-        (AgentStore::Redis(redis), Some(options)) => Some(Arc::new(
+        (AgentStore::Redis(redis, _), Some(options)) => Some(Arc::new(
             Fleet::join(redis.clone(), &options.url, &options.key_prefix, &config).await?,
         )),
         _ => None,
@@ -92,7 +93,7 @@ pub async fn start(
         config: std::sync::RwLock::new(config.clone()),
         store,
         fleet: fleet.clone(),
-        metrics: config.agent.metrics.enabled.then(Metrics::new),
+        metrics,
         http: crate::sink::http_client()?,
         dispatch: tx,
         waiters: Default::default(),
@@ -152,6 +153,14 @@ async fn serve(
     tokio::spawn(watch_config(state.clone(), path, aux_stop_rx.clone()));
     tokio::spawn(cleanup(state.clone(), aux_stop_rx.clone()));
     tokio::spawn(store_gauges(state.clone(), aux_stop_rx.clone()));
+    let spill_task = match (state.store.spill(), state.store.redis()) {
+        (Some(spill), Some(redis)) => Some(tokio::spawn(crate::agent::spill::run(
+            spill.clone(),
+            redis.clone(),
+            aux_stop_rx.clone(),
+        ))),
+        _ => None,
+    };
     if let Some(dir) = state.config().agent.spool_source.clone() {
         tokio::spawn(crate::agent::ingest::spool_source::run(
             state.clone(),
@@ -170,6 +179,12 @@ async fn serve(
     let _ = aux_stop_tx.send(true);
     if let Some(t) = fleet_task {
         let _ = t.await;
+    }
+    if let Some(t) = spill_task {
+        let _ = t.await;
+    }
+    if let (Some(spill), Some(redis)) = (state.store.spill(), state.store.redis()) {
+        crate::agent::spill::flush(spill, redis).await;
     }
     let _ = loop_stop_tx.send(true);
     let _ = dispatch_task.await;

@@ -9,7 +9,12 @@
 //! agent that accepts a message enqueues it; on Redis the holder of the
 //! message's partition learns of it through the partition's feed, whoever
 //! accepted it ([`AgentStore::enqueues_locally`]).
+//!
+//! On Redis, accepts pass through the [`Spill`]: while Redis does not
+//! answer they land in an embedded store at `agent.storePath` instead, and
+//! move to Redis when it is back.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::api::delivery_tier::StoreKind;
@@ -20,12 +25,14 @@ use crate::store::{
 };
 
 use super::config::AgentConfig;
+use super::metrics::Metrics;
+use super::spill::Spill;
 
 /// The backend an agent runs on.
 #[derive(Clone)]
 pub enum AgentStore {
     Embedded(EmbeddedStore),
-    Redis(RedisStore),
+    Redis(RedisStore, Arc<Spill>),
 }
 
 /// Why the store could not be opened; never carries the Redis URL.
@@ -33,6 +40,12 @@ pub enum AgentStore {
 pub enum OpenError {
     #[error("store {path}: {source}")]
     Embedded {
+        path: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error("spill file {path} of the Redis store: {source}")]
+    Spill {
         path: String,
         #[source]
         source: StoreError,
@@ -86,27 +99,41 @@ impl std::fmt::Debug for AgentStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             AgentStore::Embedded(_) => f.write_str("AgentStore::Embedded"),
-            AgentStore::Redis(r) => f.debug_tuple("AgentStore::Redis").field(r).finish(),
+            AgentStore::Redis(r, spill) => f
+                .debug_tuple("AgentStore::Redis")
+                .field(r)
+                .field(spill)
+                .finish(),
         }
     }
 }
 
 impl AgentStore {
-    /// Opens the entry tier's store: Redis when it says so, else the
-    /// embedded file at `agent.storePath`.
-    pub async fn open(config: &AgentConfig, agent_id: &str) -> Result<AgentStore, OpenError> {
-        if let Some(options) = redis_options(config, agent_id)? {
-            let tier = config.entry_tier.clone();
-            let store = RedisStore::connect(options)
-                .await
-                .map_err(|source| OpenError::Redis { tier, source })?;
-            return Ok(AgentStore::Redis(store));
-        }
+    /// Opens the entry tier's store: Redis when it says so (with its spill
+    /// at `agent.storePath`), else the embedded file at `agent.storePath`.
+    pub async fn open(
+        config: &AgentConfig,
+        agent_id: &str,
+        metrics: Option<Metrics>,
+    ) -> Result<AgentStore, OpenError> {
         let path = config.agent.store_path.clone();
         if let Some(parent) = std::path::Path::new(&path).parent()
             && !parent.as_os_str().is_empty()
         {
             let _ = std::fs::create_dir_all(parent);
+        }
+        if let Some(options) = redis_options(config, agent_id)? {
+            let spill = Spill::open(&path, config.agent.retention.get(), metrics)
+                .await
+                .map_err(|source| OpenError::Spill {
+                    path: path.clone(),
+                    source,
+                })?;
+            let tier = config.entry_tier.clone();
+            let store = RedisStore::connect(options)
+                .await
+                .map_err(|source| OpenError::Redis { tier, source })?;
+            return Ok(AgentStore::Redis(store, Arc::new(spill)));
         }
         let options = EmbeddedOptions {
             idempotency_ttl: config.agent.retention.get(),
@@ -126,7 +153,15 @@ impl AgentStore {
 
     pub fn redis(&self) -> Option<&RedisStore> {
         match self {
-            AgentStore::Redis(r) => Some(r),
+            AgentStore::Redis(r, _) => Some(r),
+            AgentStore::Embedded(_) => None,
+        }
+    }
+
+    /// The Redis store's spill.
+    pub fn spill(&self) -> Option<&Arc<Spill>> {
+        match self {
+            AgentStore::Redis(_, spill) => Some(spill),
             AgentStore::Embedded(_) => None,
         }
     }
@@ -135,7 +170,7 @@ impl AgentStore {
     pub fn kind(&self) -> &'static str {
         match self {
             AgentStore::Embedded(_) => "embedded",
-            AgentStore::Redis(_) => "redis",
+            AgentStore::Redis(..) => "redis",
         }
     }
 }
@@ -145,7 +180,7 @@ macro_rules! forward {
     ($self:ident . $method:ident ( $($arg:expr),* )) => {
         match $self {
             AgentStore::Embedded(s) => s.$method($($arg),*).await,
-            AgentStore::Redis(s) => s.$method($($arg),*).await,
+            AgentStore::Redis(s, _) => s.$method($($arg),*).await,
         }
     };
 }
@@ -156,15 +191,25 @@ impl Store for AgentStore {
         batch: Vec<NewMessage>,
         now_ms: u64,
     ) -> Vec<Result<Accepted, StoreError>> {
-        forward!(self.accept(batch, now_ms))
+        match self {
+            AgentStore::Embedded(s) => s.accept(batch, now_ms).await,
+            AgentStore::Redis(redis, spill) => spill.accept(redis, batch, now_ms).await,
+        }
     }
 
     async fn pending(&self) -> Result<Vec<StoredMessage>, StoreError> {
         forward!(self.pending())
     }
 
+    /// On Redis, a message still waiting in the spill is found there.
     async fn get(&self, id: MessageId) -> Result<Option<StoredMessage>, StoreError> {
-        forward!(self.get(id))
+        match self {
+            AgentStore::Embedded(s) => s.get(id).await,
+            AgentStore::Redis(redis, spill) => match spill.get(id).await? {
+                Some(m) => Ok(Some(m)),
+                None => redis.get(id).await,
+            },
+        }
     }
 
     async fn mark_in_flight(

@@ -24,7 +24,15 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if state.is_ready() {
         let mut body = json!({"status": "ready", "store": state.store.kind()});
         // Still ready while Redis is away: what it already holds is sent
-        // within its local share, and ingest answers 503 until Redis is back.
+        // within its local share, and ingest accepts into the spill.
+        if let Some(spill) = state.store.spill() {
+            body["ingest"] = json!(if spill.spilling().await {
+                "spill"
+            } else {
+                "redis"
+            });
+            body["spill_waiting"] = json!(spill.waiting());
+        }
         if let Some(f) = &state.fleet {
             body["redis"] = json!(f.link_state());
             body["limiter"] = json!(if f.connected() {
@@ -79,8 +87,14 @@ pub async fn details(State(state): State<Arc<AppState>>) -> Response {
         body["dependencies"]["redis"] = if f.connected() {
             json!({"status": "ok", "link": f.link_state()})
         } else {
-            json!({"status": "down", "link": f.link_state(), "reason": "Redis does not answer; sending within this agent's local share"})
+            json!({"status": "down", "link": f.link_state(), "reason": "Redis does not answer; sending within this agent's local share, accepting into the spill"})
         };
+        if let Some(spill) = state.store.spill() {
+            body["dependencies"]["redis"]["spill"] = json!({
+                "accepting": spill.spilling().await,
+                "waiting": spill.waiting(),
+            });
+        }
         body["fleet"] = json!({
             "agent": f.store.agent_id(),
             "live_agents": f.live(),
