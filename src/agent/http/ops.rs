@@ -35,11 +35,18 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         }
         if let Some(f) = &state.fleet {
             body["redis"] = json!(f.link_state());
-            body["limiter"] = json!(if f.connected() {
-                "shared"
-            } else {
-                "local-share"
+            // The entry tier's mode, as the dispatch loop derives it:
+            // `paused` when its policy's fallback says so.
+            let config = state.config();
+            let mode = config.tier(&config.entry_tier).map(|t| {
+                crate::agent::fleet::tier_mode(
+                    t.policy.limiter_backend,
+                    t.policy.limiter_fallback,
+                    f.connected(),
+                    f.divisor(),
+                )
             });
+            body["limiter"] = json!(mode.map_or("local-share", |m| m.as_str()));
         }
         (StatusCode::OK, axum::Json(body)).into_response()
     } else {
