@@ -562,7 +562,7 @@ spec:
       urlSecretRef: {{name: redis, key: url}}
       partitions: {partitions}
 """.format(
-        store=os.path.join(workdir, "unused.redb"),
+        store=os.path.join(workdir, "spill.redb"),
         ttl=LEASE_TTL_S,
         secrets=os.path.join(workdir, "secrets"),
         api=sandbox_url,

@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import traceback
 
@@ -482,8 +483,10 @@ def redis_agent_loss(ctx):
 def redis_outage(ctx):
     """redis-server frozen (SIGSTOP) for 8 s mid-drain, then continued: the
     agents switch to their local share of the limit and send until their
-    leases lapse (3 s), then return to the shared queue; every message
-    delivered, no 429, no 1-s window above 30, Redis ok again on both."""
+    leases lapse (3 s), then return to the shared queue; messages sent to
+    each agent meanwhile are accepted into its spill and delivered once
+    after; every message delivered, no 429, no 1-s window above 30, Redis
+    ok again on both."""
     n, chats, frozen, lease = 450, 45, 8.0, harness.LEASE_TTL_S
     redis = ctx.redis()
     sb = ctx.sandbox()
@@ -496,21 +499,55 @@ def redis_outage(ctx):
     redis.pause()
     paused_at, paused_wall = time.monotonic(), time.time()
     at_pause = sb.delivered()
+    # Ingest during the outage: each agent gets its own chats (per-chat
+    # order is promised per agent); its first batch waits out one Redis
+    # command timeout (5 s) before spilling, so they run alongside.
+    spilled = {
+        a.name: [
+            {"chat_id": 9100 + 10 * k + i % 10, "text": "spill%d-%d" % (k, i)} for i in range(20)
+        ]
+        for k, a in enumerate(fleet.agents)
+    }
+    spill_ids = {}
+
+    def post(agent):
+        try:
+            spill_ids[agent.name] = agent.send(spilled[agent.name])
+        except Exception as e:  # noqa: BLE001 (reported below)
+            spill_ids[agent.name] = e
+
+    posts = [threading.Thread(target=post, args=(a,)) for a in fleet.agents]
+    for t in posts:
+        t.start()
     # What each agent's readyz says while Redis is away.
     modes = {a.name: set() for a in fleet.agents}
+    ingest = {a.name: set() for a in fleet.agents}
     try:
         while time.monotonic() - paused_at < frozen:
             for a in fleet.agents:
                 _, body = harness.http("GET", a.url + "/readyz", timeout=2)
                 if isinstance(body, dict):
                     modes[a.name].add(body.get("limiter"))
+                    ingest[a.name].add(body.get("ingest"))
             time.sleep(0.5)
+        for t in posts:
+            t.join(timeout=15)
     finally:
         redis.resume()
     resumed_at, resumed_wall = time.monotonic(), time.time()
     held_out = resumed_at - paused_at
     lost = [k for k, v in sorted(modes.items()) if "local-share" not in v]
     check(not lost, "%s never reported limiter local-share while Redis was stopped" % lost)
+    for a in fleet.agents:
+        got_ids = spill_ids.get(a.name)
+        check(
+            isinstance(got_ids, list) and len(got_ids) == 20,
+            "%s did not accept during the outage: %s" % (a.name, got_ids),
+        )
+        check("spill" in ingest[a.name], "%s never reported ingest spill: %s" % (a.name, ingest[a.name]))
+    spill_sent = [m for a in fleet.agents for m in spilled[a.name]]
+    ids += [i for a in fleet.agents for i in spill_ids[a.name]]
+    sent = sent + spill_sent
 
     def redis_ok_everywhere():
         d = fleet.details()
@@ -534,13 +571,17 @@ def redis_outage(ctx):
     early = sum(1 for t in at_ms if paused_wall <= t < paused_wall + lease)
     late = sum(1 for t in at_ms if paused_wall + lease <= t < resumed_wall)
     got, c, window, duplicates = check_fleet_delivery(sb, sent, max_duplicates=early + late)
+    arrivals = texts_of(got)
+    twice = [m["text"] for m in spill_sent if arrivals.count(m["text"]) != 1]
+    check(not twice, "spilled messages not delivered exactly once: %s" % twice[:5])
     first_after = min((t for t in at_ms if t >= resumed_wall), default=resumed_wall) - resumed_wall
     return (
         "Redis stopped at %d/%d for %.1fs: both agents went local-share; %d sent in its "
-        "first %.0fs (%.1f/s), %d after the leases lapsed; Redis ok on both %.1fs and sending "
-        "again %.1fs after SIGCONT; %d/%d delivered, %d duplicate(s), 0x429, max 1-s window %d"
-        % (at_pause, n, held_out, early, lease, early / lease, late, back, first_after, n, n,
-           duplicates, window)
+        "first %.0fs (%.1f/s), %d after the leases lapsed; %d accepted into the spills meanwhile, "
+        "each delivered once; Redis ok on both %.1fs and sending again %.1fs after SIGCONT; "
+        "%d/%d delivered, %d duplicate(s), 0x429, max 1-s window %d"
+        % (at_pause, n, held_out, early, lease, early / lease, late, len(spill_sent), back,
+           first_after, len(sent), len(sent), duplicates, window)
     )  # fmt: skip
 
 
