@@ -14,7 +14,8 @@
 //! `cargo test --lib operator::tests::scale -- --ignored --nocapture`.
 //! `HERALD_SCALE_TIERS` and `HERALD_SCALE_CONCURRENCY` change the tier
 //! count (1,000) and the tiers reconciled at once (4, the operator's
-//! `--concurrency` default).
+//! `--concurrency` default); `HERALD_SCALE_STRIP_MANAGED_FIELDS=1` caches
+//! objects without their managedFields.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -26,6 +27,9 @@ use crate::operator::controller;
 
 const TIERS_ENV: &str = "HERALD_SCALE_TIERS";
 const CONCURRENCY_ENV: &str = "HERALD_SCALE_CONCURRENCY";
+/// Set (to anything) to cache objects without `metadata.managedFields`,
+/// to see what they cost.
+const STRIP_ENV: &str = "HERALD_SCALE_STRIP_MANAGED_FIELDS";
 /// Set only in the operator's process: where the fake API listens.
 const API_ENV: &str = "HERALD_SCALE_API";
 const OPERATOR_TEST: &str = "operator::tests::scale::operator_process";
@@ -50,8 +54,11 @@ fn env_usize(name: &str, default: usize) -> usize {
 struct Usage {
     /// Peak resident set since start or the last [`reset_peak`] (VmHWM).
     peak_kib: u64,
-    /// Resident set now (VmRSS).
+    /// Resident set now (VmRSS), and its parts: anonymous memory (the
+    /// heap and stacks) and file pages (mostly this executable's code).
     rss_kib: u64,
+    anon_kib: u64,
+    file_kib: u64,
     /// User + system CPU time.
     cpu_ms: u64,
 }
@@ -79,6 +86,8 @@ fn usage() -> Usage {
     Usage {
         peak_kib: field("VmHWM:"),
         rss_kib: field("VmRSS:"),
+        anon_kib: field("RssAnon:"),
+        file_kib: field("RssFile:"),
         cpu_ms: ticks * 10,
     }
 }
@@ -96,7 +105,9 @@ struct Report {
     concurrency: usize,
     /// The test executable loaded, nothing done yet.
     at_start: Usage,
-    /// Client and context built, caches filled by a first list.
+    /// Client and context built, caches empty.
+    context: Usage,
+    /// Caches filled by a first list.
     setup: Usage,
     first: Usage,
     first_ms: u64,
@@ -109,6 +120,8 @@ struct Report {
     steady_ms: u64,
     steady_ok: usize,
     steady_writes: usize,
+    /// Whether the caches held objects without their managedFields.
+    stripped: bool,
     /// Whether each phase's peak is its own (see [`reset_peak`]).
     peaks_per_phase: bool,
     /// What the caches hold after the re-list: kind, objects, their JSON
@@ -198,15 +211,24 @@ async fn operator_process() {
     );
     let ctx = Arc::new(ctx);
     let writers = Mutex::new(writers);
+    let context = usage();
+    let stripped = std::env::var_os(STRIP_ENV).is_some();
+    let prune = |m: &mut ObjectMeta| {
+        if stripped {
+            m.managed_fields = None;
+        }
+    };
     let peaks_per_phase = reset_peak();
-    refresh_caches(&client, &ctx, &writers).await;
+    refresh_caches_with(&client, &ctx, &writers, prune).await;
     let setup = usage();
 
     let mut r = Report {
         tiers: ctx.stores.tiers.state().len(),
         concurrency: width,
         at_start,
+        context,
         setup,
+        stripped,
         peaks_per_phase,
         ..Report::default()
     };
@@ -217,7 +239,7 @@ async fn operator_process() {
     r.first_writes = writes.swap(0, Ordering::Relaxed);
 
     reset_peak();
-    refresh_caches(&client, &ctx, &writers).await;
+    refresh_caches_with(&client, &ctx, &writers, prune).await;
     r.relist = usage();
     writes.store(0, Ordering::Relaxed);
     reset_peak();
@@ -291,29 +313,43 @@ async fn a_thousand_tiers() {
     assert_eq!(h.writes().len(), r.first_writes, "the API saw every write");
     assert_eq!(h.children().await.len(), tiers * CHILDREN_PER_TIER);
 
-    let peak = [r.setup, r.first, r.relist, r.steady]
+    let peak = [r.context, r.setup, r.first, r.relist, r.steady]
         .iter()
         .map(|u| u.peak_kib)
         .max()
         .unwrap_or(0);
     println!(
-        "scale: {tiers} tiers, {} at once; operator process: peak RSS {:.1} MiB \
-         (at start {:.1} MiB; caches filled {:.1}; first pass {:.1}; re-list {:.1}; \
-         steady pass {:.1}; RSS at the end {:.1} MiB{})",
+        "scale: {tiers} tiers, {} at once{}; operator process peak RSS {:.1} MiB{}",
         r.concurrency,
+        if r.stripped {
+            ", managedFields not cached"
+        } else {
+            ""
+        },
         mib(peak),
-        mib(r.at_start.rss_kib),
-        mib(r.setup.peak_kib),
-        mib(r.first.peak_kib),
-        mib(r.relist.peak_kib),
-        mib(r.steady.peak_kib),
-        mib(r.steady.rss_kib),
         if r.peaks_per_phase {
             ""
         } else {
-            "; phase peaks are cumulative here"
+            " (phase peaks below are cumulative: the peak could not be reset)"
         },
     );
+    println!("scale: operator phase     peak MiB  then RSS  anon  file");
+    for (phase, u) in [
+        ("started", &r.at_start),
+        ("context built", &r.context),
+        ("caches filled", &r.setup),
+        ("first pass", &r.first),
+        ("re-list", &r.relist),
+        ("steady pass", &r.steady),
+    ] {
+        println!(
+            "scale:   {phase:<16} {:>9.1} {:>9.1} {:>5.1} {:>5.1}",
+            mib(u.peak_kib),
+            mib(u.rss_kib),
+            mib(u.anon_kib),
+            mib(u.file_kib),
+        );
+    }
     println!(
         "scale: first pass {} ms ({:.2} ms/tier wall, {:.2} ms/tier operator CPU, {} writes); \
          steady pass {} ms ({:.2} ms/tier wall, {:.2} ms/tier operator CPU, {} writes)",
@@ -335,11 +371,11 @@ async fn a_thousand_tiers() {
     );
     for c in &r.caches {
         println!(
-            "scale: cache {}: {} objects, {:.1} MiB as JSON, of which managedFields {:.1} MiB",
+            "scale: cache {}: {} objects, {} KiB as JSON, of which managedFields {} KiB",
             c.kind,
             c.objects,
-            c.json_bytes as f64 / 1048576.0,
-            c.managed_fields_bytes as f64 / 1048576.0,
+            c.json_bytes / 1024,
+            c.managed_fields_bytes / 1024,
         );
     }
 }
