@@ -189,10 +189,11 @@ async fn operator_process() {
             }
             req
         });
-    // kube's own stack would add rustls, and this test build links two
-    // crypto providers (kube-fake-client pulls in aws-lc-rs beside kube's
-    // ring), so rustls cannot pick one; the API is plain HTTP anyway. The
-    // stack is kube's otherwise: its base-URI layer and hyper's client.
+    // Not `Client::try_from(config)`: kube's stack builds a rustls config
+    // even for plain HTTP, and this test build links two crypto providers
+    // (kube-fake-client pulls in aws-lc-rs beside kube's ring), so rustls
+    // cannot pick one. So: kube's base-URI layer over hyper's client — the
+    // same transport minus TLS, retries and tracing.
     use kube::client::ConfigExt;
     let config = kube::Config::new(url.parse().unwrap());
     let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
