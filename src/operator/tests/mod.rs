@@ -10,6 +10,7 @@
 
 mod fallback;
 mod flows;
+mod http_api;
 mod rbac;
 mod scale;
 mod wiring;
@@ -26,6 +27,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, PostParams};
 use kube::core::PartialObjectMetaExt;
@@ -225,38 +227,9 @@ impl Harness {
             async move { fake.send(req).await }
         });
         let client = Client::new(svc, "default");
-
-        let (tiers, w_t) = reflector::store();
-        let (rate_limits, w_rl) = reflector::store();
-        let (circuits, w_cp) = reflector::store();
-        let (degradations, w_dp) = reflector::store();
-        let (secrets, w_s) = reflector::store();
-        let (pods, w_p) = reflector::store();
-        let (deployments, w_d) = reflector::store();
-        let (pdbs, w_pdb) = reflector::store();
-        let stores = Stores {
-            tiers,
-            rate_limits,
-            circuits,
-            degradations,
-            secrets,
-            pods,
-            deployments,
-            pdbs,
-        };
         let health = Arc::new(CannedHealth::default());
         let clock = Clock::manual(t0());
-        let ctx = Context::new(
-            client.clone(),
-            stores,
-            Arc::new(RwLock::new(TierIndex::new())),
-            OperatorOptions::new(IMAGE),
-            settings,
-            health.clone(),
-            Metrics::new(),
-            Some("test".into()),
-        )
-        .with_clock(clock.clone());
+        let (ctx, writers) = operator_context(client.clone(), settings, health.clone(), &clock);
         Harness {
             client,
             ctx: Arc::new(ctx),
@@ -264,16 +237,7 @@ impl Harness {
             health,
             clock,
             faults,
-            writers: Mutex::new(Writers {
-                tiers: w_t,
-                rate_limits: w_rl,
-                circuits: w_cp,
-                degradations: w_dp,
-                secrets: w_s,
-                pods: w_p,
-                deployments: w_d,
-                pdbs: w_pdb,
-            }),
+            writers: Mutex::new(writers),
         }
     }
 
@@ -306,77 +270,7 @@ impl Harness {
     /// Re-list the fake API into the caches and the index, as the watches
     /// would after these writes.
     pub async fn refresh(&self) {
-        async fn all<K>(client: &Client) -> Vec<K>
-        where
-            K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-                + Clone
-                + std::fmt::Debug
-                + DeserializeOwned,
-        {
-            Api::<K>::all(client.clone())
-                .list(&ListParams::default())
-                .await
-                .unwrap()
-                .items
-        }
-        fn fill<K>(w: &mut Writer<K>, items: Vec<K>)
-        where
-            K: kube::runtime::reflector::Lookup + Clone,
-            K::DynamicType: Clone + Eq + std::hash::Hash + Default,
-        {
-            w.apply_watcher_event(&Event::Init);
-            for o in items {
-                w.apply_watcher_event(&Event::InitApply(o));
-            }
-            w.apply_watcher_event(&Event::InitDone);
-        }
-        let c = &self.client;
-        let tiers: Vec<DeliveryTier> = all(c).await;
-        let rl: Vec<RateLimitPolicy> = all(c).await;
-        let cp: Vec<CircuitPolicy> = all(c).await;
-        let dp: Vec<DegradationProfile> = all(c).await;
-        let secrets: Vec<Secret> = all(c).await;
-        let pods: Vec<Pod> = all(c).await;
-        let deps: Vec<Deployment> = all(c).await;
-        let pdbs: Vec<PodDisruptionBudget> = all(c).await;
-        {
-            let mut idx = self.ctx.index.write().unwrap();
-            idx.reset_tiers(tiers.iter());
-            let id = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
-                (
-                    m.namespace.clone().unwrap_or_default(),
-                    m.name.clone().unwrap_or_default(),
-                )
-            };
-            let names = |v: Vec<(String, String)>| v;
-            let rl_ids = names(rl.iter().map(|o| id(&o.metadata)).collect());
-            let cp_ids = names(cp.iter().map(|o| id(&o.metadata)).collect());
-            let dp_ids = names(dp.iter().map(|o| id(&o.metadata)).collect());
-            let s_ids = names(secrets.iter().map(|o| id(&o.metadata)).collect());
-            for (kind, ids) in [
-                (RefKind::RateLimitPolicy, rl_ids),
-                (RefKind::CircuitPolicy, cp_ids),
-                (RefKind::DegradationProfile, dp_ids),
-                (RefKind::Secret, s_ids),
-            ] {
-                idx.reset_policies(kind, ids.iter().map(|(n, m)| (n.as_str(), m.as_str())));
-            }
-        }
-        let mut w = self.writers.lock().unwrap();
-        fill(&mut w.tiers, tiers);
-        fill(&mut w.rate_limits, rl);
-        fill(&mut w.circuits, cp);
-        fill(&mut w.degradations, dp);
-        fill(
-            &mut w.secrets,
-            secrets
-                .into_iter()
-                .map(|s| s.metadata.into_response_partial::<Secret>())
-                .collect(),
-        );
-        fill(&mut w.pods, pods);
-        fill(&mut w.deployments, deps);
-        fill(&mut w.pdbs, pdbs);
+        refresh_caches(&self.client, &self.ctx, &self.writers).await;
     }
 
     /// Refresh the caches, read the tier from the API, reconcile it.
@@ -451,6 +345,145 @@ impl Harness {
         out.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
         out
     }
+}
+
+/// A controller context on `client` with empty caches (the stores' writers
+/// returned apart, for [`refresh_caches`]): what the operator process
+/// holds, without the fake API that [`Harness`] adds.
+fn operator_context(
+    client: Client,
+    settings: Settings,
+    health: Arc<dyn HealthSource>,
+    clock: &Clock,
+) -> (Context, Writers) {
+    let (tiers, w_t) = reflector::store();
+    let (rate_limits, w_rl) = reflector::store();
+    let (circuits, w_cp) = reflector::store();
+    let (degradations, w_dp) = reflector::store();
+    let (secrets, w_s) = reflector::store();
+    let (pods, w_p) = reflector::store();
+    let (deployments, w_d) = reflector::store();
+    let (pdbs, w_pdb) = reflector::store();
+    let stores = Stores {
+        tiers,
+        rate_limits,
+        circuits,
+        degradations,
+        secrets,
+        pods,
+        deployments,
+        pdbs,
+    };
+    let ctx = Context::new(
+        client,
+        stores,
+        Arc::new(RwLock::new(TierIndex::new())),
+        OperatorOptions::new(IMAGE),
+        settings,
+        health,
+        Metrics::new(),
+        Some("test".into()),
+    )
+    .with_clock(clock.clone());
+    let writers = Writers {
+        tiers: w_t,
+        rate_limits: w_rl,
+        circuits: w_cp,
+        degradations: w_dp,
+        secrets: w_s,
+        pods: w_p,
+        deployments: w_d,
+        pdbs: w_pdb,
+    };
+    (ctx, writers)
+}
+
+/// Re-list the API behind `client` into the caches and the index of
+/// `ctx`, as the watches would after these writes.
+async fn refresh_caches(client: &Client, ctx: &Context, writers: &Mutex<Writers>) {
+    refresh_caches_with(client, ctx, writers, |_| {}).await;
+}
+
+/// [`refresh_caches`], passing each object's metadata through `prune`
+/// before it is cached. One kind at a time, each list dropped once it is
+/// in its cache, as a reflector holds one list at a time.
+async fn refresh_caches_with(
+    client: &Client,
+    ctx: &Context,
+    writers: &Mutex<Writers>,
+    prune: impl Fn(&mut ObjectMeta),
+) {
+    async fn all<K>(client: &Client, prune: &dyn Fn(&mut ObjectMeta)) -> Vec<K>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + std::fmt::Debug
+            + DeserializeOwned,
+    {
+        let mut items = Api::<K>::all(client.clone())
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items;
+        for o in &mut items {
+            prune(o.meta_mut());
+        }
+        items
+    }
+    fn fill<K>(w: &mut Writer<K>, items: Vec<K>)
+    where
+        K: kube::runtime::reflector::Lookup + Clone,
+        K::DynamicType: Clone + Eq + std::hash::Hash + Default,
+    {
+        w.apply_watcher_event(&Event::Init);
+        for o in items {
+            w.apply_watcher_event(&Event::InitApply(o));
+        }
+        w.apply_watcher_event(&Event::InitDone);
+    }
+    fn ids<K: Resource>(objs: &[K]) -> Vec<(String, String)> {
+        objs.iter()
+            .map(|o| {
+                let m = o.meta();
+                (
+                    m.namespace.clone().unwrap_or_default(),
+                    m.name.clone().unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+    fn reset_policies(ctx: &Context, kind: RefKind, ids: &[(String, String)]) {
+        ctx.index
+            .write()
+            .unwrap()
+            .reset_policies(kind, ids.iter().map(|(n, m)| (n.as_str(), m.as_str())));
+    }
+    let p = &prune;
+    let tiers: Vec<DeliveryTier> = all(client, p).await;
+    ctx.index.write().unwrap().reset_tiers(tiers.iter());
+    fill(&mut writers.lock().unwrap().tiers, tiers);
+    let rl: Vec<RateLimitPolicy> = all(client, p).await;
+    reset_policies(ctx, RefKind::RateLimitPolicy, &ids(&rl));
+    fill(&mut writers.lock().unwrap().rate_limits, rl);
+    let cp: Vec<CircuitPolicy> = all(client, p).await;
+    reset_policies(ctx, RefKind::CircuitPolicy, &ids(&cp));
+    fill(&mut writers.lock().unwrap().circuits, cp);
+    let dp: Vec<DegradationProfile> = all(client, p).await;
+    reset_policies(ctx, RefKind::DegradationProfile, &ids(&dp));
+    fill(&mut writers.lock().unwrap().degradations, dp);
+    let secrets: Vec<Secret> = all(client, p).await;
+    reset_policies(ctx, RefKind::Secret, &ids(&secrets));
+    let secrets = secrets
+        .into_iter()
+        .map(|s| s.metadata.into_response_partial::<Secret>())
+        .collect();
+    fill(&mut writers.lock().unwrap().secrets, secrets);
+    let pods: Vec<Pod> = all(client, p).await;
+    fill(&mut writers.lock().unwrap().pods, pods);
+    let deps: Vec<Deployment> = all(client, p).await;
+    fill(&mut writers.lock().unwrap().deployments, deps);
+    let pdbs: Vec<PodDisruptionBudget> = all(client, p).await;
+    fill(&mut writers.lock().unwrap().pdbs, pdbs);
 }
 
 /// A tier from its spec.
