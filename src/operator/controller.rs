@@ -38,6 +38,7 @@
 //! (applies, deletes, status, events, policies' status) and `run` (the
 //! wiring).
 
+pub(crate) mod cache;
 mod heal;
 mod pass;
 mod run;
@@ -131,7 +132,7 @@ pub const RBAC_RULES: &[RbacRule] = &[
     rule(
         "apps",
         &["deployments"],
-        &["list", "watch", "create", "patch", "delete"],
+        &["get", "list", "watch", "create", "patch", "delete"],
     ),
     rule(
         "policy",

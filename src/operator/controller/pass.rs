@@ -171,10 +171,15 @@ pub(super) async fn reconcile_tier(tier: &DeliveryTier, ctx: &Context) -> Result
                 Some(ws) => m.health.anchor(ws, &samples),
                 None => m.health.clear_window(),
             });
-            let live_template = live
-                .stable
-                .as_deref()
-                .and_then(|d| d.spec.as_ref().map(|s| s.template.clone()));
+            // The cache keeps no pod specs; a pinned stable track needs
+            // its whole template, so it is read from the API.
+            let live_template = match (&live.stable, next.pins_stable()) {
+                (Some(_), true) => {
+                    let name = names::deployment_name(name, Track::Stable);
+                    super::cache::stable_template(&ctx.client, ns, &name).await?
+                }
+                _ => None,
+            };
             let tracks = next.tracks(tier.spec.replicas, live_template.as_ref());
             let mut d = match desired_objects_with(tier, &policies, &ctx.options, &tracks) {
                 Ok(d) => d,

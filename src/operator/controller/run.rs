@@ -35,6 +35,7 @@ use crate::operator::leader::{Elector, HoldOutcome, LeaseConfig};
 use crate::operator::metrics::{Metrics, Readiness};
 use crate::operator::names;
 
+use super::cache;
 use super::write::sync_policy_statuses;
 use super::{
     MANAGED_SELECTOR, error_policy, owning_tier, reconcile, tier_predicate, tiers_for, write,
@@ -228,8 +229,9 @@ where
     let reader = writer.as_reader();
     tokio::spawn(async move {
         let mut w = RefWatch::new(kind);
-        let stream = watcher::watcher(api, watcher::Config::default().any_semantic())
+        let stream = watcher::watcher(api, cache::watch_config())
             .default_backoff()
+            .modify(cache::slim)
             .reflect(writer);
         futures::pin_mut!(stream);
         while let Some(item) = stream.next().await {
@@ -255,6 +257,7 @@ where
 fn spawn_child_watch<K>(
     api: Api<K>,
     writer: Option<reflector::store::Writer<K>>,
+    slim: fn(&mut K),
     ctx: Arc<Context>,
     tx: Trigger,
 ) -> tokio::task::JoinHandle<()>
@@ -263,10 +266,8 @@ where
 {
     let kind = K::kind(&()).into_owned();
     tokio::spawn(async move {
-        let wc = watcher::Config::default()
-            .labels(MANAGED_SELECTOR)
-            .any_semantic();
-        let events = watcher::watcher(api, wc).default_backoff();
+        let wc = cache::watch_config().labels(MANAGED_SELECTOR);
+        let events = watcher::watcher(api, wc).default_backoff().modify(slim);
         let on_child = |o: &K| {
             if let Some(t) = owning_tier(o.meta()) {
                 ctx.mark_dirty(t.clone());
@@ -484,48 +485,56 @@ async fn run_controller(
         spawn_child_watch::<Deployment>(
             api_for(&client, ns),
             Some(dep_writer),
+            cache::slim_deployment,
             ctx.clone(),
             tx.clone(),
         ),
         spawn_child_watch::<PodDisruptionBudget>(
             api_for(&client, ns),
             Some(pdb_writer),
+            cache::slim,
             ctx.clone(),
             tx.clone(),
         ),
         spawn_child_watch::<PartialObjectMeta<ConfigMap>>(
             api_for(&client, ns),
             None,
+            cache::slim,
             ctx.clone(),
             tx.clone(),
         ),
         spawn_child_watch::<PartialObjectMeta<Service>>(
             api_for(&client, ns),
             None,
+            cache::slim,
             ctx.clone(),
             tx.clone(),
         ),
         spawn_child_watch::<PartialObjectMeta<ServiceAccount>>(
             api_for(&client, ns),
             None,
+            cache::slim,
             ctx.clone(),
             tx.clone(),
         ),
         spawn_child_watch::<PartialObjectMeta<Role>>(
             api_for(&client, ns),
             None,
+            cache::slim,
             ctx.clone(),
             tx.clone(),
         ),
         spawn_child_watch::<PartialObjectMeta<RoleBinding>>(
             api_for(&client, ns),
             None,
+            cache::slim,
             ctx.clone(),
             tx.clone(),
         ),
         spawn_child_watch::<PartialObjectMeta<PersistentVolumeClaim>>(
             api_for(&client, ns),
             None,
+            cache::slim,
             ctx.clone(),
             tx.clone(),
         ),
@@ -534,15 +543,14 @@ async fn run_controller(
     // its Deployment's status).
     let pods_api: Api<Pod> = api_for(&client, ns);
     tasks.push(tokio::spawn(async move {
-        let wc = watcher::Config::default()
-            .labels(&format!(
-                "{},{}=herald",
-                MANAGED_SELECTOR,
-                names::LABEL_NAME
-            ))
-            .any_semantic();
+        let wc = cache::watch_config().labels(&format!(
+            "{},{}=herald",
+            MANAGED_SELECTOR,
+            names::LABEL_NAME
+        ));
         watcher::watcher(pods_api, wc)
             .default_backoff()
+            .modify(cache::slim)
             .reflect(pod_writer)
             .for_each(|r| async move {
                 if let Err(e) = r {
@@ -583,8 +591,9 @@ async fn run_controller(
         let ctx = ctx.clone();
         let tx = tx.clone();
         let reader = tier_reader.clone();
-        watcher::watcher(tiers_api, watcher::Config::default().any_semantic())
+        watcher::watcher(tiers_api, cache::watch_config())
             .default_backoff()
+            .modify(cache::slim)
             .reflect(tier_writer)
             .map_ok(move |ev| {
                 on_tier_event(&ev, &reader, &ctx, &tx);

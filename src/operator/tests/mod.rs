@@ -42,6 +42,7 @@ use serde_json::{Value, json};
 use crate::api::{CircuitPolicy, DegradationProfile, DeliveryTier, RateLimitPolicy};
 use crate::operator::context::{Clock, Context, Settings, Stores};
 use crate::operator::controller;
+use crate::operator::controller::cache;
 use crate::operator::desired::OperatorOptions;
 use crate::operator::error::Result;
 use crate::operator::health_client::{HealthError, HealthSource, PodTarget};
@@ -413,20 +414,38 @@ async fn refresh_caches_with(
     writers: &Mutex<Writers>,
     prune: impl Fn(&mut ObjectMeta),
 ) {
-    async fn all<K>(client: &Client, prune: &dyn Fn(&mut ObjectMeta)) -> Vec<K>
+    /// The kind's objects, typed a page at a time and each page
+    /// trimmed by `slim` before the next, as a watcher's initial list pages
+    /// (the fake API has no continue tokens, so the paging is done here on
+    /// the raw list).
+    async fn all<K>(client: &Client, prune: &dyn Fn(&mut ObjectMeta), slim: fn(&mut K)) -> Vec<K>
     where
         K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
             + Clone
             + std::fmt::Debug
             + DeserializeOwned,
     {
-        let mut items = Api::<K>::all(client.clone())
+        #[derive(serde::Deserialize)]
+        struct RawList<'a> {
+            #[serde(borrow)]
+            items: Vec<&'a serde_json::value::RawValue>,
+        }
+        let request = kube::core::Request::new(K::url_path(&(), None))
             .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items;
-        for o in &mut items {
-            prune(o.meta_mut());
+            .unwrap();
+        let text = client.request_text(request).await.unwrap();
+        let raw: RawList = serde_json::from_str(&text).unwrap();
+        let mut items = Vec::with_capacity(raw.items.len());
+        for page in raw.items.chunks(cache::LIST_PAGE as usize) {
+            let mut typed: Vec<K> = page
+                .iter()
+                .map(|r| serde_json::from_str(r.get()).unwrap())
+                .collect();
+            for o in &mut typed {
+                prune(o.meta_mut());
+                slim(o);
+            }
+            items.extend(typed);
         }
         items
     }
@@ -459,30 +478,31 @@ async fn refresh_caches_with(
             .reset_policies(kind, ids.iter().map(|(n, m)| (n.as_str(), m.as_str())));
     }
     let p = &prune;
-    let tiers: Vec<DeliveryTier> = all(client, p).await;
+    let tiers: Vec<DeliveryTier> = all(client, p, cache::slim).await;
     ctx.index.write().unwrap().reset_tiers(tiers.iter());
     fill(&mut writers.lock().unwrap().tiers, tiers);
-    let rl: Vec<RateLimitPolicy> = all(client, p).await;
+    let rl: Vec<RateLimitPolicy> = all(client, p, cache::slim).await;
     reset_policies(ctx, RefKind::RateLimitPolicy, &ids(&rl));
     fill(&mut writers.lock().unwrap().rate_limits, rl);
-    let cp: Vec<CircuitPolicy> = all(client, p).await;
+    let cp: Vec<CircuitPolicy> = all(client, p, cache::slim).await;
     reset_policies(ctx, RefKind::CircuitPolicy, &ids(&cp));
     fill(&mut writers.lock().unwrap().circuits, cp);
-    let dp: Vec<DegradationProfile> = all(client, p).await;
+    let dp: Vec<DegradationProfile> = all(client, p, cache::slim).await;
     reset_policies(ctx, RefKind::DegradationProfile, &ids(&dp));
     fill(&mut writers.lock().unwrap().degradations, dp);
-    let secrets: Vec<Secret> = all(client, p).await;
+    let secrets: Vec<Secret> = all(client, p, cache::slim).await;
     reset_policies(ctx, RefKind::Secret, &ids(&secrets));
     let secrets = secrets
         .into_iter()
         .map(|s| s.metadata.into_response_partial::<Secret>())
         .collect();
     fill(&mut writers.lock().unwrap().secrets, secrets);
-    let pods: Vec<Pod> = all(client, p).await;
+    // Trimmed as the operator's watches trim them.
+    let pods: Vec<Pod> = all(client, p, cache::slim).await;
     fill(&mut writers.lock().unwrap().pods, pods);
-    let deps: Vec<Deployment> = all(client, p).await;
+    let deps: Vec<Deployment> = all(client, p, cache::slim_deployment).await;
     fill(&mut writers.lock().unwrap().deployments, deps);
-    let pdbs: Vec<PodDisruptionBudget> = all(client, p).await;
+    let pdbs: Vec<PodDisruptionBudget> = all(client, p, cache::slim).await;
     fill(&mut writers.lock().unwrap().pdbs, pdbs);
 }
 
