@@ -2,7 +2,7 @@
 //! OpenTelemetry. Call sites are one line each and never see an otel type.
 //!
 //! Owns: what herald traces and when — one trace per message (a root
-//! "message" span at ingest, a "send" child span per attempt) and one span
+//! "message" span at ingest, an "attempt" child span per send) and one span
 //! per operator reconcile — and the process-wide switch. Leaves to
 //! [`ids`] the trace identity of a message, to [`sampling`] which traces
 //! are kept, to [`spans`] what each span carries, and to `otel` (compiled
