@@ -38,13 +38,16 @@ RUN set -eu; \
     done
 
 FROM ${RUST_IMAGE} AS builder
+# Cargo features, comma-separated; e.g. --build-arg FEATURES=otel for
+# OpenTelemetry tracing (docs/tracing.md). Empty: the default build.
+ARG FEATURES=""
 WORKDIR /src
 COPY --from=skeleton /skeleton/ ./
 # Dependency layer: everything in Cargo.lock compiled for the release profile.
 # The stubbed herald artefacts are removed: the real sources copied next keep
 # their own mtimes, often older than the stub build, and cargo would otherwise
 # take the stub binary for up to date.
-RUN cargo build --release --locked --bin herald \
+RUN cargo build --release --locked --bin herald --features "${FEATURES}" \
     && rm -rf target/release/herald target/release/deps/herald-* \
               target/release/deps/libherald-* target/release/.fingerprint/herald-* \
               target/release/build/herald-*
@@ -52,7 +55,7 @@ COPY . .
 # /out is laid out as the runtime root: the binary, and an empty data dir for
 # the embedded queue owned by the runtime user (distroless has no shell to
 # mkdir/chown with).
-RUN cargo build --release --locked --bin herald \
+RUN cargo build --release --locked --bin herald --features "${FEATURES}" \
     && mkdir -p /out/var/lib/herald \
     && cp target/release/herald /out/herald \
     && test -n "$(/out/herald --version)"

@@ -11,6 +11,7 @@
 //! - [`sink`]: where messages go (Telegram Bot API, webhook, spool) and receipts.
 //! - [`store`]: the durable queue (trait and contract; embedded redb backend).
 //! - [`sandbox`]: a strict Telegram Bot API look-alike for tests and demos.
+//! - [`telemetry`]: OpenTelemetry traces (cargo feature `otel`; a no-op without it).
 #![forbid(unsafe_code)]
 
 pub mod agent;
@@ -24,4 +25,5 @@ pub mod sandbox;
 pub mod sim;
 pub mod sink;
 pub mod store;
+pub mod telemetry;
 pub mod validate;

@@ -34,6 +34,7 @@ use crate::sink::{Delivery, ReceiptSender, Sink, SinkResult};
 use crate::store::redis::membership::{LimiterMode, local_share_limits};
 use crate::store::redis::shared_limiter::{Ask, SharedDecision};
 use crate::store::{Attempt, ChatRef, MessageId, Store, StoreError, StoredMessage};
+use crate::telemetry;
 
 /// A stable negative key for a `@username` chat: usernames are channels or
 /// public groups, so they get the (stricter) group limit.
@@ -519,6 +520,8 @@ impl DispatchLoop {
                     .map(|s| format!("HTTP {s}"))
             }),
         };
+        let sink = self.sinks.get(done.tier).and_then(Option::as_deref);
+        telemetry::attempt_finished(&h.msg, sink, &attempt, &done.result, &verdict, done.latency);
         let store = self.state.store.clone();
         let id = h.msg.id;
         if let Some(m) = m

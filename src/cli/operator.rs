@@ -148,6 +148,8 @@ impl Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let settings = args.settings()?;
     init_logging(args.log_format);
+    // Dropped after the runtime: flushes the last reconcile spans.
+    let _telemetry = herald::telemetry::init("herald-operator");
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(serve(args, settings))
 }

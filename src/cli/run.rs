@@ -16,6 +16,9 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     super::logging::init();
+    // Declared before the runtime so it drops after it: the final flush of
+    // spans blocks, and runs once the drain is over.
+    let _telemetry = herald::telemetry::init("herald-agent");
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async move {
         let env = |k: &str| std::env::var(k).ok();

@@ -232,6 +232,7 @@ pub fn tier_predicate(tier: &DeliveryTier) -> Option<u64> {
 /// and timed in the operator's metrics.
 pub async fn reconcile(tier: Arc<DeliveryTier>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.count_and_measure();
+    let span = crate::telemetry::ReconcileSpan::start(&tier);
     let key = ObjectRef::from_obj(&*tier);
     let limit = ctx.settings.reconcile_timeout;
     let out = match tokio::time::timeout(limit, pass::reconcile_tier(&tier, &ctx)).await {
@@ -242,6 +243,7 @@ pub async fn reconcile(tier: Arc<DeliveryTier>, ctx: Arc<Context>) -> Result<Act
         Ok(_) => ctx.reset_failures(&key),
         Err(e) => ctx.metrics.reconcile_failure(e),
     }
+    span.finish(out.as_ref().err().map(Error::metric_label));
     out
 }
 

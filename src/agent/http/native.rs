@@ -227,6 +227,7 @@ pub async fn store_batch(
                     .inc();
             }
             fresh.push(stored.clone());
+            crate::telemetry::message_accepted(&stored, source);
         }
         out.push((stored, a.duplicate_of));
     }
