@@ -205,6 +205,13 @@ pub fn embedded_queue_path(spec: &DeliveryTierSpec) -> Result<Option<String>, De
     Ok(Some(path))
 }
 
+/// Where a Redis tier's agent keeps its spill (the accepts made while Redis
+/// does not answer): the pod's `/tmp` emptyDir, the one writable place
+/// without a claim. It outlives a container restart (kill -9, OOM), not the
+/// pod; the spill is imported as soon as Redis answers, so it holds only
+/// what an outage left behind.
+pub const SPILL_PATH: &str = "/tmp/herald-spill/spill.redb";
+
 /// `metadata` of a rendered document.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DocumentMeta {
@@ -292,7 +299,7 @@ pub fn agent_document(input: &ConfigInput<'_>) -> Result<AgentDocument, DesiredE
         spec: AgentSpec {
             listen: POD_LISTEN.to_owned(),
             entry_tier: Some(input.tier_name.to_owned()),
-            store_path: embedded_queue_path(input.spec)?.unwrap_or(defaults.store_path.clone()),
+            store_path: embedded_queue_path(input.spec)?.unwrap_or_else(|| SPILL_PATH.to_owned()),
             secrets: SecretSources {
                 env_prefix: SECRET_ENV_PREFIX.to_owned(),
                 ..SecretSources::default()
@@ -486,8 +493,9 @@ mod tests {
             (cm.namespace.as_deref(), cm.name.as_str(), cm.key.as_str()),
             (None, "alerts-config", CONFIG_KEY)
         );
-        // A redis tier keeps the agent's default queue path.
-        assert_eq!(spec.store_path, AgentSpec::default().store_path);
+        // A redis tier spills on the pod's writable scratch volume.
+        assert_eq!(spec.store_path, SPILL_PATH);
+        assert!(spec.store_path.starts_with("/tmp/"));
         let parts = spec.partitions.as_ref().unwrap();
         assert_eq!((parts.stable.len(), parts.canary.len()), (5, 5));
     }
