@@ -133,6 +133,9 @@ impl Args {
         o.queue_volume_size = Quantity(self.queue_volume_size.clone());
         o.spool_volume_size = Quantity(self.spool_volume_size.clone());
         o.spool_access_mode = self.spool_access_mode.clone();
+        // Agents export traces where the operator does (an image built
+        // with the `otel` feature; others ignore the variables).
+        o.agent_env = herald::operator::desired::otel_env(std::env::vars());
         o
     }
 

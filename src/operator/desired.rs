@@ -116,6 +116,26 @@ pub struct OperatorOptions {
     pub spool_access_mode: String,
     /// UID and GID agent containers run as (the image's `nonroot` user).
     pub run_as_user: i64,
+    /// Plain variables every agent container gets, after herald's own
+    /// (e.g. the operator's `OTEL_*` settings, see [`otel_env`]). Part of
+    /// the pod spec, so changing them rolls the agents.
+    pub agent_env: Vec<(String, String)>,
+}
+
+/// The OpenTelemetry settings agents inherit from the operator's own
+/// environment: every `OTEL_*` variable but the service name (agents name
+/// themselves `herald-agent`) and the exporter headers, which may carry a
+/// collector's credentials and would sit in plain text in every
+/// Deployment. Sorted, so the pod revision is stable.
+pub fn otel_env(vars: impl IntoIterator<Item = (String, String)>) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = vars
+        .into_iter()
+        .filter(|(k, _)| {
+            k.starts_with("OTEL_") && k != "OTEL_SERVICE_NAME" && !k.ends_with("_HEADERS")
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 impl OperatorOptions {
@@ -129,6 +149,7 @@ impl OperatorOptions {
             spool_volume_size: Quantity("1Gi".to_owned()),
             spool_access_mode: "ReadWriteOnce".to_owned(),
             run_as_user: 65532,
+            agent_env: Vec::new(),
         }
     }
 }

@@ -178,6 +178,13 @@ pub(super) fn pod_spec(
             ..EnvVar::default()
         });
     }
+    for (name, value) in &opts.agent_env {
+        env.push(EnvVar {
+            name: name.clone(),
+            value: Some(value.clone()),
+            ..EnvVar::default()
+        });
+    }
 
     let mut mounts = vec![
         VolumeMount {

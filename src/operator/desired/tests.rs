@@ -958,3 +958,59 @@ fn what_the_agent_would_refuse_is_refused_here() {
         DesiredError::SecretVariableClash { ref var, .. } if var == "HERALD_SECRET_BOT_TOKEN"
     ));
 }
+
+#[test]
+fn agents_inherit_the_operators_tracing_settings_but_no_credentials() {
+    let inherited = otel_env([
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
+            "http://collector:4318".to_owned(),
+        ),
+        ("OTEL_SERVICE_NAME".to_owned(), "herald-operator".to_owned()),
+        (
+            "OTEL_EXPORTER_OTLP_HEADERS".to_owned(),
+            "authorization=Bearer s3cret".to_owned(),
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS".to_owned(),
+            "x-key=s3cret".to_owned(),
+        ),
+        ("OTEL_TRACES_SAMPLER_ARG".to_owned(), "0.1".to_owned()),
+        ("HOME".to_owned(), "/root".to_owned()),
+    ]);
+    assert_eq!(
+        inherited,
+        [
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
+                "http://collector:4318".to_owned()
+            ),
+            ("OTEL_TRACES_SAMPLER_ARG".to_owned(), "0.1".to_owned()),
+        ]
+    );
+    let t = tier_from(spec_json("telegram", false, 1, false));
+    let plain = build(&t);
+    let mut with = opts();
+    with.agent_env = inherited;
+    let traced = desired_objects(&t, &policies(), &with).unwrap();
+    let env = container_of(&traced.stable).env.clone().unwrap();
+    let value = |n: &str| {
+        env.iter()
+            .find(|e| e.name == n)
+            .and_then(|e| e.value.clone())
+    };
+    assert_eq!(
+        value("OTEL_EXPORTER_OTLP_ENDPOINT").as_deref(),
+        Some("http://collector:4318")
+    );
+    assert!(
+        !serde_json::to_string(&traced.stable)
+            .unwrap()
+            .contains("s3cret")
+    );
+    // Part of what the pods run: a change rolls them.
+    assert_ne!(
+        template_revision(&plain.stable),
+        template_revision(&traced.stable)
+    );
+}
