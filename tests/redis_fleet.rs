@@ -39,6 +39,9 @@ spec:
   adminTokenRef: {{name: admin, key: token}}
   secrets: {{dir: {dir}/secrets, envPrefix: HERALD_SECRET_}}
   shutdownGrace: 5s
+  # Longer than the test client's 30 s: a drop-in call that waited it out
+  # would fail the test instead of answering late.
+  botApi: {{waitForDelivery: 120s}}
 ---
 apiVersion: herald.dev/v1alpha1
 kind: RateLimitPolicy
@@ -523,6 +526,33 @@ fn redis_killed_and_restarted_on_its_data_loses_nothing() {
     // Ingest goes to Redis again once the spills are empty.
     fleet.send(30, 30, 690);
     assert!(fleet.wait_delivered(720, Duration::from_secs(60)));
+}
+
+/// A bot calling `sendMessage` through one agent gets Telegram's answer
+/// although another agent may hold the chat's partition and send it: the
+/// waiting call follows the message in Redis, not only its own dispatcher.
+#[test]
+fn a_drop_in_call_gets_telegrams_answer_whichever_agent_sends() {
+    let fleet = Fleet::start(2, Persistence::None);
+    assert!(
+        eventually(Duration::from_secs(30), || fleet.settled(2)),
+        "the fleet did not settle: {:?}",
+        fleet.details()
+    );
+    let url = fleet.live().next().unwrap().url.clone();
+    // Eight chats: over 16 partitions held by two agents, some are
+    // (all but surely) the other agent's.
+    for chat in 6000..6008 {
+        let (code, text) = get(&format!(
+            "{url}/bot{TOKEN}/sendMessage?chat_id={chat}&text=sync-{chat}"
+        ));
+        assert_eq!(code, 200, "chat {chat}: {text}");
+        let body: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(body["ok"], true, "{body}");
+        assert!(body["result"]["message_id"].is_i64(), "chat {chat}: {body}");
+        assert_eq!(body["result"]["chat"]["id"], chat, "{body}");
+    }
+    assert_eq!(fleet.counters()["rejected_429"], 0);
 }
 
 #[test]

@@ -107,6 +107,20 @@ impl AppState {
         rx
     }
 
+    /// Drops the waiters of `id` that stopped listening. On Redis another
+    /// agent may deliver the message, so [`AppState::finish`] never runs
+    /// here for it; without this the entry would stay for good.
+    pub fn forget_waiters(&self, id: MessageId) {
+        if let Ok(mut w) = self.waiters.lock()
+            && let Some(senders) = w.get_mut(&id)
+        {
+            senders.retain(|tx| !tx.is_closed());
+            if senders.is_empty() {
+                w.remove(&id);
+            }
+        }
+    }
+
     /// Tell whoever waits on `id` how it ended.
     pub fn finish(&self, id: MessageId, outcome: Final) {
         let senders = self.waiters.lock().ok().and_then(|mut w| w.remove(&id));

@@ -20,6 +20,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
+use tokio::sync::oneshot;
 
 use crate::agent::http::native::{admit, store_batch};
 use crate::agent::ingest::IngestError;
@@ -207,18 +208,63 @@ async fn send(
         return accepted(id, "accepted");
     }
     let waiter = state.wait_for(id);
+    let answer = wait_for_delivery(state, id, waiter, wait).await;
+    state.forget_waiters(id);
+    answer
+}
+
+/// How often a waiting call reads the message's state from a shared store,
+/// where the agent holding the chat's partition may be another one.
+const SHARED_POLL: Duration = Duration::from_millis(200);
+
+/// The message's end as this agent's dispatcher reports it, or — on Redis,
+/// where another agent may send it — as the store records it; `queued`
+/// when `wait` runs out first.
+async fn wait_for_delivery(
+    state: &AppState,
+    id: MessageId,
+    waiter: oneshot::Receiver<Final>,
+    wait: Duration,
+) -> Response {
+    let finished = || async {
+        match state.store.get(id).await {
+            Ok(Some(m)) if !m.state.is_open() => Some(m),
+            _ => None,
+        }
+    };
     // The delivery may have finished before the waiter was registered.
-    if let Ok(Some(m)) = state.store.get(id).await
-        && !m.state.is_open()
-    {
+    if let Some(m) = finished().await {
         return from_stored(&m);
     }
-    match tokio::time::timeout(wait, waiter).await {
-        Ok(Ok(f)) => from_final(id, f),
-        _ => match state.store.get(id).await {
-            Ok(Some(m)) if !m.state.is_open() => from_stored(&m),
-            _ => accepted(id, "queued"),
-        },
+    let poll = if state.store.enqueues_locally() {
+        wait
+    } else {
+        SHARED_POLL
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    tokio::pin!(waiter);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        tokio::select! {
+            r = &mut waiter => {
+                if let Ok(f) = r {
+                    return from_final(id, f);
+                }
+                break;
+            }
+            _ = tokio::time::sleep(poll.min(left)) => {
+                if let Some(m) = finished().await {
+                    return from_stored(&m);
+                }
+                if left <= poll {
+                    break;
+                }
+            }
+        }
+    }
+    match finished().await {
+        Some(m) => from_stored(&m),
+        None => accepted(id, "queued"),
     }
 }
 
