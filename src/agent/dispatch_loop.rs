@@ -164,7 +164,7 @@ impl DispatchLoop {
         let fleet = state.fleet.clone();
         let base = dispatch_config(&config);
         let limits: Vec<Limits> = base.tiers.iter().map(|t| t.limits).collect();
-        let modes = current_modes(fleet.as_deref(), &config, &base);
+        let modes = current_modes(fleet.as_deref(), &config, tier_names(&base));
         let d = Dispatcher::new(limited(base, &modes), seed)?;
         let receipts = ReceiptSender::new(state.http.clone(), Default::default()).ok();
         let quiet_until = Instant::ZERO + restart_quiet(&config);
@@ -194,7 +194,7 @@ impl DispatchLoop {
     fn install(&mut self, config: Arc<AgentConfig>) -> Result<(), LoopError> {
         let now = self.now();
         let base = dispatch_config(&config);
-        let modes = current_modes(self.fleet.as_deref(), &config, &base);
+        let modes = current_modes(self.fleet.as_deref(), &config, tier_names(&base));
         let limits = base.tiers.iter().map(|t| t.limits).collect();
         self.d.reconfigure(now, limited(base, &modes))?;
         self.limits = limits;
@@ -212,8 +212,10 @@ impl DispatchLoop {
         if let Some(m) = self.state.metrics() {
             m.redis_up.set(i64::from(fleet.connected()));
         }
-        let base = dispatch_config(&self.config);
-        let modes = current_modes(Some(&fleet), &self.config, &base);
+        // The loaded tiers, in order: no need to rebuild the config every
+        // tick to learn their names.
+        let names = (0..self.d.tier_count()).map(|i| self.d.tier_name(i).unwrap_or_default());
+        let modes = current_modes(Some(&fleet), &self.config, names);
         if modes == self.modes {
             return;
         }
@@ -885,14 +887,13 @@ impl DispatchLoop {
 
 /// Each tier's limiter mode now: on the embedded store every tier limits
 /// alone (`LocalShare` of 1 is the whole limit).
-fn current_modes(
+fn current_modes<'a>(
     fleet: Option<&Fleet>,
     config: &AgentConfig,
-    base: &DispatchConfig,
+    tiers: impl Iterator<Item = &'a str>,
 ) -> Vec<LimiterMode> {
-    base.tiers
-        .iter()
-        .map(|t| match (fleet, config.tier(&t.name)) {
+    tiers
+        .map(|name| match (fleet, config.tier(name)) {
             (Some(f), Some(rt)) => tier_mode(
                 rt.policy.limiter_backend,
                 rt.policy.limiter_fallback,
@@ -902,6 +903,10 @@ fn current_modes(
             _ => LimiterMode::LocalShare { divisor: 1 },
         })
         .collect()
+}
+
+fn tier_names(config: &DispatchConfig) -> impl Iterator<Item = &str> {
+    config.tiers.iter().map(|t| t.name.as_str())
 }
 
 /// `base` with each tier's bot-wide limits cut to its share. A share too
