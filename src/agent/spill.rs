@@ -122,40 +122,30 @@ impl Spill {
             .into_iter()
             .map(|m| (MessageId::generate(), m))
             .collect();
-        {
-            let route = self.route.read().await;
-            if *route == Route::Spill {
-                return self.spill(batch, now_ms).await;
-            }
-            let answers = redis.accept_as(batch.clone(), now_ms).await;
-            if !answers
-                .iter()
-                .any(|a| matches!(a, Err(StoreError::Unavailable(_))))
-            {
-                return answers;
-            }
-            // Redis answered for some (refusals) or none: the unanswered
-            // ones may or may not be there, and import will tell.
-            let mut answers = answers;
-            let unanswered: Vec<usize> = answers
-                .iter()
-                .enumerate()
-                .filter(|(_, a)| matches!(a, Err(StoreError::Unavailable(_))))
-                .map(|(i, _)| i)
-                .collect();
-            drop(route);
-            self.divert().await;
-            let spilled = self
-                .spill(
-                    unanswered.iter().map(|i| batch[*i].clone()).collect(),
-                    now_ms,
-                )
-                .await;
-            for (i, answer) in unanswered.into_iter().zip(spilled) {
-                answers[i] = answer;
-            }
-            answers
+        let route = self.route.read().await;
+        if *route == Route::Spill {
+            return self.spill(batch, now_ms).await;
         }
+        let mut answers = redis.accept_as(batch.clone(), now_ms).await;
+        // Redis may have answered for some (refusals) and not the others:
+        // those may or may not be there, and import will tell.
+        let unanswered: Vec<usize> = answers
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| matches!(a, Err(StoreError::Unavailable(_))))
+            .map(|(i, _)| i)
+            .collect();
+        if unanswered.is_empty() {
+            return answers;
+        }
+        drop(route);
+        self.divert().await;
+        let again = unanswered.iter().map(|i| batch[*i].clone()).collect();
+        let spilled = self.spill(again, now_ms).await;
+        for (i, answer) in unanswered.into_iter().zip(spilled) {
+            answers[i] = answer;
+        }
+        answers
     }
 
     async fn divert(&self) {
@@ -192,6 +182,7 @@ impl Spill {
     /// Moves everything in the spill to Redis, oldest first, then routes
     /// accepts back to Redis. Stops at the first Redis failure (the rest
     /// waits for the next pass); what was imported is gone from the spill.
+    /// Counts what it moved in the metrics either way.
     pub async fn resync(&self, redis: &RedisStore) -> Result<Resynced, StoreError> {
         let mut done = Resynced::default();
         loop {
@@ -212,6 +203,7 @@ impl Spill {
                     *route = Route::Redis;
                     self.waiting.store(0, Ordering::Relaxed);
                     self.publish_waiting(0);
+                    self.publish_counts(done);
                     return Ok(done);
                 }
                 continue;
@@ -266,13 +258,6 @@ impl Spill {
                 .set(i64::try_from(waiting).unwrap_or(i64::MAX));
         }
     }
-
-    /// One resync pass, with its figures counted.
-    async fn pass(&self, redis: &RedisStore) -> Result<(), StoreError> {
-        let done = self.resync(redis).await?;
-        self.publish_counts(done);
-        Ok(())
-    }
 }
 
 /// While the agent runs: resync whenever something waits in the spill,
@@ -281,7 +266,7 @@ impl Spill {
 pub async fn run(spill: std::sync::Arc<Spill>, redis: RedisStore, mut stop: watch::Receiver<bool>) {
     loop {
         if spill.spilling().await
-            && let Err(e) = spill.pass(&redis).await
+            && let Err(e) = spill.resync(&redis).await
         {
             tracing::debug!(error = %e, waiting = spill.waiting(), "spill resync waits for Redis");
         }
@@ -298,7 +283,7 @@ pub async fn flush(spill: &Spill, redis: &RedisStore) {
     if !spill.spilling().await {
         return;
     }
-    if let Err(e) = spill.pass(redis).await {
+    if let Err(e) = spill.resync(redis).await {
         tracing::warn!(
             error = %e,
             waiting = spill.waiting(),

@@ -205,10 +205,12 @@ impl Store for AgentStore {
     async fn get(&self, id: MessageId) -> Result<Option<StoredMessage>, StoreError> {
         match self {
             AgentStore::Embedded(s) => s.get(id).await,
-            AgentStore::Redis(redis, spill) => match spill.get(id).await? {
+            // An empty spill (the usual case) costs no read.
+            AgentStore::Redis(redis, spill) if spill.waiting() > 0 => match spill.get(id).await? {
                 Some(m) => Ok(Some(m)),
                 None => redis.get(id).await,
             },
+            AgentStore::Redis(redis, _) => redis.get(id).await,
         }
     }
 

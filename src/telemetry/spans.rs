@@ -250,6 +250,13 @@ mod tests {
         }
     }
 
+    fn attribute(plan: &Plan, key: &str) -> Option<Value> {
+        plan.attributes
+            .iter()
+            .find(|(n, _)| *n == key)
+            .map(|(_, v)| v.clone())
+    }
+
     fn leaks(plan: &Plan) -> Vec<String> {
         plan.attributes
             .iter()
@@ -266,12 +273,7 @@ mod tests {
         let p = message(&m, "api", at_ms(1_700_000_000_020));
         assert_eq!(p.name, "message");
         assert_eq!(p.start, at_ms(1_700_000_000_000));
-        let get = |k| {
-            p.attributes
-                .iter()
-                .find(|(n, _)| *n == k)
-                .map(|(_, v)| v.clone())
-        };
+        let get = |k| attribute(&p, k);
         assert_eq!(get("herald.correlation_id"), Some(s("corr-1")));
         assert_eq!(get("herald.message_id"), Some(s(m.id.to_string())));
         assert_eq!(get("herald.priority"), Some(s("high")));
@@ -318,12 +320,7 @@ mod tests {
             Duration::from_millis(250),
             end,
         );
-        let get = |k| {
-            p.attributes
-                .iter()
-                .find(|(n, _)| *n == k)
-                .map(|(_, v)| v.clone())
-        };
+        let get = |k| attribute(&p, k);
         assert_eq!(get("herald.attempt"), Some(Value::Int(2)));
         assert_eq!(get("herald.outcome"), Some(s("dead_letter")));
         assert_eq!(get("herald.sink"), Some(s("telegram")));
@@ -363,12 +360,7 @@ mod tests {
         );
         assert_eq!(p.error, None);
         assert_eq!(p.start, at_ms(1_700_000_000_000));
-        let get = |k| {
-            p.attributes
-                .iter()
-                .find(|(n, _)| *n == k)
-                .map(|(_, v)| v.clone())
-        };
+        let get = |k| attribute(&p, k);
         assert_eq!(get("herald.attempt"), Some(Value::Int(1)));
         assert_eq!(get("herald.outcome"), Some(s("delivered")));
     }
