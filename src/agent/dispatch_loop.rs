@@ -5,8 +5,11 @@
 //! Store writes for a finished attempt run in a task of their own so a slow
 //! fsync never stalls pacing; a message's next send waits for its previous
 //! write first, so the store always sees a message's changes in order.
-//! Waiting Bot API callers and receipts are told only after the final state
-//! is durable.
+//! A waiting Bot API caller gets the sink's answer as soon as it is final,
+//! while the final state is being written: that write cannot change the
+//! answer, and a crash before it is durable re-sends the message whether
+//! the caller was answered or not. Receipts go out only once the final
+//! state is durable, since they are read back from the store.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -549,9 +552,21 @@ impl DispatchLoop {
                         .with_label_values(&[&tier_name, h.msg.msg.priority.as_str()])
                         .observe(age as f64 / 1000.0);
                 }
-                let state = self.state.clone();
-                let receipts = self.receipts.clone();
                 let result = done.result;
+                self.state.finish(
+                    id,
+                    Final {
+                        delivered: true,
+                        status: result.status,
+                        body: result.body,
+                        reason: None,
+                    },
+                );
+                let state = self.state.clone();
+                let receipts = self
+                    .receipts
+                    .clone()
+                    .filter(|_| h.msg.msg.callback_url.is_some());
                 tokio::spawn(async move {
                     if let Some(p) = h.persist {
                         let _ = p.await;
@@ -561,18 +576,7 @@ impl DispatchLoop {
                         store.record_delivered(id, tier_name.clone(), result.receipt.clone(), at)
                     })
                     .await;
-                    notify(
-                        &state,
-                        receipts.as_ref(),
-                        id,
-                        Final {
-                            delivered: true,
-                            status: result.status,
-                            body: result.body,
-                            reason: None,
-                        },
-                    )
-                    .await;
+                    send_receipt(&state, receipts.as_ref(), id).await;
                 });
             }
             Verdict::DeadLetter { reason } => {
@@ -584,10 +588,22 @@ impl DispatchLoop {
                         .with_label_values(&[&tier_name, reason.label()])
                         .inc();
                 }
-                let state = self.state.clone();
-                let receipts = self.receipts.clone();
                 let result = done.result;
                 let text = reason.to_string();
+                self.state.finish(
+                    id,
+                    Final {
+                        delivered: false,
+                        status: result.status,
+                        body: result.body,
+                        reason: Some(text.clone()),
+                    },
+                );
+                let state = self.state.clone();
+                let receipts = self
+                    .receipts
+                    .clone()
+                    .filter(|_| h.msg.msg.callback_url.is_some());
                 tokio::spawn(async move {
                     if let Some(p) = h.persist {
                         let _ = p.await;
@@ -596,18 +612,7 @@ impl DispatchLoop {
                         store.record_dead_letter(id, attempt.clone(), text.clone())
                     })
                     .await;
-                    notify(
-                        &state,
-                        receipts.as_ref(),
-                        id,
-                        Final {
-                            delivered: false,
-                            status: result.status,
-                            body: result.body,
-                            reason: Some(text),
-                        },
-                    )
-                    .await;
+                    send_receipt(&state, receipts.as_ref(), id).await;
                 });
             }
             Verdict::RetryAt(at) => {
@@ -1115,8 +1120,9 @@ fn chain(
     })
 }
 
-async fn notify(state: &AppState, receipts: Option<&ReceiptSender>, id: MessageId, outcome: Final) {
-    state.finish(id, outcome);
+/// Sends the delivery receipt of a message whose final state is durable;
+/// `None` when it asked for none, which spares the store read.
+async fn send_receipt(state: &AppState, receipts: Option<&ReceiptSender>, id: MessageId) {
     let Some(receipts) = receipts else { return };
     if let Ok(Some(m)) = state.store.get(id).await
         && let Some(url) = m.msg.callback_url.clone()

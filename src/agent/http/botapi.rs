@@ -22,13 +22,13 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use tokio::sync::oneshot;
 
-use crate::agent::http::native::{admit, store_batch};
+use crate::agent::http::native::{admit, store_batch_then};
 use crate::agent::ingest::IngestError;
 use crate::agent::ingest::message::{Context, HeraldFields, SEND_METHODS, parse_bot_api};
 use crate::agent::state::{AppState, Final};
 use crate::sandbox::params::{self, ParamError, Value as ParamValue};
 use crate::sink::TelegramSink;
-use crate::store::{MessageId, MessageState, Store};
+use crate::store::{MessageId, MessageState, Store, StoredMessage};
 
 /// A Telegram-shaped error, with herald's field name alongside.
 fn tg_error(status: StatusCode, description: String, field: &str) -> Response {
@@ -190,7 +190,13 @@ async fn send(
     let asynchronous =
         config.agent.bot_api.async_accept || header_str(headers, "x-herald-async") == Some("1");
     let wait = config.agent.bot_api.wait_for_delivery.get();
-    let stored = match store_batch(state, vec![msg], "botapi").await {
+    let mut waiter = None;
+    let register = |stored: &[(StoredMessage, bool)]| {
+        if !asynchronous {
+            waiter = stored.first().map(|(m, _)| state.wait_for(m.id));
+        }
+    };
+    let stored = match store_batch_then(state, vec![msg], "botapi", register).await {
         Ok(mut v) => match v.pop() {
             Some((m, _)) => m,
             None => {
@@ -204,10 +210,9 @@ async fn send(
         Err(e) => return from_ingest(e),
     };
     let id = stored.id;
-    if asynchronous {
+    let Some(waiter) = waiter else {
         return accepted(id, "accepted");
-    }
-    let waiter = state.wait_for(id);
+    };
     let answer = wait_for_delivery(state, id, waiter, wait).await;
     state.forget_waiters(id);
     answer

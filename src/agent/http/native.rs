@@ -190,6 +190,19 @@ pub async fn store_batch(
     messages: Vec<NewMessage>,
     source: &str,
 ) -> Result<Vec<(StoredMessage, bool)>, IngestError> {
+    store_batch_then(state, messages, source, |_| ()).await
+}
+
+/// [`store_batch`], running `before_dispatch` on the stored messages before
+/// the dispatcher can see them: a Bot API caller registers its waiter there,
+/// since the dispatcher may finish a message (and tell its waiters) before
+/// the caller would get to register after this returns.
+pub async fn store_batch_then(
+    state: &AppState,
+    messages: Vec<NewMessage>,
+    source: &str,
+    before_dispatch: impl FnOnce(&[(StoredMessage, bool)]),
+) -> Result<Vec<(StoredMessage, bool)>, IngestError> {
     let now = now_ms();
     let results = state.store.accept(messages.clone(), now).await;
     let mut out = Vec::with_capacity(results.len());
@@ -231,6 +244,7 @@ pub async fn store_batch(
         }
         out.push((stored, a.duplicate_of));
     }
+    before_dispatch(&out);
     // The messages are durable already; if the loop is gone (shutdown)
     // they are picked up from the store at the next start. On Redis the
     // holder of each message's partition reads it from the feed instead.
