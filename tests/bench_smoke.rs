@@ -21,6 +21,8 @@ fn quick_bench_measures_everything_and_loses_nothing() {
     assert_eq!(report["latency_undelivered"], 0, "{report:#}");
     // 500/s for 0.5 s, 20 paired drop-in calls.
     assert_eq!(report["accept_latency"]["samples"], 250);
+    assert_eq!(report["accept_latency_from_send"]["samples"], 250);
+    assert_eq!(report["generator_lateness"]["samples"], 250);
     assert_eq!(report["pipeline_overhead"]["samples"], 250);
     assert_eq!(report["drop_in_direct"]["samples"], 20);
     assert_eq!(report["drop_in_through_herald"]["samples"], 20);

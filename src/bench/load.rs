@@ -106,6 +106,14 @@ pub async fn accept_throughput(
 pub struct OpenLoop {
     /// Scheduled start → 202, per accepted request.
     pub accept: Vec<Duration>,
+    /// The request actually leaving → 202, per accepted request: without
+    /// the generator's own lateness (tokio's timer fires on millisecond
+    /// ticks, and the generator shares the cores with the agent). Each
+    /// request is its own task, so a slow agent does not hold back later
+    /// requests, and this does not hide stalls the way a closed loop would.
+    pub accept_from_send: Vec<Duration>,
+    /// Scheduled start → the request leaving.
+    pub lateness: Vec<Duration>,
     /// 202 received → the null API saw the message, per delivered message.
     pub pipeline: Vec<Duration>,
     /// Messages not seen by the null API before the wait ended.
@@ -132,33 +140,38 @@ pub async fn open_loop(
         let s = seq.take(1);
         tasks.spawn(async move {
             tokio::time::sleep_until(due).await;
+            let sent = Instant::now();
             let r = client.post(&url).json(&message(s)).send().await;
             let done = Instant::now();
             let ok = matches!(&r, Ok(r) if r.status().as_u16() == 202);
-            (s, ok.then_some((done - due.into_std(), done)))
+            (s, ok.then_some((due.into_std(), sent, done)))
         });
     }
     let mut accepted = Vec::with_capacity(count as usize);
     let mut refused = 0;
     while let Some(r) = tasks.join_next().await {
         match r.map_err(|e| BenchError::Agent(e.to_string()))? {
-            (s, Some((latency, at))) => accepted.push((s, latency, at)),
+            (s, Some(times)) => accepted.push((s, times)),
             (_, None) => refused += 1,
         }
     }
     // Give the pipeline a bounded moment to deliver the tail.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline && accepted.iter().any(|(s, ..)| arrivals.at(*s).is_none()) {
+    while Instant::now() < deadline && accepted.iter().any(|(s, _)| arrivals.at(*s).is_none()) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut out = OpenLoop {
         accept: Vec::with_capacity(accepted.len()),
+        accept_from_send: Vec::with_capacity(accepted.len()),
+        lateness: Vec::with_capacity(accepted.len()),
         pipeline: Vec::with_capacity(accepted.len()),
         undelivered: 0,
         refused,
     };
-    for (s, latency, at) in accepted {
-        out.accept.push(latency);
+    for (s, (due, sent, at)) in accepted {
+        out.accept.push(at - due);
+        out.accept_from_send.push(at - sent);
+        out.lateness.push(sent.saturating_duration_since(due));
         match arrivals.at(s) {
             // A message can reach the sink before its 202 reaches the
             // client; that is zero time held by herald after acceptance.

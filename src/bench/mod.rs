@@ -146,6 +146,10 @@ pub struct Report {
     pub metrics_cost_percent: f64,
     pub latency_rate_per_second: u64,
     pub accept_latency: Quantiles,
+    /// The same requests timed from when each actually left.
+    pub accept_latency_from_send: Quantiles,
+    /// How late the generator sent each request after its scheduled start.
+    pub generator_lateness: Quantiles,
     pub pipeline_overhead: Quantiles,
     pub latency_refused: u64,
     pub latency_undelivered: u64,
@@ -255,6 +259,8 @@ pub async fn run(plan: &BenchPlan, progress: &mut dyn FnMut(&str)) -> Result<Rep
         rounds,
         latency_rate_per_second: plan.latency_rate,
         accept_latency: Quantiles::of(o.accept),
+        accept_latency_from_send: Quantiles::of(o.accept_from_send),
+        generator_lateness: Quantiles::of(o.lateness),
         pipeline_overhead: Quantiles::of(o.pipeline),
         latency_refused: o.refused,
         latency_undelivered: o.undelivered,
@@ -304,6 +310,14 @@ pub fn render(r: &Report) -> String {
         "accept latency @ {}/s      {}\n",
         r.latency_rate_per_second,
         q(&r.accept_latency)
+    ));
+    out.push_str(&format!(
+        "  timed from the send        {}\n",
+        q(&r.accept_latency_from_send)
+    ));
+    out.push_str(&format!(
+        "  generator lateness         {}\n",
+        q(&r.generator_lateness)
     ));
     out.push_str(&format!(
         "pipeline overhead            {}\n",

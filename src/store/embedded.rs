@@ -11,7 +11,9 @@
 //!
 //! Durability per method: `accept`, every `record_*`, `readdress`,
 //! `retry_dead`, `purge_dead` and `cleanup` commit with fsync before they
-//! answer. `mark_in_flight` alone may commit without fsync (it rides on the
+//! answer. `record_delivered` and `record_dead_letter` may wait up to
+//! `groupcommit::HOLD` to share an fsync, since no caller waits on them.
+//! `mark_in_flight` alone may commit without fsync (it rides on the
 //! next durable commit): a lost mark leaves the message `Pending`, and
 //! [`EmbeddedStore::open`] turns every persisted `InFlight` back into
 //! `Pending` anyway, so after a crash a lost mark and a kept one look the
@@ -28,7 +30,7 @@ use std::time::Duration;
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
 
 pub use super::groupcommit::CommitCounts;
-use super::groupcommit::{self, Writer};
+use super::groupcommit::{self, Commit, Writer};
 use super::layout;
 use super::record::{ChatRef, MessageId, MessageState, NewMessage, StoredMessage};
 use super::transitions::{self, Limits, Tables};
@@ -124,12 +126,12 @@ impl EmbeddedStore {
         .map_err(|e| StoreError::Storage(format!("read task failed: {e}")))?
     }
 
-    async fn write<T, F>(&self, durable: bool, change: F) -> Result<T, StoreError>
+    async fn write<T, F>(&self, commit: Commit, change: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Tables<'_>) -> Result<T, StoreError> + Send + 'static,
     {
-        self.inner.writer.submit(durable, change).await
+        self.inner.writer.submit(commit, change).await
     }
 }
 
@@ -149,7 +151,10 @@ impl EmbeddedStore {
             return Vec::new();
         }
         let count = batch.len();
-        match self.write(true, move |t| t.accept_as(batch, now_ms)).await {
+        match self
+            .write(Commit::Now, move |t| t.accept_as(batch, now_ms))
+            .await
+        {
             Ok(answers) => answers,
             Err(e) => std::iter::repeat_n(Err(e), count).collect(),
         }
@@ -189,7 +194,7 @@ impl EmbeddedStore {
         if ids.is_empty() {
             return Ok(0);
         }
-        self.write(true, move |t| t.remove(&ids)).await
+        self.write(Commit::Now, move |t| t.remove(&ids)).await
     }
 }
 
@@ -203,7 +208,10 @@ impl Store for EmbeddedStore {
             return Vec::new();
         }
         let count = batch.len();
-        match self.write(true, move |t| t.accept(batch, now_ms)).await {
+        match self
+            .write(Commit::Now, move |t| t.accept(batch, now_ms))
+            .await
+        {
             Ok(answers) => answers,
             Err(e) => std::iter::repeat_n(Err(e), count).collect(),
         }
@@ -246,7 +254,7 @@ impl Store for EmbeddedStore {
         tier: String,
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        self.write(false, move |t| t.mark_in_flight(id, tier, now_ms))
+        self.write(Commit::Lazy, move |t| t.mark_in_flight(id, tier, now_ms))
             .await
     }
 
@@ -257,8 +265,10 @@ impl Store for EmbeddedStore {
         receipt: Option<serde_json::Value>,
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        self.write(true, move |t| t.record_delivered(id, tier, receipt, now_ms))
-            .await
+        self.write(Commit::Soon, move |t| {
+            t.record_delivered(id, tier, receipt, now_ms)
+        })
+        .await
     }
 
     async fn record_retry(
@@ -267,8 +277,10 @@ impl Store for EmbeddedStore {
         attempt: Attempt,
         next_attempt_ms: u64,
     ) -> Result<(), StoreError> {
-        self.write(true, move |t| t.record_retry(id, attempt, next_attempt_ms))
-            .await
+        self.write(Commit::Now, move |t| {
+            t.record_retry(id, attempt, next_attempt_ms)
+        })
+        .await
     }
 
     async fn record_dead_letter(
@@ -277,12 +289,15 @@ impl Store for EmbeddedStore {
         attempt: Attempt,
         reason: String,
     ) -> Result<(), StoreError> {
-        self.write(true, move |t| t.record_dead_letter(id, attempt, reason))
-            .await
+        self.write(Commit::Soon, move |t| {
+            t.record_dead_letter(id, attempt, reason)
+        })
+        .await
     }
 
     async fn readdress(&self, id: MessageId, new_chat: ChatRef) -> Result<(), StoreError> {
-        self.write(true, move |t| t.readdress(id, new_chat)).await
+        self.write(Commit::Now, move |t| t.readdress(id, new_chat))
+            .await
     }
 
     async fn list_dead(&self, filter: DeadFilter) -> Result<Vec<StoredMessage>, StoreError> {
@@ -297,11 +312,13 @@ impl Store for EmbeddedStore {
     }
 
     async fn retry_dead(&self, selection: DeadSelection) -> Result<Vec<MessageId>, StoreError> {
-        self.write(true, move |t| t.retry_dead(selection)).await
+        self.write(Commit::Now, move |t| t.retry_dead(selection))
+            .await
     }
 
     async fn purge_dead(&self, selection: DeadSelection) -> Result<u64, StoreError> {
-        self.write(true, move |t| t.purge_dead(selection)).await
+        self.write(Commit::Now, move |t| t.purge_dead(selection))
+            .await
     }
 
     async fn cleanup(
@@ -312,7 +329,7 @@ impl Store for EmbeddedStore {
     ) -> Result<CleanupCounts, StoreError> {
         let retention = millis(delivered_retention);
         let ttl = millis(idempotency_ttl);
-        self.write(true, move |t| t.cleanup(now_ms, retention, ttl))
+        self.write(Commit::Now, move |t| t.cleanup(now_ms, retention, ttl))
             .await
     }
 
