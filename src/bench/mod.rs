@@ -306,35 +306,26 @@ pub fn render(r: &Report) -> String {
         "metrics cost                 {:.1} % (median on {:.0} vs off {:.0} msg/s)\n",
         r.metrics_cost_percent, r.accept_per_second_metrics_on, r.accept_per_second_metrics_off
     ));
-    out.push_str(&format!(
-        "accept latency @ {}/s      {}\n",
-        r.latency_rate_per_second,
-        q(&r.accept_latency)
-    ));
-    out.push_str(&format!(
-        "  timed from the send        {}\n",
-        q(&r.accept_latency_from_send)
-    ));
-    out.push_str(&format!(
-        "  generator lateness         {}\n",
-        q(&r.generator_lateness)
-    ));
-    out.push_str(&format!(
-        "pipeline overhead            {}\n",
-        q(&r.pipeline_overhead)
-    ));
+    let latency = format!("accept latency @ {}/s", r.latency_rate_per_second);
+    let lines = [
+        (latency.as_str(), &r.accept_latency),
+        ("  timed from the send", &r.accept_latency_from_send),
+        ("  generator lateness", &r.generator_lateness),
+        ("pipeline overhead", &r.pipeline_overhead),
+    ];
+    for (label, quantiles) in lines {
+        out.push_str(&format!("{label:<29}{}\n", q(quantiles)));
+    }
     out.push_str(&format!(
         "  refused {}, undelivered {}\n",
         r.latency_refused, r.latency_undelivered
     ));
-    out.push_str(&format!(
-        "drop-in: direct to API       {}\n",
-        q(&r.drop_in_direct)
-    ));
-    out.push_str(&format!(
-        "drop-in: through herald      {}\n",
-        q(&r.drop_in_through_herald)
-    ));
+    for (label, quantiles) in [
+        ("drop-in: direct to API", &r.drop_in_direct),
+        ("drop-in: through herald", &r.drop_in_through_herald),
+    ] {
+        out.push_str(&format!("{label:<29}{}\n", q(quantiles)));
+    }
     out.push_str(&format!(
         "drop-in added latency p50    {:.3} ms\n",
         r.drop_in_added_p50_ms
