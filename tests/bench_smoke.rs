@@ -31,6 +31,14 @@ fn quick_bench_measures_everything_and_loses_nothing() {
     for r in rounds {
         assert_eq!(r["messages"], 2000);
         assert!(r["per_second"].as_f64().is_some_and(|v| v > 0.0));
+        if cfg!(target_os = "linux") {
+            assert!(
+                r["agent_cpu_us_per_message"]
+                    .as_f64()
+                    .is_some_and(|v| v > 0.0),
+                "{r:#}"
+            );
+        }
     }
     assert!(rounds.iter().any(|r| r["metrics"] == true));
     assert!(rounds.iter().any(|r| r["metrics"] == false));

@@ -81,6 +81,41 @@ impl AgentProcess {
     pub fn rss_bytes(&self) -> Option<u64> {
         rss_of(self.pid())
     }
+
+    /// CPU time the agent has used so far, user and system, in seconds
+    /// (Linux `/proc`); `None` elsewhere.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        cpu_seconds_of(self.pid())
+    }
+}
+
+/// User + system CPU time of a process, in seconds.
+pub fn cpu_seconds_of(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; the fields after it are
+    // counted from its closing parenthesis. utime and stime are fields 14
+    // and 15, i.e. the 12th and 13th after the name.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / clock_ticks_per_second())
+}
+
+/// `getconf CLK_TCK`; 100 (what Linux uses on every common architecture)
+/// when it cannot be asked.
+fn clock_ticks_per_second() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse::<f64>().ok())
+            .filter(|t| *t > 0.0)
+            .unwrap_or(100.0)
+    })
 }
 
 impl Drop for AgentProcess {
@@ -175,5 +210,18 @@ mod tests {
     #[test]
     fn reads_its_own_rss() {
         assert!(rss_of(std::process::id()).is_some_and(|b| b > 0));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn reads_its_own_cpu_time_as_it_grows() {
+        let before = cpu_seconds_of(std::process::id()).unwrap();
+        let started = Instant::now();
+        let mut x = 0u64;
+        while started.elapsed() < Duration::from_millis(300) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let after = cpu_seconds_of(std::process::id()).unwrap();
+        assert!(after - before >= 0.1, "{before} → {after}");
     }
 }

@@ -15,6 +15,7 @@ mod null_api;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -132,6 +133,12 @@ pub struct Round {
     pub metrics: bool,
     #[serde(flatten)]
     pub throughput: Throughput,
+    /// The agent's CPU time (user + system) per message, in microseconds,
+    /// from the round's start until the null API has every message: accept
+    /// and delivery. Steadier than msg/s on a shared machine, since time
+    /// the agent waits for a core is not in it. `None` off Linux, or when
+    /// the deliveries did not finish within a minute.
+    pub agent_cpu_us_per_message: Option<f64>,
 }
 
 /// Everything one run measured.
@@ -144,6 +151,11 @@ pub struct Report {
     pub accept_per_second_metrics_off: f64,
     /// (off − on) / off, in percent: what collecting metrics costs.
     pub metrics_cost_percent: f64,
+    /// Median agent CPU per message with metrics on and off, and
+    /// (on − off) / off in percent.
+    pub cpu_us_per_message_metrics_on: Option<f64>,
+    pub cpu_us_per_message_metrics_off: Option<f64>,
+    pub metrics_cpu_cost_percent: Option<f64>,
     pub latency_rate_per_second: u64,
     pub accept_latency: Quantiles,
     /// The same requests timed from when each actually left.
@@ -219,8 +231,11 @@ pub async fn run(plan: &BenchPlan, progress: &mut dyn FnMut(&str)) -> Result<Rep
             ));
             let agent = AgentProcess::start(&plan.exe, &api.base_url(), metrics, &client).await?;
             // Warm the connection pool and the store file first.
-            load::accept_throughput(&client, &agent.url, &seq, plan.batch * 4, 4, plan.batch)
-                .await?;
+            let delivered_before = api.arrivals.count.load(Ordering::Relaxed);
+            let warm_up = plan.batch * 4;
+            load::accept_throughput(&client, &agent.url, &seq, warm_up, 4, plan.batch).await?;
+            delivered(&api.arrivals, delivered_before + warm_up).await;
+            let cpu_before = agent.cpu_seconds();
             let t = load::accept_throughput(
                 &client,
                 &agent.url,
@@ -230,9 +245,17 @@ pub async fn run(plan: &BenchPlan, progress: &mut dyn FnMut(&str)) -> Result<Rep
                 plan.batch,
             )
             .await?;
+            // The CPU per message covers its delivery too.
+            let all_delivered =
+                delivered(&api.arrivals, delivered_before + warm_up + t.messages).await;
+            let agent_cpu_us_per_message = cpu_before
+                .filter(|_| all_delivered)
+                .zip(agent.cpu_seconds())
+                .map(|(b, a)| (a - b) * 1e6 / t.messages as f64);
             rounds.push(Round {
                 metrics,
                 throughput: t,
+                agent_cpu_us_per_message,
             });
         }
     }
@@ -246,6 +269,16 @@ pub async fn run(plan: &BenchPlan, progress: &mut dyn FnMut(&str)) -> Result<Rep
         v.get(v.len() / 2).copied().unwrap_or(0.0)
     };
     let (on, off) = (median(true), median(false));
+    let median_cpu = |on: bool| {
+        let mut v: Vec<f64> = rounds
+            .iter()
+            .filter(|r| r.metrics == on)
+            .filter_map(|r| r.agent_cpu_us_per_message)
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied()
+    };
+    let (cpu_on, cpu_off) = (median_cpu(true), median_cpu(false));
     Ok(Report {
         idle_rss_mib,
         rss_after_latency_run_mib,
@@ -256,6 +289,12 @@ pub async fn run(plan: &BenchPlan, progress: &mut dyn FnMut(&str)) -> Result<Rep
         } else {
             0.0
         },
+        cpu_us_per_message_metrics_on: cpu_on,
+        cpu_us_per_message_metrics_off: cpu_off,
+        metrics_cpu_cost_percent: cpu_on
+            .zip(cpu_off)
+            .filter(|(_, off)| *off > 0.0)
+            .map(|(on, off)| (on - off) / off * 100.0),
         rounds,
         latency_rate_per_second: plan.latency_rate,
         accept_latency: Quantiles::of(o.accept),
@@ -268,6 +307,19 @@ pub async fn run(plan: &BenchPlan, progress: &mut dyn FnMut(&str)) -> Result<Rep
         drop_in_direct,
         drop_in_through_herald,
     })
+}
+
+/// Waits (at most a minute) until the null API has seen `total` messages;
+/// false if it has not by then.
+async fn delivered(arrivals: &null_api::Arrivals, total: u64) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while arrivals.count.load(Ordering::Relaxed) < total {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -292,19 +344,28 @@ pub fn render(r: &Report) -> String {
         "RSS after latency run        {}\n",
         rss(r.rss_after_latency_run_mib)
     ));
+    let cpu = |v: Option<f64>| v.map_or("n/a".to_owned(), |us| format!("{us:.1} µs"));
     for round in &r.rounds {
         out.push_str(&format!(
-            "accept throughput (metrics {:3}) {:>9.0} msg/s  ({} msgs in {:.2} s, {} refused requests)\n",
+            "accept throughput (metrics {:3}) {:>9.0} msg/s  ({} msgs in {:.2} s, {} refused requests; agent CPU {} per message)\n",
             if round.metrics { "on" } else { "off" },
             round.throughput.per_second,
             round.throughput.messages,
             round.throughput.seconds,
-            round.throughput.refused_requests
+            round.throughput.refused_requests,
+            cpu(round.agent_cpu_us_per_message)
         ));
     }
     out.push_str(&format!(
         "metrics cost                 {:.1} % (median on {:.0} vs off {:.0} msg/s)\n",
         r.metrics_cost_percent, r.accept_per_second_metrics_on, r.accept_per_second_metrics_off
+    ));
+    out.push_str(&format!(
+        "metrics cost in agent CPU    {} (median on {} vs off {} per message)\n",
+        r.metrics_cpu_cost_percent
+            .map_or("n/a".to_owned(), |p| format!("{p:.1} %")),
+        cpu(r.cpu_us_per_message_metrics_on),
+        cpu(r.cpu_us_per_message_metrics_off)
     ));
     let latency = format!("accept latency @ {}/s", r.latency_rate_per_second);
     let lines = [
