@@ -553,31 +553,20 @@ impl DispatchLoop {
                         .observe(age as f64 / 1000.0);
                 }
                 let result = done.result;
-                self.state.finish(
-                    id,
-                    Final {
-                        delivered: true,
-                        status: result.status,
-                        body: result.body,
-                        reason: None,
-                    },
-                );
-                let state = self.state.clone();
-                let receipts = self
-                    .receipts
-                    .clone()
-                    .filter(|_| h.msg.msg.callback_url.is_some());
-                tokio::spawn(async move {
-                    if let Some(p) = h.persist {
-                        let _ = p.await;
-                    }
-                    let at = now_ms();
+                let (at, receipt) = (now_ms(), result.receipt);
+                let record = async move {
                     durably("a delivery", || {
-                        store.record_delivered(id, tier_name.clone(), result.receipt.clone(), at)
+                        store.record_delivered(id, tier_name.clone(), receipt.clone(), at)
                     })
                     .await;
-                    send_receipt(&state, receipts.as_ref(), id).await;
-                });
+                };
+                let outcome = Final {
+                    delivered: true,
+                    status: result.status,
+                    body: result.body,
+                    reason: None,
+                };
+                self.conclude(h, outcome, record);
             }
             Verdict::DeadLetter { reason } => {
                 let h = self.held.remove(&done.id);
@@ -590,30 +579,19 @@ impl DispatchLoop {
                 }
                 let result = done.result;
                 let text = reason.to_string();
-                self.state.finish(
-                    id,
-                    Final {
-                        delivered: false,
-                        status: result.status,
-                        body: result.body,
-                        reason: Some(text.clone()),
-                    },
-                );
-                let state = self.state.clone();
-                let receipts = self
-                    .receipts
-                    .clone()
-                    .filter(|_| h.msg.msg.callback_url.is_some());
-                tokio::spawn(async move {
-                    if let Some(p) = h.persist {
-                        let _ = p.await;
-                    }
+                let outcome = Final {
+                    delivered: false,
+                    status: result.status,
+                    body: result.body,
+                    reason: Some(text.clone()),
+                };
+                let record = async move {
                     durably("a dead letter", || {
                         store.record_dead_letter(id, attempt.clone(), text.clone())
                     })
                     .await;
-                    send_receipt(&state, receipts.as_ref(), id).await;
-                });
+                };
+                self.conclude(h, outcome, record);
             }
             Verdict::RetryAt(at) => {
                 if let Some(m) = m {
@@ -649,6 +627,31 @@ impl DispatchLoop {
                 }));
             }
         }
+    }
+
+    /// A message's life ended: its waiting caller hears now; its final state
+    /// is written after its earlier writes by `record`, and its receipt
+    /// (if it asked for one) is sent once that is durable.
+    fn conclude(
+        &self,
+        h: Held,
+        outcome: Final,
+        record: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let id = h.msg.id;
+        self.state.finish(id, outcome);
+        let state = self.state.clone();
+        let receipts = self
+            .receipts
+            .clone()
+            .filter(|_| h.msg.msg.callback_url.is_some());
+        tokio::spawn(async move {
+            if let Some(p) = h.persist {
+                let _ = p.await;
+            }
+            record.await;
+            send_receipt(&state, receipts.as_ref(), id).await;
+        });
     }
 
     /// A 429 pauses the bot for every agent sharing it, not only this one.

@@ -259,26 +259,24 @@ pub async fn run(plan: &BenchPlan, progress: &mut dyn FnMut(&str)) -> Result<Rep
             });
         }
     }
-    let median = |on: bool| {
+    // The median of one figure over the rounds with metrics `on` (or off).
+    let median = |on: bool, figure: fn(&Round) -> Option<f64>| {
         let mut v: Vec<f64> = rounds
             .iter()
             .filter(|r| r.metrics == on)
-            .map(|r| r.throughput.per_second)
-            .collect();
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(0.0)
-    };
-    let (on, off) = (median(true), median(false));
-    let median_cpu = |on: bool| {
-        let mut v: Vec<f64> = rounds
-            .iter()
-            .filter(|r| r.metrics == on)
-            .filter_map(|r| r.agent_cpu_us_per_message)
+            .filter_map(figure)
             .collect();
         v.sort_by(f64::total_cmp);
         v.get(v.len() / 2).copied()
     };
-    let (cpu_on, cpu_off) = (median_cpu(true), median_cpu(false));
+    let per_second = |r: &Round| Some(r.throughput.per_second);
+    let on = median(true, per_second).unwrap_or(0.0);
+    let off = median(false, per_second).unwrap_or(0.0);
+    let cpu_per_message = |r: &Round| r.agent_cpu_us_per_message;
+    let (cpu_on, cpu_off) = (
+        median(true, cpu_per_message),
+        median(false, cpu_per_message),
+    );
     Ok(Report {
         idle_rss_mib,
         rss_after_latency_run_mib,

@@ -195,28 +195,31 @@ struct Config {
 
 fn run(db: &Database, config: &Config, mut jobs: mpsc::Receiver<Job>) {
     while let Some(first) = jobs.blocking_recv() {
+        let mut urgent = first.commit == Commit::Now;
         let mut batch = vec![first];
-        let mut open = take_queued(&mut jobs, &mut batch);
+        let mut open = take_queued(&mut jobs, &mut batch, &mut urgent);
         let until = std::time::Instant::now() + HOLD;
-        while open && batch.len() < MAX_BATCH_JOBS && !batch.iter().any(|j| j.commit == Commit::Now)
-        {
+        while open && !urgent && batch.len() < MAX_BATCH_JOBS {
             let left = until.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
                 break;
             }
             std::thread::park_timeout(left);
-            open = take_queued(&mut jobs, &mut batch);
+            open = take_queued(&mut jobs, &mut batch, &mut urgent);
         }
         commit_batch(db, config, batch);
     }
 }
 
-/// Moves what is queued into `batch`, up to its cap; false once every
-/// sender is gone.
-fn take_queued(jobs: &mut mpsc::Receiver<Job>, batch: &mut Vec<Job>) -> bool {
+/// Moves what is queued into `batch`, up to its cap, setting `urgent` if a
+/// [`Commit::Now`] job came; false once every sender is gone.
+fn take_queued(jobs: &mut mpsc::Receiver<Job>, batch: &mut Vec<Job>, urgent: &mut bool) -> bool {
     while batch.len() < MAX_BATCH_JOBS {
         match jobs.try_recv() {
-            Ok(job) => batch.push(job),
+            Ok(job) => {
+                *urgent |= job.commit == Commit::Now;
+                batch.push(job);
+            }
             Err(mpsc::error::TryRecvError::Empty) => return true,
             Err(mpsc::error::TryRecvError::Disconnected) => return false,
         }
