@@ -13,11 +13,9 @@
 //! `retry_dead`, `purge_dead` and `cleanup` commit with fsync before they
 //! answer. `record_delivered` and `record_dead_letter` may wait up to
 //! `groupcommit::HOLD` to share an fsync, since no caller waits on them.
-//! `mark_in_flight` alone may commit without fsync (it rides on the
-//! next durable commit): a lost mark leaves the message `Pending`, and
-//! [`EmbeddedStore::open`] turns every persisted `InFlight` back into
-//! `Pending` anyway, so after a crash a lost mark and a kept one look the
-//! same.
+//! `mark_in_flight` writes nothing to the file: the mark lives in the
+//! `OpenIndex` (see there why), so after a crash a marked message is
+//! `Pending` — as the contract asks of an interrupted send.
 //!
 //! After a kill, redb notices the unclean shutdown at open and repairs the
 //! file (by default a walk over all of it; see
@@ -32,6 +30,7 @@ use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
 pub use super::groupcommit::CommitCounts;
 use super::groupcommit::{self, Commit, Writer};
 use super::layout;
+use super::open_index::OpenIndex;
 use super::record::{ChatRef, MessageId, MessageState, NewMessage, StoredMessage};
 use super::transitions::{self, Limits, Tables};
 use super::{
@@ -71,6 +70,7 @@ pub struct EmbeddedStore {
 struct Inner {
     db: Arc<Database>,
     writer: Writer,
+    open: Arc<OpenIndex>,
 }
 
 impl EmbeddedStore {
@@ -94,16 +94,21 @@ impl EmbeddedStore {
             idempotency_ttl_ms: millis(options.idempotency_ttl),
         };
         let db = Database::create(path).map_err(StoreError::storage)?;
-        let txn = groupcommit::begin(&db, true, options.quick_repair)?;
+        let txn = groupcommit::begin(&db, options.quick_repair)?;
         layout::ensure(&txn)?;
         let mut tables = Tables::open(&txn, limits)?;
-        tables.recover_in_flight()?;
+        let open = Arc::new(OpenIndex::new(tables.recover_open()?));
         tables.finish()?;
         txn.commit().map_err(StoreError::storage)?;
         let db = Arc::new(db);
-        let writer = Writer::start(Arc::clone(&db), limits, options.quick_repair)?;
+        let writer = Writer::start(
+            Arc::clone(&db),
+            limits,
+            options.quick_repair,
+            Arc::clone(&open),
+        )?;
         Ok(EmbeddedStore {
-            inner: Arc::new(Inner { db, writer }),
+            inner: Arc::new(Inner { db, writer, open }),
         })
     }
 
@@ -124,6 +129,17 @@ impl EmbeddedStore {
         })
         .await
         .map_err(|e| StoreError::Storage(format!("read task failed: {e}")))?
+    }
+
+    /// One record as the file has it, without the in-memory marks.
+    async fn load(&self, id: MessageId) -> Result<Option<StoredMessage>, StoreError> {
+        self.read(move |txn| {
+            let messages = txn
+                .open_table(layout::MESSAGES)
+                .map_err(StoreError::storage)?;
+            layout::load(&messages, id)
+        })
+        .await
     }
 
     async fn write<T, F>(&self, commit: Commit, change: F) -> Result<T, StoreError>
@@ -239,13 +255,11 @@ impl Store for EmbeddedStore {
     }
 
     async fn get(&self, id: MessageId) -> Result<Option<StoredMessage>, StoreError> {
-        self.read(move |txn| {
-            let messages = txn
-                .open_table(layout::MESSAGES)
-                .map_err(StoreError::storage)?;
-            layout::load(&messages, id)
-        })
-        .await
+        let mut found = self.load(id).await?;
+        if let Some(m) = found.as_mut() {
+            self.inner.open.overlay(m);
+        }
+        Ok(found)
     }
 
     async fn mark_in_flight(
@@ -254,8 +268,18 @@ impl Store for EmbeddedStore {
         tier: String,
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        self.write(Commit::Lazy, move |t| t.mark_in_flight(id, tier, now_ms))
-            .await
+        if self.inner.open.mark(id, tier, now_ms) {
+            return Ok(());
+        }
+        // Not open: the record says why.
+        match self.load(id).await? {
+            None => Err(StoreError::NotFound(id)),
+            Some(m) => Err(StoreError::InvalidState {
+                id,
+                state: m.state,
+                op: "mark in flight",
+            }),
+        }
     }
 
     async fn record_delivered(
@@ -333,14 +357,23 @@ impl Store for EmbeddedStore {
             .await
     }
 
+    /// The file counts every open message as pending; the ones being sent
+    /// are known only to the [`OpenIndex`].
     async fn stats(&self) -> Result<StoreStats, StoreError> {
-        self.read(|txn| {
-            let counters = txn
-                .open_table(layout::COUNTERS)
-                .map_err(StoreError::storage)?;
-            Ok(layout::stats_from(layout::read_counters(&counters)?))
-        })
-        .await
+        let mut stats = self
+            .read(|txn| {
+                let counters = txn
+                    .open_table(layout::COUNTERS)
+                    .map_err(StoreError::storage)?;
+                Ok(layout::stats_from(layout::read_counters(&counters)?))
+            })
+            .await?;
+        let (sending, by_priority) = self.inner.open.in_flight();
+        for (pending, sending) in stats.pending_by_priority.iter_mut().zip(by_priority) {
+            *pending = pending.saturating_sub(sending);
+        }
+        stats.in_flight += sending;
+        Ok(stats)
     }
 }
 

@@ -8,10 +8,9 @@
 //!
 //! Invariants:
 //! - a job's answer is sent after its transaction committed, with the
-//!   durability the job asked for, or it is an error;
-//! - a transaction commits durably (fsync) if any job in it asked for
-//!   durability; otherwise it commits with `Durability::None`, which redb
-//!   makes durable with the next durable commit and loses in a crash;
+//!   durability the job asked for, or it is an error; the in-memory
+//!   `OpenIndex` has the transaction's changes before any answer is sent;
+//! - every transaction commits durably (fsync);
 //! - a job that fails with anything but a refusal aborts its whole batch:
 //!   it may have written part of its change, and redb cannot undo half a
 //!   transaction. Every job of an aborted batch is answered with that error.
@@ -19,8 +18,8 @@
 //! A write someone waits on ([`Commit::Now`]: an accept, an admin action)
 //! is never delayed: while one batch is being fsynced, the next one gathers
 //! in the queue, so the batch size follows the load by itself. A write no
-//! one outside waits on ([`Commit::Soon`], [`Commit::Lazy`]: a delivery's
-//! final record, an in-flight mark) may wait up to [`HOLD`] for company, so
+//! one outside waits on ([`Commit::Soon`]: a delivery's final record) may
+//! wait up to [`HOLD`] for company, so
 //! under a light, steady load a delivery's record shares the next accept's
 //! fsync instead of taking one of its own (measured: the writer was busy
 //! most of the time at 1,000 single-message accepts per second, because
@@ -30,10 +29,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
-use redb::{Database, Durability, WriteTransaction};
+use redb::{Database, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
 use super::StoreError;
+use super::open_index::{OpenChange, OpenIndex};
 use super::transitions::{Limits, Tables};
 
 /// Jobs queued before callers wait for room; bounds the memory a burst can
@@ -53,9 +53,6 @@ pub(super) enum Commit {
     Now,
     /// With fsync, but it may wait up to [`HOLD`] to share the fsync.
     Soon,
-    /// Without fsync (durable with the next durable commit, lost in a
-    /// crash before it); may wait up to [`HOLD`] like `Soon`.
-    Lazy,
 }
 
 /// Sends the commit's outcome to the waiting caller.
@@ -75,8 +72,6 @@ struct Job {
 pub struct CommitCounts {
     /// Transactions attempted, committed or not.
     pub batches: u64,
-    /// Of those, the ones committed with fsync.
-    pub durable_batches: u64,
     /// Of those, the ones that failed (every job in them got the error).
     pub failed_batches: u64,
     /// Jobs (one per write call) in all batches.
@@ -86,7 +81,6 @@ pub struct CommitCounts {
 #[derive(Default)]
 struct Counters {
     batches: AtomicU64,
-    durable_batches: AtomicU64,
     failed_batches: AtomicU64,
     jobs: AtomicU64,
 }
@@ -105,10 +99,12 @@ pub(super) struct Writer {
 impl Writer {
     /// `quick_repair`: durable commits also save redb's allocator state, see
     /// `EmbeddedOptions::quick_repair`.
+    /// `open`: told of every committed change to the set of open messages.
     pub(super) fn start(
         db: Arc<Database>,
         limits: Limits,
         quick_repair: bool,
+        open: Arc<OpenIndex>,
     ) -> Result<Self, StoreError> {
         let (queue, jobs) = mpsc::channel(QUEUE_CAPACITY);
         let counters = Arc::new(Counters::default());
@@ -116,6 +112,7 @@ impl Writer {
             limits,
             quick_repair,
             counters: Arc::clone(&counters),
+            open,
         };
         let thread = std::thread::Builder::new()
             .name("herald-store-writer".into())
@@ -133,7 +130,6 @@ impl Writer {
         let c = &self.counters;
         CommitCounts {
             batches: c.batches.load(Ordering::Relaxed),
-            durable_batches: c.durable_batches.load(Ordering::Relaxed),
             failed_batches: c.failed_batches.load(Ordering::Relaxed),
             jobs: c.jobs.load(Ordering::Relaxed),
         }
@@ -191,6 +187,7 @@ struct Config {
     limits: Limits,
     quick_repair: bool,
     counters: Arc<Counters>,
+    open: Arc<OpenIndex>,
 }
 
 fn run(db: &Database, config: &Config, mut jobs: mpsc::Receiver<Job>) {
@@ -228,17 +225,13 @@ fn take_queued(jobs: &mut mpsc::Receiver<Job>, batch: &mut Vec<Job>, urgent: &mu
 }
 
 fn commit_batch(db: &Database, config: &Config, jobs: Vec<Job>) {
-    let durable = jobs.iter().any(|job| job.commit != Commit::Lazy);
     let counters = &config.counters;
     counters.batches.fetch_add(1, Ordering::Relaxed);
     counters
         .jobs
         .fetch_add(jobs.len() as u64, Ordering::Relaxed);
-    if durable {
-        counters.durable_batches.fetch_add(1, Ordering::Relaxed);
-    }
     let mut finishers: Vec<Finish> = Vec::with_capacity(jobs.len());
-    let outcome = match begin(db, durable, config.quick_repair) {
+    let outcome = match begin(db, config.quick_repair) {
         Ok(txn) => apply_and_commit(txn, config.limits, jobs, &mut finishers),
         Err(e) => {
             let mut poison = Some(e.clone());
@@ -248,38 +241,37 @@ fn commit_batch(db: &Database, config: &Config, jobs: Vec<Job>) {
             Err(e)
         }
     };
-    let failure = outcome.err();
-    if failure.is_some() {
-        counters.failed_batches.fetch_add(1, Ordering::Relaxed);
-    }
+    let failure = match outcome {
+        Ok(changes) => {
+            config.open.apply(&changes);
+            None
+        }
+        Err(e) => {
+            counters.failed_batches.fetch_add(1, Ordering::Relaxed);
+            Some(e)
+        }
+    };
     for finish in finishers {
         finish(failure.as_ref().map_or(Ok(()), Err));
     }
 }
 
-pub(super) fn begin(
-    db: &Database,
-    durable: bool,
-    quick_repair: bool,
-) -> Result<WriteTransaction, StoreError> {
+/// A write transaction that commits with fsync.
+pub(super) fn begin(db: &Database, quick_repair: bool) -> Result<WriteTransaction, StoreError> {
     let mut txn = db.begin_write().map_err(StoreError::storage)?;
-    if durable {
-        txn.set_quick_repair(quick_repair);
-    } else {
-        txn.set_durability(Durability::None)
-            .map_err(StoreError::storage)?;
-    }
+    txn.set_quick_repair(quick_repair);
     Ok(txn)
 }
 
 /// Applies every job, then commits; once the batch is poisoned the remaining
-/// jobs are not applied, only answered.
+/// jobs are not applied, only answered. Answers the committed changes to
+/// the set of open messages.
 fn apply_and_commit(
     txn: WriteTransaction,
     limits: Limits,
     jobs: Vec<Job>,
     finishers: &mut Vec<Finish>,
-) -> Result<(), StoreError> {
+) -> Result<Vec<OpenChange>, StoreError> {
     let (mut tables, mut poison) = match Tables::open(&txn, limits) {
         Ok(tables) => (Some(tables), None),
         Err(e) => (None, Some(e)),
@@ -300,7 +292,7 @@ fn apply_and_commit(
         }
     };
     match finished {
-        Ok(()) => txn.commit().map_err(StoreError::storage),
+        Ok(changes) => txn.commit().map(|()| changes).map_err(StoreError::storage),
         Err(e) => {
             // Dropping an uncommitted transaction would abort it too.
             let _ = txn.abort();

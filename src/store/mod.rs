@@ -37,6 +37,7 @@ pub mod embedded;
 mod error;
 mod groupcommit;
 mod layout;
+mod open_index;
 pub mod record;
 pub mod redis;
 mod transitions;
@@ -144,9 +145,9 @@ pub trait Store: Send + Sync {
         id: MessageId,
     ) -> impl Future<Output = Result<Option<StoredMessage>, StoreError>> + Send;
 
-    /// A sink is about to send. May be committed without fsync: if the mark is
-    /// lost in a crash the message is reported pending on reopen, which is
-    /// what a persisted mark becomes too.
+    /// A sink is about to send. Need not be durable, nor written at all: a
+    /// message in flight at a crash is reported pending on reopen either
+    /// way (promise 3). The embedded store keeps its marks in memory.
     fn mark_in_flight(
         &self,
         id: MessageId,

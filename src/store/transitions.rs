@@ -9,13 +9,22 @@
 //! Invariants: an operation either refuses before writing anything (a
 //! refusal, see [`StoreError::is_refusal`]) or writes all of its change; every
 //! record write goes through [`Tables::put`] or [`Tables::delete`], which keep
-//! the indexes and counters in step with the record's state.
+//! the indexes and counters in step with the record's state and note each
+//! message that opens or closes for the in-memory [`OpenIndex`].
+//!
+//! No record is ever written `InFlight`: the marks live in the
+//! [`OpenIndex`]. Files written by earlier builds may hold `InFlight`
+//! records; [`Tables::recover_open`] turns them back into `Pending` at open.
+//!
+//! [`OpenIndex`]: super::open_index::OpenIndex
 
 use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::layout::{self, SLOTS};
+use super::open_index::OpenChange;
 use super::record::{self, Attempt, ChatRef, MessageId, MessageState, NewMessage, StoredMessage};
 use super::{Accepted, CleanupCounts, DeadFilter, DeadSelection, StoreError};
+use crate::engine::Priority;
 
 /// How many records one `cleanup` call removes at most, so a large backlog
 /// of expired records cannot stall the writer (and every accept) for long.
@@ -39,6 +48,8 @@ pub(super) struct Tables<'txn> {
     counters: Table<'txn, &'static str, u64>,
     /// Counter changes, written once by [`Tables::finish`].
     deltas: [i64; SLOTS],
+    /// Messages opened or closed, for the in-memory index once committed.
+    open_changes: Vec<OpenChange>,
     limits: Limits,
 }
 
@@ -54,14 +65,16 @@ impl<'txn> Tables<'txn> {
             idempotency_by_time: txn.open_table(layout::IDEMPOTENCY_BY_TIME).map_err(s)?,
             counters: txn.open_table(layout::COUNTERS).map_err(s)?,
             deltas: [0; SLOTS],
+            open_changes: Vec::new(),
             limits,
         })
     }
 
     /// Writes the accumulated counter changes; call once, before commit.
     /// Counters only feed stats, so a count that would go negative (a bug)
-    /// is clamped rather than allowed to fail every later write.
-    pub(super) fn finish(mut self) -> Result<(), StoreError> {
+    /// is clamped rather than allowed to fail every later write. Answers the
+    /// open-set changes, to apply once the transaction has committed.
+    pub(super) fn finish(mut self) -> Result<Vec<OpenChange>, StoreError> {
         let counts = layout::read_counters(&self.counters)?;
         for (slot, delta) in self.deltas.iter().enumerate() {
             if *delta == 0 {
@@ -72,7 +85,7 @@ impl<'txn> Tables<'txn> {
                 .insert(layout::slot_name(slot), next)
                 .map_err(StoreError::storage)?;
         }
-        Ok(())
+        Ok(self.open_changes)
     }
 
     pub(super) fn accept(
@@ -206,20 +219,6 @@ impl<'txn> Tables<'txn> {
         ))
     }
 
-    pub(super) fn mark_in_flight(
-        &mut self,
-        id: MessageId,
-        tier: String,
-        now_ms: u64,
-    ) -> Result<(), StoreError> {
-        let old = self.get_open(id, "mark in flight")?;
-        let mut new = old.clone();
-        new.state = MessageState::InFlight;
-        new.in_flight_tier = Some(tier);
-        new.updated_ms = now_ms;
-        self.put(Some(&old), &new)
-    }
-
     pub(super) fn record_delivered(
         &mut self,
         id: MessageId,
@@ -261,7 +260,9 @@ impl<'txn> Tables<'txn> {
         new.attempts.push(attempt);
         new.in_flight_tier = None;
         new.next_attempt_ms = Some(next_attempt_ms);
-        self.put(Some(&old), &new)
+        self.put(Some(&old), &new)?;
+        self.open_changes.push(OpenChange::Unmarked(id));
+        Ok(())
     }
 
     pub(super) fn record_dead_letter(
@@ -369,13 +370,16 @@ impl<'txn> Tables<'txn> {
         Ok(counts)
     }
 
-    /// Turns every `InFlight` message back to `Pending`: run at open, when
-    /// nobody can still be sending them.
-    pub(super) fn recover_in_flight(&mut self) -> Result<u64, StoreError> {
+    /// Turns every `InFlight` record (left by an earlier build) back to
+    /// `Pending` — run at open, when nobody can still be sending them — and
+    /// answers every open message with its priority.
+    pub(super) fn recover_open(&mut self) -> Result<Vec<(MessageId, Priority)>, StoreError> {
+        let mut open = Vec::new();
         let mut interrupted = Vec::new();
         for entry in self.open.iter().map_err(StoreError::storage)? {
             let (key, _) = entry.map_err(StoreError::storage)?;
             let old = layout::load_indexed(&self.messages, layout::id_of(key.value())?)?;
+            open.push((old.id, old.msg.priority));
             if old.state == MessageState::InFlight {
                 interrupted.push(old);
             }
@@ -386,7 +390,7 @@ impl<'txn> Tables<'txn> {
             new.in_flight_tier = None;
             self.put(Some(old), &new)?;
         }
-        Ok(interrupted.len() as u64)
+        Ok(open)
     }
 
     fn get(&self, id: MessageId) -> Result<StoredMessage, StoreError> {
@@ -437,6 +441,14 @@ impl<'txn> Tables<'txn> {
         self.messages
             .insert(new.id.as_u128(), bytes.as_slice())
             .map_err(StoreError::storage)?;
+        let was_open = old.is_some_and(|m| m.state.is_open());
+        match (was_open, new.state.is_open()) {
+            (false, true) => self
+                .open_changes
+                .push(OpenChange::Opened(new.id, new.msg.priority)),
+            (true, false) => self.open_changes.push(OpenChange::Closed(new.id)),
+            _ => {}
+        }
         Ok(())
     }
 
@@ -445,6 +457,9 @@ impl<'txn> Tables<'txn> {
         self.messages
             .remove(old.id.as_u128())
             .map_err(StoreError::storage)?;
+        if old.state.is_open() {
+            self.open_changes.push(OpenChange::Closed(old.id));
+        }
         Ok(())
     }
 
