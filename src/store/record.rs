@@ -283,7 +283,7 @@ pub enum RecordError {
 
 /// Encodes `m` in the current format ([`FORMAT_JSON_V1`]).
 pub fn encode(m: &StoredMessage) -> Result<Vec<u8>, RecordError> {
-    let wire = wire::RecordV1::from_stored(m);
+    let wire = wire::RecordV1Ref::of(m);
     let mut out = Vec::with_capacity(256);
     out.push(FORMAT_JSON_V1);
     serde_json::to_writer(&mut out, &wire).map_err(json_error)?;
@@ -330,6 +330,14 @@ mod wire {
         Username(String),
     }
 
+    /// [`ChatV1`], borrowed.
+    #[derive(Serialize)]
+    #[serde(untagged)]
+    enum ChatV1Ref<'a> {
+        Id(i64),
+        Username(&'a str),
+    }
+
     #[derive(Serialize, Deserialize)]
     pub(super) struct AttemptV1 {
         at_ms: u64,
@@ -372,7 +380,97 @@ mod wire {
         dead_reason: Option<String>,
     }
 
+    /// [`RecordV1`] borrowed from a message, so that encoding copies
+    /// nothing (the copies were a tenth of an encode's cost). Field for
+    /// field the same names, order and attributes as `RecordV1`; a test
+    /// compares the bytes of both.
+    #[derive(Serialize)]
+    pub(super) struct RecordV1Ref<'a> {
+        chat_id: ChatV1Ref<'a>,
+        method: &'a str,
+        params: &'a serde_json::Map<String, serde_json::Value>,
+        priority: &'static str,
+        message_type: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        idempotency_key: Option<&'a str>,
+        correlation_id: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        callback_url: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        not_before: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        tier: Option<&'a str>,
+        bot: &'a str,
+        state: &'static str,
+        attempts: Vec<AttemptV1Ref<'a>>,
+        created_ms: u64,
+        updated_ms: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        next_attempt_ms: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        in_flight_tier: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        delivered_tier: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        receipt: Option<&'a serde_json::Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        dead_reason: Option<&'a str>,
+    }
+
+    /// [`AttemptV1`], borrowed.
+    #[derive(Serialize)]
+    pub(super) struct AttemptV1Ref<'a> {
+        at_ms: u64,
+        tier: &'a str,
+        outcome: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<&'a str>,
+    }
+
+    impl<'a> RecordV1Ref<'a> {
+        pub(super) fn of(m: &'a StoredMessage) -> Self {
+            let n = &m.msg;
+            RecordV1Ref {
+                chat_id: match &n.chat_id {
+                    ChatRef::Id(id) => ChatV1Ref::Id(*id),
+                    ChatRef::Username(name) => ChatV1Ref::Username(name),
+                },
+                method: &n.method,
+                params: &n.params,
+                priority: n.priority.as_str(),
+                message_type: &n.message_type,
+                idempotency_key: n.idempotency_key.as_deref(),
+                correlation_id: &n.correlation_id,
+                callback_url: n.callback_url.as_deref(),
+                not_before: n.not_before,
+                tier: n.tier.as_deref(),
+                bot: &n.bot,
+                state: m.state.as_str(),
+                attempts: m
+                    .attempts
+                    .iter()
+                    .map(|a| AttemptV1Ref {
+                        at_ms: a.at_ms,
+                        tier: &a.tier,
+                        outcome: &a.outcome,
+                        error: a.error.as_deref(),
+                    })
+                    .collect(),
+                created_ms: m.created_ms,
+                updated_ms: m.updated_ms,
+                next_attempt_ms: m.next_attempt_ms,
+                in_flight_tier: m.in_flight_tier.as_deref(),
+                delivered_tier: m.delivered_tier.as_deref(),
+                receipt: m.receipt.as_ref(),
+                dead_reason: m.dead_reason.as_deref(),
+            }
+        }
+    }
+
     impl RecordV1 {
+        /// The owned shape, filled from a message: only to check that
+        /// [`RecordV1Ref`] writes the same bytes.
+        #[cfg(test)]
         pub(super) fn from_stored(m: &StoredMessage) -> Self {
             let n = &m.msg;
             RecordV1 {
@@ -606,6 +704,7 @@ pub(crate) mod tests {
             chat in prop_oneof![any::<i64>().prop_map(ChatRef::Id),
                                 ".{0,20}".prop_map(ChatRef::Username)],
             text in ".*",
+            optional in proptest::option::of(("[a-z:/.]{0,20}", any::<u64>(), ".{0,10}")),
             prio in priority(),
             st in state(),
             key in proptest::option::of(".{0,40}"),
@@ -630,7 +729,27 @@ pub(crate) mod tests {
                 receipt: None,
                 dead_reason: None,
             };
+            let m = match optional {
+                None => m,
+                Some((url, at, word)) => StoredMessage {
+                    msg: NewMessage {
+                        callback_url: Some(url),
+                        not_before: Some(at),
+                        tier: Some(word.clone()),
+                        ..m.msg
+                    },
+                    in_flight_tier: Some(word.clone()),
+                    delivered_tier: Some(word.clone()),
+                    receipt: Some(json!({"message_id": at, "text": word})),
+                    dead_reason: Some(word),
+                    ..m
+                },
+            };
             let bytes = encode(&m).unwrap();
+            // The borrowed shape writes exactly what the frozen one does.
+            let mut frozen = vec![FORMAT_JSON_V1];
+            serde_json::to_writer(&mut frozen, &wire::RecordV1::from_stored(&m)).unwrap();
+            prop_assert_eq!(&bytes, &frozen);
             prop_assert_eq!(decode(m.id, &bytes).unwrap(), m);
         }
     }

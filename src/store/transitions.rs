@@ -231,7 +231,8 @@ impl<'txn> Tables<'txn> {
             return Ok(());
         }
         require_open(&old, "record delivery")?;
-        let mut new = old.clone();
+        let before = Indexed::of(&old);
+        let mut new = old;
         new.state = MessageState::Delivered;
         new.attempts.push(Attempt {
             at_ms: now_ms,
@@ -244,7 +245,7 @@ impl<'txn> Tables<'txn> {
         new.next_attempt_ms = None;
         new.receipt = receipt;
         new.updated_ms = now_ms;
-        self.put(Some(&old), &new)
+        self.put(Some(before), &new)
     }
 
     pub(super) fn record_retry(
@@ -254,13 +255,14 @@ impl<'txn> Tables<'txn> {
         next_attempt_ms: u64,
     ) -> Result<(), StoreError> {
         let old = self.get_open(id, "schedule a retry")?;
-        let mut new = old.clone();
+        let before = Indexed::of(&old);
+        let mut new = old;
         new.state = MessageState::Pending;
         new.updated_ms = new.updated_ms.max(attempt.at_ms);
         new.attempts.push(attempt);
         new.in_flight_tier = None;
         new.next_attempt_ms = Some(next_attempt_ms);
-        self.put(Some(&old), &new)?;
+        self.put(Some(before), &new)?;
         self.open_changes.push(OpenChange::Unmarked(id));
         Ok(())
     }
@@ -272,21 +274,23 @@ impl<'txn> Tables<'txn> {
         reason: String,
     ) -> Result<(), StoreError> {
         let old = self.get_open(id, "dead-letter")?;
-        let mut new = old.clone();
+        let before = Indexed::of(&old);
+        let mut new = old;
         new.state = MessageState::DeadLettered;
         new.updated_ms = new.updated_ms.max(attempt.at_ms);
         new.attempts.push(attempt);
         new.in_flight_tier = None;
         new.next_attempt_ms = None;
         new.dead_reason = Some(reason);
-        self.put(Some(&old), &new)
+        self.put(Some(before), &new)
     }
 
     pub(super) fn readdress(&mut self, id: MessageId, new_chat: ChatRef) -> Result<(), StoreError> {
         let old = self.get_open(id, "readdress")?;
-        let mut new = old.clone();
+        let before = Indexed::of(&old);
+        let mut new = old;
         new.msg.chat_id = new_chat;
-        self.put(Some(&old), &new)
+        self.put(Some(before), &new)
     }
 
     pub(super) fn retry_dead(
@@ -296,11 +300,12 @@ impl<'txn> Tables<'txn> {
         let chosen = self.select_dead(selection)?;
         let mut ids = Vec::with_capacity(chosen.len());
         for old in chosen {
-            let mut new = old.clone();
+            let before = Indexed::of(&old);
+            let mut new = old;
             new.state = MessageState::Pending;
             new.dead_reason = None;
             new.next_attempt_ms = None;
-            self.put(Some(&old), &new)?;
+            self.put(Some(before), &new)?;
             ids.push(new.id);
         }
         Ok(ids)
@@ -384,11 +389,12 @@ impl<'txn> Tables<'txn> {
                 interrupted.push(old);
             }
         }
-        for old in &interrupted {
-            let mut new = old.clone();
+        for old in interrupted {
+            let before = Indexed::of(&old);
+            let mut new = old;
             new.state = MessageState::Pending;
             new.in_flight_tier = None;
-            self.put(Some(old), &new)?;
+            self.put(Some(before), &new)?;
         }
         Ok(open)
     }
@@ -425,7 +431,7 @@ impl<'txn> Tables<'txn> {
     /// Writes `new`, moving it between indexes and counters as its state
     /// changed from `old` (`None`: a new message). Encodes first, so an
     /// oversized record is refused before anything is written.
-    fn put(&mut self, old: Option<&StoredMessage>, new: &StoredMessage) -> Result<(), StoreError> {
+    fn put(&mut self, old: Option<Indexed>, new: &StoredMessage) -> Result<(), StoreError> {
         let bytes =
             record::encode(new).map_err(|source| StoreError::Corrupt { id: new.id, source })?;
         if bytes.len() > self.limits.max_record_bytes {
@@ -437,7 +443,7 @@ impl<'txn> Tables<'txn> {
         if let Some(old) = old {
             self.unindex(old)?;
         }
-        self.index(new)?;
+        self.index(Indexed::of(new))?;
         self.messages
             .insert(new.id.as_u128(), bytes.as_slice())
             .map_err(StoreError::storage)?;
@@ -453,7 +459,7 @@ impl<'txn> Tables<'txn> {
     }
 
     fn delete(&mut self, old: &StoredMessage) -> Result<(), StoreError> {
-        self.unindex(old)?;
+        self.unindex(Indexed::of(old))?;
         self.messages
             .remove(old.id.as_u128())
             .map_err(StoreError::storage)?;
@@ -463,7 +469,7 @@ impl<'txn> Tables<'txn> {
         Ok(())
     }
 
-    fn index(&mut self, m: &StoredMessage) -> Result<(), StoreError> {
+    fn index(&mut self, m: Indexed) -> Result<(), StoreError> {
         let key = m.id.as_u128();
         match m.state {
             MessageState::Pending | MessageState::InFlight => self.open.insert(key, ()),
@@ -471,11 +477,11 @@ impl<'txn> Tables<'txn> {
             MessageState::Delivered => self.delivered.insert((m.updated_ms, key), ()),
         }
         .map_err(StoreError::storage)?;
-        self.deltas[layout::slot_of(m.state, m.msg.priority)] += 1;
+        self.deltas[layout::slot_of(m.state, m.priority)] += 1;
         Ok(())
     }
 
-    fn unindex(&mut self, m: &StoredMessage) -> Result<(), StoreError> {
+    fn unindex(&mut self, m: Indexed) -> Result<(), StoreError> {
         let key = m.id.as_u128();
         let removed = match m.state {
             MessageState::Pending | MessageState::InFlight => self.open.remove(key),
@@ -489,8 +495,30 @@ impl<'txn> Tables<'txn> {
                 m.id, m.state
             )));
         }
-        self.deltas[layout::slot_of(m.state, m.msg.priority)] -= 1;
+        self.deltas[layout::slot_of(m.state, m.priority)] -= 1;
         Ok(())
+    }
+}
+
+/// What places a record in the indexes and counters: enough of the old
+/// version of a record to move it, so that a transition can change the
+/// record itself instead of a copy.
+#[derive(Clone, Copy)]
+struct Indexed {
+    id: MessageId,
+    state: MessageState,
+    priority: Priority,
+    updated_ms: u64,
+}
+
+impl Indexed {
+    fn of(m: &StoredMessage) -> Self {
+        Indexed {
+            id: m.id,
+            state: m.state,
+            priority: m.msg.priority,
+            updated_ms: m.updated_ms,
+        }
     }
 }
 
