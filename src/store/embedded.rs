@@ -274,6 +274,11 @@ impl Store for EmbeddedStore {
         // Not open: the record says why.
         match self.load(id).await? {
             None => Err(StoreError::NotFound(id)),
+            // The index has every commit's changes before its callers hear
+            // back, so only a bug gets here.
+            Some(m) if m.state.is_open() => Err(StoreError::Inconsistent(format!(
+                "message {id} is open in the file but not in the open index"
+            ))),
             Some(m) => Err(StoreError::InvalidState {
                 id,
                 state: m.state,

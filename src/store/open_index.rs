@@ -44,10 +44,41 @@ struct Mark {
 }
 
 /// Open messages by id. Cheap operations under one mutex, never held across
-/// an await or a disk access.
+/// an await or a disk access; none walks the map, so stats cost the same
+/// with a backlog of millions.
 #[derive(Debug, Default)]
 pub(super) struct OpenIndex {
-    entries: Mutex<HashMap<MessageId, Entry>>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    entries: HashMap<MessageId, Entry>,
+    /// Entries with a mark, by priority.
+    sending: [u64; 4],
+}
+
+impl State {
+    /// Sets or clears `id`'s mark, keeping the count in step; false if `id`
+    /// is not open.
+    fn set_mark(&mut self, id: MessageId, mark: Option<Mark>) -> bool {
+        let Some(entry) = self.entries.get_mut(&id) else {
+            return false;
+        };
+        let slot = &mut self.sending[entry.priority.index()];
+        match (entry.sending.is_some(), mark.is_some()) {
+            (false, true) => *slot += 1,
+            (true, false) => *slot = slot.saturating_sub(1),
+            _ => {}
+        }
+        entry.sending = mark;
+        true
+    }
+
+    fn remove(&mut self, id: MessageId) {
+        self.set_mark(id, None);
+        self.entries.remove(&id);
+    }
 }
 
 impl OpenIndex {
@@ -66,14 +97,17 @@ impl OpenIndex {
             })
             .collect();
         OpenIndex {
-            entries: Mutex::new(entries),
+            state: Mutex::new(State {
+                entries,
+                sending: [0; 4],
+            }),
         }
     }
 
-    /// The map is left consistent by every operation (each is one insert,
-    /// remove or field write), so a panic elsewhere cannot leave it torn.
-    fn lock(&self) -> MutexGuard<'_, HashMap<MessageId, Entry>> {
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    /// No operation can panic between changing the map and its count, so a
+    /// lock poisoned by a panic elsewhere still guards a whole state.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Applies one committed transaction's changes, in order.
@@ -81,11 +115,12 @@ impl OpenIndex {
         if changes.is_empty() {
             return;
         }
-        let mut entries = self.lock();
+        let mut state = self.lock();
         for change in changes {
             match *change {
                 OpenChange::Opened(id, priority) => {
-                    entries.insert(
+                    state.remove(id);
+                    state.entries.insert(
                         id,
                         Entry {
                             priority,
@@ -93,13 +128,9 @@ impl OpenIndex {
                         },
                     );
                 }
-                OpenChange::Closed(id) => {
-                    entries.remove(&id);
-                }
+                OpenChange::Closed(id) => state.remove(id),
                 OpenChange::Unmarked(id) => {
-                    if let Some(entry) = entries.get_mut(&id) {
-                        entry.sending = None;
-                    }
+                    state.set_mark(id, None);
                 }
             }
         }
@@ -108,16 +139,11 @@ impl OpenIndex {
     /// Marks an open message as being sent through `tier`; false if the
     /// message is not open (unknown, delivered or dead-lettered).
     pub(super) fn mark(&self, id: MessageId, tier: String, now_ms: u64) -> bool {
-        match self.lock().get_mut(&id) {
-            Some(entry) => {
-                entry.sending = Some(Mark {
-                    tier,
-                    at_ms: now_ms,
-                });
-                true
-            }
-            None => false,
-        }
+        let mark = Mark {
+            tier,
+            at_ms: now_ms,
+        };
+        self.lock().set_mark(id, Some(mark))
     }
 
     /// Shows a stored message as the process knows it: `InFlight`, with its
@@ -126,7 +152,8 @@ impl OpenIndex {
         if m.state != MessageState::Pending {
             return;
         }
-        if let Some(mark) = self.lock().get(&m.id).and_then(|e| e.sending.as_ref()) {
+        let state = self.lock();
+        if let Some(mark) = state.entries.get(&m.id).and_then(|e| e.sending.as_ref()) {
             m.state = MessageState::InFlight;
             m.in_flight_tier = Some(mark.tier.clone());
             m.updated_ms = m.updated_ms.max(mark.at_ms);
@@ -135,13 +162,8 @@ impl OpenIndex {
 
     /// Messages being sent, in total and by priority.
     pub(super) fn in_flight(&self) -> (u64, [u64; 4]) {
-        let mut by_priority = [0u64; 4];
-        let mut total = 0;
-        for entry in self.lock().values().filter(|e| e.sending.is_some()) {
-            by_priority[entry.priority.index()] += 1;
-            total += 1;
-        }
-        (total, by_priority)
+        let by_priority = self.lock().sending;
+        (by_priority.iter().sum(), by_priority)
     }
 }
 
@@ -202,6 +224,24 @@ mod tests {
         index.overlay(&mut m);
         assert_eq!(m.state, MessageState::Delivered);
         assert_eq!(m.in_flight_tier, None);
+    }
+
+    #[test]
+    fn the_counts_follow_every_change() {
+        let (a, b) = (MessageId::generate(), MessageId::generate());
+        let index = OpenIndex::new([(a, Priority::High), (b, Priority::High)]);
+        index.mark(a, "primary".into(), 1);
+        index.mark(a, "backup".into(), 2);
+        assert_eq!(index.in_flight(), (1, [0, 1, 0, 0]));
+        index.mark(b, "primary".into(), 3);
+        assert_eq!(index.in_flight(), (2, [0, 2, 0, 0]));
+        index.apply(&[OpenChange::Closed(a), OpenChange::Unmarked(b)]);
+        assert_eq!(index.in_flight(), (0, [0; 4]));
+        // Repeated and stray changes leave the counts alone.
+        index.apply(&[OpenChange::Unmarked(b), OpenChange::Closed(a)]);
+        assert_eq!(index.in_flight(), (0, [0; 4]));
+        assert!(!index.mark(a, "primary".into(), 4));
+        assert_eq!(index.in_flight(), (0, [0; 4]));
     }
 
     #[test]
