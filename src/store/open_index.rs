@@ -79,28 +79,27 @@ impl State {
         self.set_mark(id, None);
         self.entries.remove(&id);
     }
+
+    /// `id` is open and not being sent, whatever it was before.
+    fn open(&mut self, id: MessageId, priority: Priority) {
+        self.remove(id);
+        let entry = Entry {
+            priority,
+            sending: None,
+        };
+        self.entries.insert(id, entry);
+    }
 }
 
 impl OpenIndex {
     /// An index of `open` messages, none of them being sent.
     pub(super) fn new(open: impl IntoIterator<Item = (MessageId, Priority)>) -> Self {
-        let entries = open
-            .into_iter()
-            .map(|(id, priority)| {
-                (
-                    id,
-                    Entry {
-                        priority,
-                        sending: None,
-                    },
-                )
-            })
-            .collect();
+        let mut state = State::default();
+        for (id, priority) in open {
+            state.open(id, priority);
+        }
         OpenIndex {
-            state: Mutex::new(State {
-                entries,
-                sending: [0; 4],
-            }),
+            state: Mutex::new(state),
         }
     }
 
@@ -118,16 +117,7 @@ impl OpenIndex {
         let mut state = self.lock();
         for change in changes {
             match *change {
-                OpenChange::Opened(id, priority) => {
-                    state.remove(id);
-                    state.entries.insert(
-                        id,
-                        Entry {
-                            priority,
-                            sending: None,
-                        },
-                    );
-                }
+                OpenChange::Opened(id, priority) => state.open(id, priority),
                 OpenChange::Closed(id) => state.remove(id),
                 OpenChange::Unmarked(id) => {
                     state.set_mark(id, None);
