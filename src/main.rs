@@ -9,6 +9,12 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // One TLS crypto provider for the whole process, chosen here rather than
+    // by feature unification: when two providers end up compiled in (a test
+    // build pulls aws-lc-rs in through a dev-dependency), rustls cannot pick
+    // one and kube's client panics on its first HTTPS connection. Err only
+    // means one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let args = cli::Cli::parse();
     match cli::run(args) {
         Ok(code) => code,
