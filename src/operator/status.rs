@@ -8,6 +8,7 @@
 //! rounded for display (one decimal, whole milliseconds), which also keeps
 //! status writes down to real changes.
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::api::circuit_policy::CircuitPolicyStatus;
@@ -29,6 +30,45 @@ pub struct ReplicaCounts {
     pub ready: i32,
     /// Pods already on the current template.
     pub updated: i32,
+    /// The Deployment says it is still rolling out and within its progress
+    /// deadline (condition Progressing=True with a reason other than
+    /// NewReplicaSetAvailable). Pods missing then are pods still coming up,
+    /// not a degradation; past the deadline it turns false.
+    pub rolling_out: bool,
+}
+
+impl ReplicaCounts {
+    /// The counts of a Deployment: desired from its spec, the rest from
+    /// its status.
+    pub fn of_deployment(d: &Deployment) -> ReplicaCounts {
+        let status = d.status.as_ref();
+        ReplicaCounts {
+            desired: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+            ready: status.and_then(|s| s.ready_replicas).unwrap_or(0),
+            updated: status.and_then(|s| s.updated_replicas).unwrap_or(0),
+            rolling_out: rolling_out(d),
+        }
+    }
+}
+
+/// Whether a Deployment is still rolling out within its progress deadline,
+/// as `kubectl rollout status` reads it: its controller has not yet seen
+/// the latest spec, or its Progressing condition is True for a reason other
+/// than a completed rollout (NewReplicaSetAvailable).
+fn rolling_out(d: &Deployment) -> bool {
+    let Some(status) = d.status.as_ref() else {
+        return true;
+    };
+    if status.observed_generation < d.metadata.generation {
+        return true;
+    }
+    status
+        .conditions
+        .as_ref()
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Progressing"))
+        .is_some_and(|c| {
+            c.status == "True" && c.reason.as_deref() != Some("NewReplicaSetAvailable")
+        })
 }
 
 /// Breaker state as agents report it; ordered from best to worst.
@@ -154,8 +194,7 @@ impl Counts {
         let spec_replicas = i32::try_from(tier.spec.replicas).unwrap_or(i32::MAX);
         let stable = o.stable.unwrap_or(ReplicaCounts {
             desired: spec_replicas,
-            ready: 0,
-            updated: 0,
+            ..ReplicaCounts::default()
         });
         let canary = o.canary.unwrap_or_default();
         Counts {
@@ -346,7 +385,10 @@ fn degraded_condition(o: &Observed<'_>, c: &Counts) -> ConditionSpec {
             format!("revision {revision} aborted: {reason}"),
         ));
     }
-    if o.stable.is_some() && c.ready < c.desired {
+    // Like a Deployment: agents missing during a rollout that is still
+    // within its progress deadline are agents still starting.
+    let rolling_out = c.stable.rolling_out || o.canary.is_some_and(|k| k.rolling_out);
+    if o.stable.is_some() && c.ready < c.desired && !rolling_out {
         causes.push((
             "ReplicasUnavailable",
             format!("{}/{} agents ready", c.ready, c.desired),

@@ -102,8 +102,8 @@ pub(super) async fn reconcile_tier(tier: &DeliveryTier, ctx: &Context) -> Result
         }
         let observed = Observed {
             now,
-            stable: live.stable.as_deref().map(replica_counts),
-            canary: live.canary.as_deref().map(replica_counts),
+            stable: live.stable.as_deref().map(ReplicaCounts::of_deployment),
+            canary: live.canary.as_deref().map(ReplicaCounts::of_deployment),
             health,
             rollout: None,
             missing_refs: &missing,
@@ -257,8 +257,8 @@ pub(super) async fn reconcile_tier(tier: &DeliveryTier, ctx: &Context) -> Result
 
     let observed = Observed {
         now,
-        stable: stable.as_ref().map(replica_counts),
-        canary: canary_dep.as_ref().map(replica_counts),
+        stable: stable.as_ref().map(ReplicaCounts::of_deployment),
+        canary: canary_dep.as_ref().map(ReplicaCounts::of_deployment),
         health,
         rollout: rollout.as_ref(),
         missing_refs: &[],
@@ -358,8 +358,8 @@ async fn invalid_spec(
     };
     let observed = Observed {
         now,
-        stable: live.stable.as_deref().map(replica_counts),
-        canary: live.canary.as_deref().map(replica_counts),
+        stable: live.stable.as_deref().map(ReplicaCounts::of_deployment),
+        canary: live.canary.as_deref().map(ReplicaCounts::of_deployment),
         health,
         rollout: None,
         missing_refs: &[],
@@ -518,15 +518,6 @@ async fn sample_health(
         .await;
     out.sort_by(|a, b| a.0.name.cmp(&b.0.name));
     out
-}
-
-fn replica_counts(d: &Deployment) -> ReplicaCounts {
-    let status = d.status.as_ref();
-    ReplicaCounts {
-        desired: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
-        ready: status.and_then(|s| s.ready_replicas).unwrap_or(0),
-        updated: status.and_then(|s| s.updated_replicas).unwrap_or(0),
-    }
 }
 
 fn pod_revision_of(d: &Deployment) -> Option<String> {

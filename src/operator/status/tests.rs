@@ -51,6 +51,7 @@ fn observed<'a>(now: i64, rollout: Option<&'a RolloutState>) -> Observed<'a> {
             desired: 3,
             ready: 3,
             updated: 3,
+            rolling_out: false,
         }),
         canary: None,
         health: Some(healthy()),
@@ -110,6 +111,7 @@ fn status_is_deterministic_and_keeps_transition_times() {
         desired: 3,
         ready: 2,
         updated: 3,
+        rolling_out: false,
     });
     let worse = tier_status(&t, &o);
     assert!(status_changed(&first, &worse));
@@ -178,6 +180,7 @@ fn phases_follow_the_worst_news() {
         desired: 3,
         ready: 0,
         updated: 3,
+        rolling_out: false,
     });
     assert_eq!(tier_status(&t, &o).phase.as_deref(), Some("Pending"));
     let mut was_ready = t.clone();
@@ -186,12 +189,39 @@ fn phases_follow_the_worst_news() {
     assert_eq!(s.phase.as_deref(), Some("Degraded"));
     assert_eq!(condition(&s, "Ready").reason, "NoReplicasReady");
 
+    // Agents still starting inside the Deployment's progress deadline are
+    // not a degradation, whether the tier was ready before or not; past the
+    // deadline they are.
+    let mut o = observed(1, None);
+    o.stable = Some(ReplicaCounts {
+        desired: 3,
+        ready: 0,
+        updated: 3,
+        rolling_out: true,
+    });
+    for tier in [&t, &was_ready] {
+        let s = tier_status(tier, &o);
+        assert_eq!(condition(&s, "Degraded").status, "False", "{s:?}");
+        assert_eq!(condition(&s, "Progressing").reason, "RollingUpdate");
+    }
+    assert_eq!(
+        tier_status(&was_ready, &o).phase.as_deref(),
+        Some("Progressing")
+    );
+    o.stable = o.stable.map(|s| ReplicaCounts {
+        rolling_out: false,
+        ..s
+    });
+    let s = tier_status(&t, &o);
+    assert_eq!(condition(&s, "Degraded").reason, "ReplicasUnavailable");
+
     // A rolling update.
     let mut o = observed(1, None);
     o.stable = Some(ReplicaCounts {
         desired: 3,
         ready: 3,
         updated: 1,
+        rolling_out: false,
     });
     let s = tier_status(&t, &o);
     assert_eq!(s.phase.as_deref(), Some("Progressing"));
@@ -252,6 +282,7 @@ fn the_canary_shows_in_status() {
         desired: 2,
         ready: 2,
         updated: 2,
+        rolling_out: false,
     });
     let s = tier_status(&t, &o);
     let c = s.canary.as_ref().unwrap();
@@ -355,4 +386,77 @@ fn policy_status_lists_users_and_is_accepted() {
     let ds = degradation_profile_status(&d, vec!["a".into()], ts(1));
     assert_eq!(ds.level_count, Some(4));
     assert!(!ds.changed_from(&degradation_profile_status(&d, vec!["a".into()], ts(2))));
+}
+
+#[test]
+fn a_deployment_rolls_out_until_its_controller_says_it_is_done_or_stuck() {
+    use k8s_openapi::api::apps::v1::{
+        Deployment, DeploymentCondition, DeploymentSpec, DeploymentStatus,
+    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    let deployment =
+        |generation: i64, observed: i64, progressing: Option<(&str, &str)>| Deployment {
+            metadata: ObjectMeta {
+                generation: Some(generation),
+                ..ObjectMeta::default()
+            },
+            spec: Some(DeploymentSpec {
+                replicas: Some(3),
+                ..DeploymentSpec::default()
+            }),
+            status: Some(DeploymentStatus {
+                observed_generation: Some(observed),
+                ready_replicas: Some(1),
+                updated_replicas: Some(3),
+                conditions: progressing.map(|(status, reason)| {
+                    vec![DeploymentCondition {
+                        type_: "Progressing".into(),
+                        status: status.into(),
+                        reason: Some(reason.into()),
+                        ..DeploymentCondition::default()
+                    }]
+                }),
+                ..DeploymentStatus::default()
+            }),
+        };
+    let counts =
+        ReplicaCounts::of_deployment(&deployment(2, 2, Some(("True", "ReplicaSetUpdated"))));
+    assert_eq!(
+        counts,
+        ReplicaCounts {
+            desired: 3,
+            ready: 1,
+            updated: 3,
+            rolling_out: true,
+        }
+    );
+    for (d, rolling) in [
+        // Not yet seen by the Deployment controller, or never given a status.
+        (
+            deployment(3, 2, Some(("True", "NewReplicaSetAvailable"))),
+            true,
+        ),
+        (Deployment::default(), true),
+        (
+            deployment(2, 2, Some(("True", "NewReplicaSetCreated"))),
+            true,
+        ),
+        // Done, or past the progress deadline.
+        (
+            deployment(2, 2, Some(("True", "NewReplicaSetAvailable"))),
+            false,
+        ),
+        (
+            deployment(2, 2, Some(("False", "ProgressDeadlineExceeded"))),
+            false,
+        ),
+        (deployment(2, 2, None), false),
+    ] {
+        assert_eq!(
+            ReplicaCounts::of_deployment(&d).rolling_out,
+            rolling,
+            "{d:?}"
+        );
+    }
 }
