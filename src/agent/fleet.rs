@@ -64,8 +64,6 @@ pub struct Fleet {
     epoch: std::time::Instant,
     live: AtomicU32,
     held: AtomicU32,
-    /// The canary weight when this agent's config assigns tracks.
-    canary_weight: Option<u32>,
     /// Partitions taken lately, with the wall-clock ms until which their
     /// messages wait (see [`hold_back`]): the load's and the feed's alike.
     quiet: Mutex<BTreeMap<u32, u64>>,
@@ -119,7 +117,6 @@ impl Fleet {
             epoch,
             live: AtomicU32::new(0),
             held: AtomicU32::new(0),
-            canary_weight: canary_weight(config),
             quiet: Mutex::new(BTreeMap::new()),
         })
     }
@@ -297,9 +294,10 @@ async fn rebalance(state: &AppState, fleet: &Fleet, quiet: Duration) {
     fleet.with_link(|l| l.observed_live(count));
     fleet.live.store(count, Ordering::Relaxed);
     let ids: Vec<AgentId> = live.iter().map(|a| a.id.clone()).collect();
-    let canary = fleet
-        .canary_weight
-        .map(|w| CanarySplit::from_live(&live, w));
+    // From the config as it is now: a rollout starts by a reload (the
+    // operator writes the canary's range into the ConfigMap) in agents
+    // that joined before it, and every agent must see the same split.
+    let canary = canary_weight(&state.config()).map(|w| CanarySplit::from_live(&live, w));
     let me = &fleet.membership.me().id;
     let owned: BTreeSet<u32> =
         owned_partitions(fleet.store.partitions(), &ids, canary.as_ref(), me)
