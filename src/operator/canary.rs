@@ -13,7 +13,11 @@
 //!   the absolute thresholds. Fewer than [`MIN_REQUESTS`] canary requests,
 //!   or no latency figure, is *insufficient data*: the window keeps
 //!   growing and the rollout waits — it never fails for lack of data, and
-//!   never advances without one passed analysis in the step.
+//!   never advances without one passed analysis in the step. Errors are
+//!   judged before latency (a canary whose every send fails has no latency
+//!   to report), and [`CONCLUSIVE_ERRORS`] failed sends above the error
+//!   threshold fail it even under [`MIN_REQUESTS`]: a canary that fails
+//!   opens its breaker and then sends too little to ever reach the minimum.
 //! - Error-rate checks allow [`ERROR_GRACE`] error: one failed send in a
 //!   small window is noise, not a verdict. With that, a stable error rate of
 //!   zero is handled without a special case: the canary fails the relative
@@ -49,6 +53,10 @@ use super::time::{after, elapsed};
 pub const MIN_REQUESTS: u64 = 30;
 /// Canary errors tolerated by the error-rate checks, whatever the rates.
 pub const ERROR_GRACE: u64 = 1;
+/// Failed canary sends that decide an analysis with fewer than
+/// [`MIN_REQUESTS`] requests, when their rate is above the threshold: as
+/// many as a breaker's default `minimumCalls`, which opens it.
+pub const CONCLUSIVE_ERRORS: u64 = 10;
 
 /// `(canary, stable)` partitions for a canary weight in percent.
 ///
@@ -216,21 +224,23 @@ pub fn analyse(
     stable: Option<&Metrics>,
     window: Duration,
 ) -> Verdict {
-    let Some(c) = canary.filter(|c| c.requests >= MIN_REQUESTS) else {
+    let Some(c) = canary.filter(|c| c.requests > 0) else {
         return Verdict::InsufficientData("the canary made fewer than 30 sends in the window");
-    };
-    let Some(p95) = c.p95_ms else {
-        return Verdict::InsufficientData("the canary reported no latency");
     };
     let errors = c.errors.min(c.requests);
     let rate = errors as f64 / c.requests as f64;
-
     let max_percent = finite_or(a.max_error_rate_percent, 1.0).clamp(0.0, 100.0);
-    if errors > ERROR_GRACE && rate * 100.0 > max_percent {
+    let above_threshold = errors > ERROR_GRACE && rate * 100.0 > max_percent;
+    let enough = c.requests >= MIN_REQUESTS || errors >= CONCLUSIVE_ERRORS;
+    if above_threshold && enough {
         return Verdict::Fail(format!(
-            "canary error rate {:.2}% is above maxErrorRatePercent {max_percent}%",
-            rate * 100.0
+            "canary error rate {:.2}% ({errors} of {} sends) is above maxErrorRatePercent {max_percent}%",
+            rate * 100.0,
+            c.requests
         ));
+    }
+    if c.requests < MIN_REQUESTS {
+        return Verdict::InsufficientData("the canary made fewer than 30 sends in the window");
     }
     if let Some(s) = stable.filter(|s| s.requests >= MIN_REQUESTS) {
         let stable_rate = s.errors.min(s.requests) as f64 / s.requests as f64;
@@ -244,6 +254,9 @@ pub fn analyse(
             ));
         }
     }
+    let Some(p95) = c.p95_ms else {
+        return Verdict::InsufficientData("the canary reported no latency");
+    };
     let max_p95 = u64::try_from(a.max_p95_latency.get().as_millis()).unwrap_or(u64::MAX);
     if p95 > max_p95 {
         return Verdict::Fail(format!(

@@ -378,6 +378,42 @@ fn error_rate_rules_handle_a_clean_stable() {
 }
 
 #[test]
+fn a_canary_whose_sends_all_fail_is_judged_without_latency_or_the_minimum() {
+    let a = spec(true).analysis;
+    let w = Duration::from_secs(60);
+    let failing = |requests, errors| Metrics {
+        requests,
+        errors,
+        p95_ms: None,
+        rate_limited_429: 0,
+    };
+    // Every send failed: no latency, yet a verdict.
+    assert!(
+        matches!(analyse(&a, Some(&failing(40, 40)), Some(&good()), w), Verdict::Fail(m) if m.contains("maxErrorRatePercent"))
+    );
+    // Its breaker opened after ten failures: fewer than 30 sends, still a verdict.
+    assert!(matches!(
+        analyse(&a, Some(&failing(12, 10)), Some(&good()), w),
+        Verdict::Fail(_)
+    ));
+    // A few failures out of a few sends decide nothing yet.
+    assert!(matches!(
+        analyse(&a, Some(&failing(5, 5)), Some(&good()), w),
+        Verdict::InsufficientData(_)
+    ));
+    // Twenty clean sends: too few to judge yet.
+    assert!(matches!(
+        analyse(&a, Some(&failing(20, 0)), Some(&good()), w),
+        Verdict::InsufficientData(_)
+    ));
+    // Enough sends, no errors, but no latency: still waiting for latency.
+    assert!(matches!(
+        analyse(&a, Some(&failing(40, 0)), Some(&good()), w),
+        Verdict::InsufficientData(_)
+    ));
+}
+
+#[test]
 fn latency_and_429s_fail_the_analysis() {
     let a = spec(true).analysis;
     let slow = Metrics {
