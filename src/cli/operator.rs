@@ -18,7 +18,6 @@ use herald::operator::leader::LeaseConfig;
 use herald::operator::metrics::{self, Metrics, Readiness};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use tokio::sync::watch;
-use tracing_subscriber::EnvFilter;
 
 /// Log line format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -98,17 +97,6 @@ pub struct Args {
     log_format: LogFormat,
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
-}
-
 fn positive(name: &str, d: &DurationString) -> anyhow::Result<Duration> {
     let d = d.get();
     anyhow::ensure!(!d.is_zero(), "--{name} must be more than zero");
@@ -136,6 +124,12 @@ impl Args {
         // Agents export traces where the operator does (an image built
         // with the `otel` feature; others ignore the variables).
         o.agent_env = herald::operator::desired::otel_env(std::env::vars());
+        // Agents log as the operator does: JSON lines for a log collector
+        // by default, rather than text with terminal colours in `kubectl logs`.
+        if self.log_format == LogFormat::Json {
+            o.agent_env
+                .push(("HERALD_LOG_FORMAT".to_owned(), "json".to_owned()));
+        }
         o
     }
 
@@ -150,7 +144,7 @@ impl Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let settings = args.settings()?;
-    init_logging(args.log_format);
+    super::logging::init_as(args.log_format == LogFormat::Json);
     // Dropped after the runtime: flushes the last reconcile spans.
     let _telemetry = herald::telemetry::init("herald-operator");
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
