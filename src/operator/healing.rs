@@ -15,7 +15,12 @@
 //!    (capped at `maxBackoff`) after its n-th restart.
 //! 5. At most `restartBudget` restarts in any `budgetWindow`, tier-wide;
 //!    when it is spent, `BudgetExhausted` says until when.
-//! 6. Never more restarts of *ready* pods in one pass than the PDB's
+//! 6. While a pod of the tier is still terminating, nothing else is
+//!    restarted: the restart in progress is not over until the old pod is
+//!    gone, and its replacement may be waiting for what the old one still
+//!    holds (the embedded queue's file, a Redis lease). Evicting the
+//!    replacement then only starts a chain of restarts.
+//! 7. Never more restarts of *ready* pods in one pass than the PDB's
 //!    allowed disruptions. A pod that is not ready is not counted healthy
 //!    by the PDB (evicting it costs the budget nothing, and the agents'
 //!    PDB sets `unhealthyPodEvictionPolicy: AlwaysAllow`), so with one
@@ -120,6 +125,8 @@ pub struct HealingInput<'a> {
     pub pdb_allowed_disruptions: u32,
     /// The shared outage, from [`DependencyHealth::shared`].
     pub dependency: DependencyHealth,
+    /// Pods of this tier that are shutting down (deletion requested).
+    pub terminating: usize,
 }
 
 /// Why a pod is left alone.
@@ -131,6 +138,8 @@ pub enum WaitReason {
     Backoff,
     /// The PodDisruptionBudget allows no further disruption now.
     DisruptionBudget,
+    /// Another pod of the tier is still terminating.
+    RestartInProgress,
 }
 
 impl fmt::Display for WaitReason {
@@ -139,6 +148,7 @@ impl fmt::Display for WaitReason {
             WaitReason::NotUnhealthyLongEnough => "not yet unhealthy for unhealthyAfter",
             WaitReason::Backoff => "restarted recently; backing off",
             WaitReason::DisruptionBudget => "the PodDisruptionBudget allows no disruption now",
+            WaitReason::RestartInProgress => "another pod of the tier is still terminating",
         })
     }
 }
@@ -221,6 +231,14 @@ pub fn decide(input: &HealingInput<'_>) -> Vec<HealingAction> {
         eligible.push((pod, since));
     }
     if eligible.is_empty() {
+        return out;
+    }
+    if input.terminating > 0 {
+        out.extend(eligible.into_iter().map(|(pod, _)| HealingAction::Wait {
+            pod: pod.name.clone(),
+            until: None,
+            why: WaitReason::RestartInProgress,
+        }));
         return out;
     }
 

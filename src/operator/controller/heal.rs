@@ -96,6 +96,10 @@ pub(super) async fn heal(
             .and_then(|p| p.status.as_ref())
             .map_or(0, |s| u32::try_from(s.disruptions_allowed).unwrap_or(0)),
         dependency: health.as_ref().map(|h| h.dependencies).unwrap_or_default(),
+        terminating: pods
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_some())
+            .count(),
     };
     let actions = healing::decide(&input);
     let mut out = Healed {

@@ -35,6 +35,7 @@ fn input(spec: &HealingSpec, now: i64, pods: Vec<PodHealth>) -> HealingInput<'_>
         recent_restarts: Vec::new(),
         pdb_allowed_disruptions: 1,
         dependency: DependencyHealth::default(),
+        terminating: 0,
     }
 }
 
@@ -61,6 +62,25 @@ fn a_pod_unhealthy_past_the_threshold_is_restarted() {
         panic!("{a:?}")
     };
     assert_eq!(reason, "not ready for 1m40s (unhealthyAfter 60s)");
+}
+
+#[test]
+fn nothing_is_restarted_while_a_pod_of_the_tier_is_terminating() {
+    // The replacement of a pod restarted a moment ago cannot start while
+    // the old one still holds the queue's file: it is not restarted too.
+    let s = spec();
+    let mut i = input(&s, 1000, vec![pod("replacement", Some(100))]);
+    i.terminating = 1;
+    let actions = decide(&i);
+    assert!(restarted(&actions).is_empty(), "{actions:?}");
+    assert!(actions.contains(&HealingAction::Wait {
+        pod: "replacement".into(),
+        until: None,
+        why: WaitReason::RestartInProgress,
+    }));
+    // Once the old pod is gone, the usual rules apply.
+    i.terminating = 0;
+    assert_eq!(restarted(&decide(&i)), ["replacement"]);
 }
 
 #[test]
@@ -304,6 +324,7 @@ proptest! {
                 recent_restarts: history.iter().copied().map(ts).collect(),
                 pdb_allowed_disruptions: t.pdb,
                 dependency: DependencyHealth { redis_down: t.dependency_down, telegram_down: false },
+                terminating: 0,
             };
             let actions = decide(&i);
             let restarts = restarted(&actions);
