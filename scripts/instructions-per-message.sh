@@ -7,7 +7,7 @@
 #
 # Usage: scripts/instructions-per-message.sh [MESSAGES] [REPEATS]
 #   MESSAGES defaults to 5000, REPEATS to 3. Needs valgrind, python3, curl,
-#   and a release build (cargo build --release). Uses loopback ports 18601
+#   and a release build with line tables (cargo build --profile profiling). Uses loopback ports 18601
 #   (agent) and 18602 (null API).
 # Prints one line per run and the mean per message for each setting; each
 # run's count has the count of an agent that started and stopped with no
@@ -17,8 +17,8 @@ set -euo pipefail
 messages=${1:-5000}
 repeats=${2:-3}
 repo=$(cd "$(dirname "$0")/.." && pwd)
-herald="$repo/target/release/herald"
-[ -x "$herald" ] || { echo "build first: cargo build --release" >&2; exit 1; }
+herald="${CARGO_TARGET_DIR:-$repo/target}/profiling/herald"
+[ -x "$herald" ] || { echo "build first: cargo build --profile profiling" >&2; exit 1; }
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
