@@ -10,7 +10,10 @@
 //! 2. A shared dependency down (Redis or Telegram, reported by most pods)
 //!    yields only `DependencyDegraded`: restarting pods cannot fix Redis,
 //!    and a restart storm makes the recovery worse.
-//! 3. A pod not ready for less than `unhealthyAfter` waits.
+//! 3. A pod not ready for less than `unhealthyAfter` waits. A new pod's
+//!    clock starts only after the termination grace period of the pod it
+//!    may replace ([`unhealthy_clock`]): until that one is killed, the new
+//!    one can be waiting for what it holds.
 //! 4. A pod the operator restarted before waits `backoff × 2^(n-1)`
 //!    (capped at `maxBackoff`) after its n-th restart.
 //! 5. At most `restartBudget` restarts in any `budgetWindow`, tier-wide;
@@ -50,6 +53,26 @@ pub struct PodHealth {
     pub last_restart: Option<Timestamp>,
     /// How many times the operator restarted this pod.
     pub restarts_by_operator: u32,
+}
+
+/// The termination grace period of agent pods (Kubernetes' default, which
+/// the operator keeps): how long a pod being replaced may still hold what
+/// its replacement needs.
+pub const PREDECESSOR_GRACE: Duration = Duration::from_secs(30);
+
+/// When a not-ready pod's unhealthy clock starts: when it turned not ready
+/// (its creation, if it never was), but never before `created + grace`.
+/// `None` when the pod's times are unknown.
+pub fn unhealthy_clock(
+    turned_not_ready: Option<Timestamp>,
+    created: Option<Timestamp>,
+    grace: Duration,
+) -> Option<Timestamp> {
+    let since = turned_not_ready.or(created)?;
+    Some(match created {
+        Some(c) => since.max(after(c, grace)),
+        None => since,
+    })
 }
 
 /// Dependencies the agents share.

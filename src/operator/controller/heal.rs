@@ -45,9 +45,11 @@ fn pod_health(pods: &[Arc<Pod>], history: &[RestartEntry]) -> Vec<PodHealth> {
             let unhealthy_since = if ready {
                 None
             } else {
-                ready_cond
-                    .and_then(|c| c.last_transition_time.as_ref().map(|t| t.0))
-                    .or_else(|| p.metadata.creation_timestamp.as_ref().map(|t| t.0))
+                healing::unhealthy_clock(
+                    ready_cond.and_then(|c| c.last_transition_time.as_ref().map(|t| t.0)),
+                    p.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                    healing::PREDECESSOR_GRACE,
+                )
             };
             let mine: Vec<&RestartEntry> = history.iter().filter(|r| r.pod == name).collect();
             PodHealth {

@@ -84,6 +84,24 @@ fn nothing_is_restarted_while_a_pod_of_the_tier_is_terminating() {
 }
 
 #[test]
+fn a_new_pod_gets_its_predecessors_grace_before_its_clock_starts() {
+    let grace = Duration::from_secs(30);
+    // Never ready since its creation at 100: the clock starts at 130.
+    assert_eq!(
+        unhealthy_clock(Some(ts(100)), Some(ts(100)), grace),
+        Some(ts(130))
+    );
+    assert_eq!(unhealthy_clock(None, Some(ts(100)), grace), Some(ts(130)));
+    // Ready for a while, then not ready at 500: the clock starts at 500.
+    assert_eq!(
+        unhealthy_clock(Some(ts(500)), Some(ts(100)), grace),
+        Some(ts(500))
+    );
+    assert_eq!(unhealthy_clock(Some(ts(500)), None, grace), Some(ts(500)));
+    assert_eq!(unhealthy_clock(None, None, grace), None);
+}
+
+#[test]
 fn a_pod_unhealthy_briefly_waits() {
     let s = spec();
     let a = decide(&input(&s, 1000, vec![pod("p1", Some(970))]));
