@@ -228,6 +228,43 @@ fn sigterm_drains_in_flight_work_and_exits_zero() {
 }
 
 #[test]
+fn a_second_agent_on_the_same_file_waits_for_the_first_to_close_it() {
+    // As when a pod is replaced: the new agent starts while the old one
+    // still has the embedded store open, and must not crash on it.
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _sb = sandbox(port, None);
+    let mut first = agent_in(dir.path(), &config(dir.path(), port, "", ""));
+    let ids = send_many(&first.url, 5, 5);
+    let path = first.config.clone();
+    let root = dir.path().to_owned();
+    let second = std::thread::spawn(move || start_agent(&root, &path));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !second.is_finished(),
+        "the second agent did not wait for the file"
+    );
+    let status = sigterm(&mut first.proc, Duration::from_secs(20));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        first.proc.log()
+    );
+    let second = second
+        .join()
+        .expect("the second agent started once the file was free");
+    assert!(
+        second.proc.log().contains("open in another process"),
+        "{}",
+        second.proc.log()
+    );
+    assert!(eventually(Duration::from_secs(30), || ids
+        .iter()
+        .all(|id| state_of(&second.url, id) == "delivered")));
+}
+
+#[test]
 fn lowering_the_global_rate_takes_effect_within_two_seconds() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();

@@ -108,6 +108,11 @@ impl std::fmt::Debug for AgentStore {
     }
 }
 
+/// How long a starting agent waits for another process to close the
+/// embedded store's file: longer than a pod's default termination grace
+/// period (30 s), after which its predecessor is killed.
+const STORE_LOCK_WAIT: Duration = Duration::from_secs(60);
+
 impl AgentStore {
     /// Opens the entry tier's store: Redis when it says so (with its spill
     /// at `agent.storePath`), else the embedded file at `agent.storePath`.
@@ -139,10 +144,27 @@ impl AgentStore {
             idempotency_ttl: config.agent.retention.get(),
             ..EmbeddedOptions::default()
         };
-        EmbeddedStore::open(&path, options)
-            .await
-            .map(AgentStore::Embedded)
-            .map_err(|source| OpenError::Embedded { path, source })
+        // The agent this one replaces may still have the file open while it
+        // shuts down (a pod's termination grace period): wait for it rather
+        // than fail, so the replacement starts the moment the file is free.
+        let deadline = tokio::time::Instant::now() + STORE_LOCK_WAIT;
+        let mut told = false;
+        loop {
+            match EmbeddedStore::open(&path, options).await {
+                Err(StoreError::Locked) if tokio::time::Instant::now() < deadline => {
+                    if !told {
+                        tracing::warn!(path = %path, wait_s = STORE_LOCK_WAIT.as_secs(), "the store file is open in another process; waiting for it to close");
+                        told = true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                other => {
+                    return other
+                        .map(AgentStore::Embedded)
+                        .map_err(|source| OpenError::Embedded { path, source });
+                }
+            }
+        }
     }
 
     /// True when whoever accepts a message hands it to its own dispatcher;

@@ -93,7 +93,10 @@ impl EmbeddedStore {
             max_record_bytes: options.max_record_bytes,
             idempotency_ttl_ms: millis(options.idempotency_ttl),
         };
-        let db = Database::create(path).map_err(StoreError::storage)?;
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked,
+            e => StoreError::storage(e),
+        })?;
         let txn = groupcommit::begin(&db, options.quick_repair)?;
         layout::ensure(&txn)?;
         let mut tables = Tables::open(&txn, limits)?;

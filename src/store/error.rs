@@ -32,6 +32,10 @@ pub enum StoreError {
     Storage(String),
     #[error("store is closed")]
     Closed,
+    /// Another process has the embedded store's file open (its lock is
+    /// taken): typically the agent this one replaces, still shutting down.
+    #[error("the store file is open in another process")]
+    Locked,
     /// A shared store refused a write of a partition's lease holder: the
     /// lease of `partition` is no longer this agent's (it expired and another
     /// agent took it, or it was released). Nothing was written.
