@@ -8,7 +8,9 @@
 # build cache do the rest. A second run with a warm build cache takes seconds.
 #
 # Usage: e2e/k8s/build.sh [--node]
-#   --node   also build the node components (kubelet, kube-proxy)
+#   --node   also build the node: kubelet, kube-proxy, the pod sandbox's
+#            pause process, and CoreDNS (its own module, coredns/go.mod, so
+#            that its dependencies do not move Kubernetes' pinned ones)
 # Environment:
 #   HERALD_K8S_CACHE   where binaries go (default: ${XDG_CACHE_HOME:-~/.cache}/herald/k8s)
 set -euo pipefail
@@ -34,7 +36,7 @@ mkdir -p "$bin"
 
 pkgs=(./etcd k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler)
 if [[ $node == 1 ]]; then
-    pkgs+=(k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy)
+    pkgs+=(k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy ./pause)
 fi
 
 # Stamp the release into the binaries as upstream's build does, so the API
@@ -51,5 +53,9 @@ start=$SECONDS
 # binaries, as upstream releases are (kubelet needs no cgo on Linux either).
 (cd "$here" && CGO_ENABLED=0 go build -trimpath -ldflags="$ldflags" -o "$bin/" "${pkgs[@]}") \
     || die "go build failed (see above)"
+if [[ $node == 1 ]]; then
+    (cd "$here/coredns" && CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o "$bin/coredns" .) \
+        || die "go build of CoreDNS failed (see above)"
+fi
 log "Kubernetes $version built in $((SECONDS - start))s: $bin"
 printf '%s\n' "$bin"

@@ -16,6 +16,17 @@ while [[ $# -gt 0 ]]; do
 done
 [[ -d "$dir/pids" ]] || exit 0
 
+# A node first: the kubelet must not restart what is stopped next, and the
+# containers live in the runtime's shims, not under these pids.
+if [[ -f "$dir/node.env" ]]; then
+    if [[ -f "$dir/pids/kubelet" ]]; then kill -KILL "$(cat "$dir/pids/kubelet")" 2>/dev/null || true; fi
+    # Every process of every pod: they sit in the kubelet's cgroups.
+    # shellcheck disable=SC2038 # xargs reads pids, not file names
+    find /sys/fs/cgroup/pids/kubepods -name cgroup.procs -exec cat {} + 2>/dev/null \
+        | xargs -r kill -KILL 2>/dev/null || true
+    pkill -KILL -f "containerd-shim-runc-v2 .*-address $dir/containerd.sock" 2>/dev/null || true
+fi
+
 pids=()
 for f in "$dir"/pids/*; do
     [[ -f "$f" ]] || continue
@@ -35,5 +46,23 @@ done
 for pid in "${pids[@]}"; do
     kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
 done
+if [[ -f "$dir/node.env" ]]; then
+    # shellcheck source=/dev/null
+    source "$dir/node.env"
+    # What the node leaves behind: mounts under the state dir, the pods'
+    # network namespaces, kube-proxy's rules, the bridge, empty cgroups.
+    awk -v d="$dir/" 'index($2, d) == 1 { print $2 }' /proc/mounts | sort -r | while read -r m; do
+        umount -l "$m" 2>/dev/null || true
+    done
+    for ns in $(ip netns list 2>/dev/null | awk '/^cni-/ { print $1 }'); do
+        ip netns delete "$ns" 2>/dev/null || true
+    done
+    if [[ -x "${bin:-}/kube-proxy" ]]; then "$bin/kube-proxy" --cleanup >/dev/null 2>&1 || true; fi
+    ip link delete herald0 2>/dev/null || true
+    for c in /sys/fs/cgroup/*/kubepods; do
+        if [[ -d "$c" ]]; then find "$c" -depth -type d -exec rmdir {} + 2>/dev/null || true; fi
+    done
+    rm -f "$dir/node.env"
+fi
 rm -rf "$dir/pids"
 printf 'e2e/k8s: stopped the processes of %s\n' "$dir" >&2

@@ -5,13 +5,19 @@
 # the admission plugins a normal cluster has. Writes an admin kubeconfig and
 # prints its path as the last line of stdout.
 #
-# Usage: e2e/k8s/up.sh [--dir DIR] [--owner-pid PID] [--no-build]
+# With --node it also starts a node (node.sh): containerd, kubelet,
+# kube-proxy and CoreDNS, with pods on a private bridge; the API server then
+# listens on the bridge's address (10.88.0.1) instead of 127.0.0.1, so that
+# pods reach it too.
+#
+# Usage: e2e/k8s/up.sh [--node] [--dir DIR] [--owner-pid PID] [--no-build]
 #   --dir DIR        state dir: certificates, data, logs, pids, kubeconfig
 #                    (default ${TMPDIR:-/tmp}/herald-k8s); must not hold a
 #                    running control plane (down.sh stops one)
 #   --owner-pid PID  stop everything (down.sh) once process PID has exited;
 #                    test harnesses pass their own pid so nothing outlives them
 #   --no-build       use the binaries already in the cache
+#   --node           start a node as well (root; see node.sh)
 # Stop it with: e2e/k8s/down.sh [--dir DIR]
 set -euo pipefail
 
@@ -23,12 +29,14 @@ die() { log "error: $*"; exit 1; }
 dir="${TMPDIR:-/tmp}/herald-k8s"
 owner=""
 build=1
+node=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --dir) dir="${2:?--dir needs a value}"; shift 2 ;;
         --owner-pid) owner="${2:?--owner-pid needs a value}"; shift 2 ;;
         --no-build) build=0; shift ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        --node) node=1; shift ;;
+        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
         *) die "unknown argument $1 (see --help)" ;;
     esac
 done
@@ -38,7 +46,7 @@ done
 
 start=$SECONDS
 if [[ $build == 1 ]]; then
-    bin="$("$here/build.sh")"
+    if [[ $node == 1 ]]; then bin="$("$here/build.sh" --node)"; else bin="$("$here/build.sh")"; fi
 else
     version="$(awk '$1 == "k8s.io/kubernetes" { print $2 }' "$here/go.mod")"
     bin="${HERALD_K8S_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/herald/k8s}/$version/bin"
@@ -46,6 +54,13 @@ fi
 for b in etcd kube-apiserver kube-controller-manager kube-scheduler; do
     [[ -x "$bin/$b" ]] || die "$bin/$b is missing (run e2e/k8s/build.sh)"
 done
+api_ip=127.0.0.1
+if [[ $node == 1 ]]; then
+    # shellcheck source=e2e/k8s/node.sh
+    source "$here/node.sh"
+    node_check_tools
+    api_ip="$NODE_IP"
+fi
 
 mkdir -p "$dir"
 dir="$(cd "$dir" && pwd)"
@@ -105,7 +120,7 @@ extendedKeyUsage=clientAuth"
 readonly SERVICE_CIDR="10.96.0.0/16" KUBERNETES_SERVICE_IP="10.96.0.1"
 cert apiserver "/CN=kube-apiserver" "keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=serverAuth
-subjectAltName=IP:127.0.0.1,IP:$KUBERNETES_SERVICE_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+subjectAltName=IP:127.0.0.1,IP:10.88.0.1,IP:$KUBERNETES_SERVICE_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
 cert admin "/O=system:masters/CN=kubernetes-admin" "$client_ext"
 cert controller-manager "/CN=system:kube-controller-manager" "$client_ext"
 cert scheduler "/CN=system:kube-scheduler" "$client_ext"
@@ -116,7 +131,7 @@ ETCD_PORT="$(free_port)"
 ETCD_PEER_PORT="$(free_port)"
 API_PORT="$(free_port)"
 readonly ETCD_PORT ETCD_PEER_PORT API_PORT
-server="https://127.0.0.1:$API_PORT"
+server="https://$api_ip:$API_PORT"
 
 # kubeconfig NAME CERT: a kubeconfig that authenticates with a client cert.
 kubeconfig() {
@@ -146,13 +161,15 @@ kubeconfig scheduler scheduler
 
 # ------------------------------------------------------------ processes
 
-# start NAME ARGS...: runs a binary from $bin in the background, with its log
-# and pid in the state dir.
-start() {
-    local name="$1"; shift
-    setsid "$bin/$name" "$@" >"$dir/logs/$name.log" 2>&1 < /dev/null &
+# start_program NAME PATH ARGS...: runs PATH in the background in a session
+# of its own, with its log and pid in the state dir.
+start_program() {
+    local name="$1" path="$2"; shift 2
+    setsid "$path" "$@" >"$dir/logs/$name.log" 2>&1 < /dev/null &
     echo $! > "$dir/pids/$name"
 }
+# start NAME ARGS...: the same for a binary of the release ($bin).
+start() { local name="$1"; shift; start_program "$name" "$bin/$name" "$@"; }
 alive() { kill -0 "$(cat "$dir/pids/$1")" 2>/dev/null; }
 
 # wait_for NAME SECONDS COMMAND...: polls COMMAND until it succeeds, failing
@@ -177,15 +194,17 @@ start etcd --name herald-e2e --data-dir "$dir/etcd" \
     --unsafe-no-fsync --log-level warn
 wait_for etcd 30 curl -fsS "http://127.0.0.1:$ETCD_PORT/health"
 
+[[ $node == 1 ]] && node_network
 # Admission: the release's default set plus NodeRestriction, as kubeadm runs it.
 start kube-apiserver \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$API_PORT" \
+    --bind-address "$api_ip" --advertise-address "$api_ip" --secure-port "$API_PORT" \
     --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
     --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
     --client-ca-file "$pki/ca.crt" \
     --kubelet-client-certificate "$pki/apiserver-kubelet-client.crt" \
     --kubelet-client-key "$pki/apiserver-kubelet-client.key" \
     --kubelet-certificate-authority "$pki/ca.crt" \
+    --kubelet-preferred-address-types InternalIP,Hostname \
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$pki/sa.pub" \
     --service-account-signing-key-file "$pki/sa.key" \
@@ -221,10 +240,16 @@ admin=(kubectl --kubeconfig "$dir/admin.kubeconfig" --request-timeout=10s)
 wait_for kube-controller-manager 60 "${admin[@]}" get serviceaccount default -n default
 wait_for kube-controller-manager 60 "${admin[@]}" get configmap kube-root-ca.crt -n default
 alive kube-scheduler || die "kube-scheduler exited during start-up (log: $dir/logs/kube-scheduler.log)"
+if [[ $node == 1 ]]; then
+    node_start=$SECONDS
+    start_node
+    log "node $NODE_NAME Ready in $((SECONDS - node_start))s"
+fi
 
 if [[ -n "$owner" ]]; then
     # Bounded by the owner's life: polls once a second and stops everything
     # when the owner is gone.
+    # shellcheck disable=SC2016 # expanded by the inner bash, from its arguments
     setsid bash -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; "$2/down.sh" --dir "$3"' \
         watchdog "$owner" "$here" "$dir" >/dev/null 2>&1 < /dev/null &
     echo $! > "$dir/pids/watchdog"
