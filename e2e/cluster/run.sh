@@ -19,11 +19,19 @@
 #   E2E_IMAGE          image to test, repo:tag (kind: built as herald:e2e)
 #   E2E_CANARY_IMAGE   the "new version" for the rollout (kind: herald:e2e-canary,
 #                      the same build under another tag)
+#   E2E_BROKEN_IMAGE   a canary that must be aborted: the image under test with
+#                      HTTP_PROXY pointing nowhere, so its deliveries fail
+#                      (kind: built as herald:e2e-broken)
 #   E2E_SKIP_BUILD=1   kind: reuse an existing herald:e2e image
 #   E2E_REDIS_IMAGE    redis image (redis:7-alpine)
 #   E2E_KEEP=1         keep the kind cluster / the installed release
 #   E2E_HELM           a Helm 4 binary to use (else scripts/install-helm.sh installs one)
 #   E2E_READY_TIMEOUT, E2E_CANARY_TIMEOUT, E2E_HEAL_TIMEOUT  seconds (300, 600, 300)
+#   E2E_NODE_CONTAINERD  the containerd socket of the cluster's node, when the
+#                      node is this machine (e2e/k8s/up.sh --node): lets the
+#                      healing check freeze an agent without kind
+#   E2E_REQUIRE_ALL=1  a skipped check fails the run (CI sets it: a skip
+#                      must never read as a pass)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -133,7 +141,13 @@ print_table() {
     for i in "${!names[@]}"; do
         printf '%-*s  %-6s  %-6s  %s\n' "$w" "${names[i]}" "${results[i]}" "${times[i]}" "${details[i]}"
     done
-    printf '\ne2e/cluster (%s): %d failed of %d\n' "$mode" "$failed" "${#names[@]}"
+    local skipped=0
+    for i in "${!results[@]}"; do [[ "${results[i]}" != SKIP ]] || skipped=$((skipped + 1)); done
+    if [[ "${E2E_REQUIRE_ALL:-0}" == 1 && $skipped -gt 0 ]]; then
+        failed=$((failed + skipped))
+        printf '\nE2E_REQUIRE_ALL=1: the %d skipped check(s) count as failed\n' "$skipped"
+    fi
+    printf '\ne2e/cluster (%s): %d failed, %d skipped of %d\n' "$mode" "$failed" "$skipped" "${#names[@]}"
 }
 
 # Ends the run: the remaining checks cannot run without this one.
@@ -219,7 +233,7 @@ dump_state() {
 
 # ------------------------------------------------------------------ cluster
 
-all_checks=(cluster image chart samples tier-ready delivery canary healing)
+all_checks=(cluster image chart samples tier-ready delivery canary canary-abort healing redis-outage)
 
 begin cluster
 if [[ "$mode" == kind ]]; then
@@ -261,7 +275,10 @@ if [[ -n "$kind_target" ]]; then
         abort_after image "docker build failed: $(tail -n 5 "$work/build.log" | tr '\n' ' ')" "${all_checks[@]:2}"
     fi
     docker tag "$image" "$canary_image"
-    if ! kind load docker-image --name "$kind_target" "$image" "$canary_image" >"$work/load.log" 2>&1; then
+    broken_image="herald:e2e-broken"
+    printf 'FROM %s\nENV HTTP_PROXY=http://127.0.0.1:9\n' "$image" | docker build -q -t "$broken_image" - >/dev/null 2>&1 \
+        || abort_after image "docker build of $broken_image failed" "${all_checks[@]:2}"
+    if ! kind load docker-image --name "$kind_target" "$image" "$canary_image" "$broken_image" >"$work/load.log" 2>&1; then
         abort_after image "kind load failed: $(tail -n 3 "$work/load.log" | tr '\n' ' ')" "${all_checks[@]:2}"
     fi
     # Redis comes from a registry; preload it when the host can pull it.
@@ -272,12 +289,13 @@ if [[ -n "$kind_target" ]]; then
 else
     image="$E2E_IMAGE"
     canary_image="${E2E_CANARY_IMAGE:-}"
+    broken_image="${E2E_BROKEN_IMAGE:-}"
     if [[ -z "$canary_image" || "$canary_image" == "$image" ]]; then
         abort_after image "E2E_CANARY_IMAGE must name a second tag of the image under test" "${all_checks[@]:2}"
     fi
     record image PASS "using $image (canary $canary_image)"
 fi
-readonly image canary_image
+readonly image canary_image broken_image
 if [[ "${image##*/}" != *:* ]]; then
     abort_after chart "the image must be repo:tag, got $image" "${all_checks[@]:3}"
 fi
@@ -424,6 +442,52 @@ else
     touch "$stop_file"
 fi
 
+# ------------------------------------------------------------ canary abort
+
+begin canary-abort
+# A release whose canary cannot deliver (every request it makes goes to a
+# proxy that is not there): the analysis must abort it, and the stable track
+# must keep delivering what arrives meanwhile and after.
+verdict_is() { [[ "$(tier_field e2e-rollout '{.status.canary.verdict}')" == "$1" ]]; }
+if [[ -z "$broken_image" ]]; then
+    record canary-abort SKIP "no E2E_BROKEN_IMAGE to roll out"
+elif [[ "$(tier_field e2e-rollout '{.status.canary.verdict}')" != Promoted ]]; then
+    record canary-abort SKIP "needs the promoted rollout of the canary check"
+elif ! port_forward svc/telegram-sandbox 8081; then
+    record canary-abort FAIL "no port-forward to the sandbox"
+else
+    sandbox_port=$pf_port
+    good_image="$(stable_image)"
+    stop_file="$work/traffic-abort.stop"
+    traffic e2e-rollout "$CANARY_TIMEOUT" "$stop_file" &
+    bg_pids+=("$!")
+    k patch tier e2e-rollout --type merge -p "{\"spec\":{\"image\":\"$broken_image\"}}" >/dev/null
+    log "   image of e2e-rollout set to $broken_image; watching status.canary"
+    if wait_until "$CANARY_TIMEOUT" verdict_is Aborted; then
+        reason="$(tier_field e2e-rollout '{.status.conditions[?(@.type=="CanaryAnalysis")].message}')"
+        # After the abort every message must still arrive: the canary's
+        # partitions are back with the stable agents.
+        before="$(counter delivered)"
+        before="${before:-0}"
+        sleep 20
+        after="$(counter delivered)"
+        if [[ "$(stable_image)" != "$good_image" ]]; then
+            record canary-abort FAIL "aborted, but the stable Deployment runs $(stable_image), not $good_image"
+        elif [[ "$after" =~ ^[0-9]+$ ]] && ((after > before + 20)); then
+            record canary-abort PASS "aborted ($reason); stable still on $good_image delivered $((after - before)) messages in the 20 s after"
+        else
+            dump_state
+            record canary-abort FAIL "aborted, but the stable track delivered only $((${after:-0} - before)) messages in 20 s"
+        fi
+    else
+        dump_state
+        record canary-abort FAIL "verdict $(tier_field e2e-rollout '{.status.canary.verdict}' || echo none) after ${CANARY_TIMEOUT}s, not Aborted"
+    fi
+    touch "$stop_file"
+    # Back to the image the stable track runs, for the checks after this one.
+    k patch tier e2e-rollout --type merge -p "{\"spec\":{\"image\":\"$good_image\"}}" >/dev/null
+fi
+
 # ------------------------------------------------------------------ healing
 
 begin healing
@@ -432,22 +496,37 @@ healed_by_operator() {
     [[ "$(tier_field telegram '{.status.lastRestart.pod}')" == "$victim" ]] &&
         ! k get pod "$victim" >/dev/null 2>&1 && tier_phase_is telegram Ready
 }
+# on_node NODE COMMAND...: runs a command on the node: in its kind
+# container, or here when the node is this machine.
+on_node() {
+    local node=$1
+    shift
+    if [[ -n "${E2E_NODE_CONTAINERD:-}" ]]; then "$@"; else docker exec "$node" "$@"; fi
+}
+# The host pid of a container, by its CRI id.
+container_pid() { # node id
+    if [[ -n "${E2E_NODE_CONTAINERD:-}" ]]; then
+        ctr --address "$E2E_NODE_CONTAINERD" -n k8s.io task ls 2>/dev/null | awk -v id="$2" '$1 == id { print $2 }'
+    else
+        docker exec "$1" crictl inspect --output go-template --template '{{.info.pid}}' "$2" 2>/dev/null
+    fi
+}
 if ((!tier_ready)); then
     record healing SKIP "tier telegram is not Ready"
-elif [[ "$mode" != kind && -z "$kind_target" ]]; then
-    record healing SKIP "freezing a container needs node access (kind only)"
+elif [[ -z "${E2E_NODE_CONTAINERD:-}" && "$mode" != kind && -z "$kind_target" ]]; then
+    record healing SKIP "freezing a container needs node access (kind, or E2E_NODE_CONTAINERD)"
 else
     victim="$(agent_pod)"
     node="$(k get pod "$victim" -o 'jsonpath={.spec.nodeName}')"
     cid="$(k get pod "$victim" -o 'jsonpath={.status.containerStatuses[0].containerID}')"
     restarts_before="$(k get pod "$victim" -o 'jsonpath={.status.containerStatuses[0].restartCount}')"
-    pid="$(docker exec "$node" crictl inspect --output go-template --template '{{.info.pid}}' "${cid#*://}" 2>/dev/null || true)"
+    pid="$(container_pid "$node" "${cid#*://}" || true)"
     if [[ -z "$victim" || ! "$pid" =~ ^[0-9]+$ ]]; then
         record healing FAIL "could not find the agent process of pod '${victim:-?}' on node '${node:-?}'"
     else
         # SIGSTOP from the node: probes time out, the pod turns unready; a
         # signal from inside the container could not stop its PID 1.
-        docker exec "$node" kill -STOP "$pid"
+        on_node "$node" kill -STOP "$pid"
         log "   froze pod $victim (pid $pid on $node)"
         if wait_until "$HEAL_TIMEOUT" healed_by_operator; then
             record healing PASS "operator restarted frozen pod $victim ($(tier_field telegram '{.status.lastRestart.reason}')); tier Ready again"
@@ -456,6 +535,46 @@ else
             dump_state
             record healing FAIL "no operator restart of $victim in ${HEAL_TIMEOUT}s (status.lastRestart: '$(tier_field telegram '{.status.lastRestart.pod}')'; container restarts $restarts_before -> $restarts_now)"
         fi
+    fi
+fi
+
+# ------------------------------------------------------------- redis outage
+
+begin redis-outage
+# Redis (the e2e-rollout tier's shared queue) goes away for a while: the
+# tier must say DependencyDegraded, the operator must restart nothing (the
+# cause is shared, a restart cures nothing), and all must recover after.
+dependency_degraded() { [[ "$(tier_field e2e-rollout '{.status.conditions[?(@.type=="DependencyDegraded")].status}')" == "$1" ]]; }
+restart_counts() { k get pods -l herald.dev/tier=e2e-rollout -o 'jsonpath={range .items[*]}{.metadata.name}={.status.containerStatuses[0].restartCount}{" "}{end}' 2>/dev/null; }
+if ! tier_phase_is e2e-rollout Ready && ! wait_until 120 tier_phase_is e2e-rollout Ready; then
+    record redis-outage SKIP "tier e2e-rollout is $(tier_field e2e-rollout '{.status.phase}' || echo '?'), not Ready"
+else
+    pods_before="$(restart_counts)"
+    last_restart_before="$(tier_field e2e-rollout '{.status.lastRestart.pod}')"
+    k scale deploy/redis --replicas=0 >/dev/null
+    log "   Redis scaled to 0; watching DependencyDegraded"
+    if wait_until 120 dependency_degraded True; then
+        degraded_msg="$(tier_field e2e-rollout '{.status.conditions[?(@.type=="DependencyDegraded")].message}')"
+        # Hold the outage past the healing threshold, to see no restart.
+        sleep 30
+        pods_during="$(restart_counts)"
+        last_restart_during="$(tier_field e2e-rollout '{.status.lastRestart.pod}')"
+        k scale deploy/redis --replicas=1 >/dev/null
+        log "   Redis back; watching recovery"
+        if wait_until 180 dependency_degraded False && wait_until 120 tier_phase_is e2e-rollout Ready; then
+            if [[ "$pods_during" != "$pods_before" || "$last_restart_during" != "$last_restart_before" ]]; then
+                record redis-outage FAIL "DependencyDegraded ($degraded_msg), but pods were restarted: $pods_before -> $pods_during (lastRestart '$last_restart_during')"
+            else
+                record redis-outage PASS "DependencyDegraded ($degraded_msg); no restart during 30 s of outage; Ready again after Redis returned"
+            fi
+        else
+            dump_state
+            record redis-outage FAIL "Redis returned but the tier did not recover (DependencyDegraded $(tier_field e2e-rollout '{.status.conditions[?(@.type=="DependencyDegraded")].status}'), phase $(tier_field e2e-rollout '{.status.phase}'))"
+        fi
+    else
+        k scale deploy/redis --replicas=1 >/dev/null
+        dump_state
+        record redis-outage FAIL "Redis stopped, but DependencyDegraded stayed $(tier_field e2e-rollout '{.status.conditions[?(@.type=="DependencyDegraded")].status}' || echo '?') for 120 s"
     fi
 fi
 
