@@ -518,7 +518,9 @@ async fn the_file_cannot_be_opened_twice() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir).await;
     let second = EmbeddedStore::open(dir.path().join(DB_FILE), EmbeddedOptions::default()).await;
-    assert!(matches!(second, Err(StoreError::Storage(_))));
+    // Its own error, so that a starting agent can tell it from a broken
+    // file and wait for the other process to close it.
+    assert!(matches!(second, Err(StoreError::Locked)));
     drop(store);
     drop(open(&dir).await);
 }
