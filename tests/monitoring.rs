@@ -16,6 +16,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use herald::agent::metrics::Metrics;
+use herald::operator::metrics::{Metrics as OperatorMetrics, PREFIX};
 use prometheus::core::Collector;
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
 use serde_json::Value;
@@ -251,7 +252,7 @@ fn slo_alerts_pair_two_windows_each() {
 }
 
 // ---------------------------------------------------------------------------
-// What the agent exposes
+// What the agent and the operator expose
 // ---------------------------------------------------------------------------
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -331,8 +332,9 @@ fn add<T: Exposed>(out: &mut BTreeMap<String, Family>, m: &T) {
     }
 }
 
-/// The agent's metric families, read from a fresh registry. The kinds come
-/// from the Rust types, so a histogram cannot be listed as a counter.
+/// The agent's and the operator's metric families, read from fresh
+/// registries. The kinds come from the Rust types, so a histogram cannot be
+/// listed as a counter.
 fn families() -> &'static BTreeMap<String, Family> {
     static FAMILIES: OnceLock<BTreeMap<String, Family>> = OnceLock::new();
     FAMILIES.get_or_init(|| {
@@ -367,6 +369,23 @@ fn families() -> &'static BTreeMap<String, Family> {
         add(&mut f, &m.shared_refusals);
         add(&mut f, &m.spill_waiting);
         add(&mut f, &m.spill_messages);
+        // The operator's registry prefixes its names when it gathers them,
+        // so its descriptors carry them bare.
+        let o = OperatorMetrics::new();
+        let mut op = BTreeMap::new();
+        add(&mut op, &o.reconciles);
+        add(&mut op, &o.failures);
+        add(&mut op, &o.duration);
+        add(&mut op, &o.tiers_by_phase);
+        add(&mut op, &o.events);
+        add(&mut op, &o.restarts);
+        add(&mut op, &o.status_writes);
+        add(&mut op, &o.leader);
+        add(&mut op, &o.rollouts_aborted);
+        f.extend(
+            op.into_iter()
+                .map(|(name, family)| (format!("{PREFIX}_{name}"), family)),
+        );
         f
     })
 }
@@ -386,6 +405,15 @@ fn series_names() -> BTreeMap<String, &'static str> {
     out
 }
 
+/// The metric names of a table of docs/metrics.md.
+fn documented(table: &str) -> BTreeSet<&str> {
+    table
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .collect()
+}
+
 /// The list above must not fall behind the agent: every metric of the
 /// agent's table in docs/metrics.md (kept complete by a unit test in
 /// src/agent/metrics.rs) is among the families read here.
@@ -393,11 +421,7 @@ fn series_names() -> BTreeMap<String, &'static str> {
 fn the_family_list_covers_every_documented_agent_metric() {
     let doc = read(&root().join("docs/metrics.md"));
     let agent_table = doc.split("## Operator").next().unwrap();
-    let documented: BTreeSet<&str> = agent_table
-        .lines()
-        .filter_map(|l| l.strip_prefix("| `"))
-        .filter_map(|l| l.split('`').next())
-        .collect();
+    let documented = documented(agent_table);
     assert!(documented.len() >= 20, "{documented:?}");
     for name in documented {
         assert!(
@@ -405,6 +429,21 @@ fn the_family_list_covers_every_documented_agent_metric() {
             "{name} is documented but not read from Metrics here; add it to families()"
         );
     }
+}
+
+/// The same for the operator, both ways: its table in docs/metrics.md
+/// lists exactly the operator families read here.
+#[test]
+fn the_family_list_is_the_documented_operator_metrics() {
+    let doc = read(&root().join("docs/metrics.md"));
+    let operator_table = doc.split("## Operator").nth(1).expect("## Operator");
+    let documented = documented(operator_table);
+    let read_here: BTreeSet<&str> = families()
+        .keys()
+        .map(String::as_str)
+        .filter(|n| n.starts_with("herald_operator_"))
+        .collect();
+    assert_eq!(documented, read_here);
 }
 
 // ---------------------------------------------------------------------------
@@ -657,7 +696,8 @@ fn check_expr(
         }
         let Some(family_name) = series.get(&s.metric) else {
             errors.push(format!(
-                "{origin}: `{}` is not a metric the agent exposes (src/agent/metrics.rs)",
+                "{origin}: `{}` is not a metric the agent or the operator exposes \
+                 (src/agent/metrics.rs, src/operator/metrics.rs)",
                 if s.metric.is_empty() {
                     "{...}"
                 } else {
