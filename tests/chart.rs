@@ -385,6 +385,60 @@ fn the_full_values_render_every_optional_part() {
     assert_eq!(rule.value["metadata"]["labels"]["release"], "prometheus");
 }
 
+/// `prometheusRule.runbookBaseUrl` moves every alert's runbook link to the
+/// installer's copy of the docs and keeps its anchor; nothing else of the
+/// rules changes. A base with an anchor of its own is refused.
+#[test]
+fn the_runbook_links_follow_runbook_base_url() {
+    let base = "https://docs.internal.example/herald/troubleshooting.md";
+    let set_base = format!("prometheusRule.runbookBaseUrl={base}");
+    let template = |set: &str| {
+        Command::new(helm())
+            .args([
+                "template",
+                RELEASE,
+                "charts/herald",
+                "--namespace",
+                NAMESPACE,
+            ])
+            .args(["--set", "prometheusRule.enabled=true", "--set", set])
+            .current_dir(root())
+            .output()
+            .unwrap()
+    };
+    let out = template(&set_base);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs = parse_docs(
+        "helm template (runbookBaseUrl)",
+        &String::from_utf8(out.stdout).unwrap(),
+    );
+    let rule = find(&docs, "PrometheusRule", "herald-rules");
+    let source: Value = serde_saphyr::from_str(&read(&root().join(COPIES[0].0))).unwrap();
+    let mut want = source["spec"].clone();
+    let mut moved = 0;
+    for group in want["groups"].as_array_mut().unwrap() {
+        for r in group["rules"].as_array_mut().unwrap() {
+            let Some(url) = r["annotations"]["runbook_url"].as_str() else {
+                continue;
+            };
+            let (_, anchor) = url.split_once('#').expect("an anchor");
+            r["annotations"]["runbook_url"] = Value::from(format!("{base}#{anchor}"));
+            moved += 1;
+        }
+    }
+    assert!(moved >= 15, "{moved} runbook links");
+    assert_eq!(rule.value["spec"], want);
+
+    let refused = template("prometheusRule.runbookBaseUrl=https://docs.example/t.md#top");
+    assert!(!refused.status.success(), "a base with an anchor rendered");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("runbookBaseUrl"), "{err}");
+}
+
 /// The chart's copies are the sources, byte for byte.
 #[test]
 fn the_chart_copies_its_sources_exactly() {

@@ -1,14 +1,17 @@
-//! The monitoring artefacts against the agent that feeds them: the
+//! The monitoring artefacts against the processes that feed them: the
 //! PrometheusRule in config/prometheus/rules.yaml passes `promtool check
 //! rules` and its unit tests (config/prometheus/rules_test.yaml, with a
-//! firing and a quiet case for every alert), and every metric name and
-//! selector label used by the rules and by the Grafana dashboard
-//! (config/grafana/herald-dashboard.json) is one the agent's metrics
-//! registry (`herald::agent::metrics::Metrics`) really exposes.
+//! firing and a quiet case for every alert), every alert links to its own
+//! section of docs/troubleshooting.md, and every metric name and selector
+//! label used by the rules and by the Grafana dashboard
+//! (config/grafana/herald-dashboard.json) is one the agent's or the
+//! operator's metrics registry (`herald::agent::metrics::Metrics`,
+//! `herald::operator::metrics::Metrics`) really exposes.
 //!
 //! What the rules alert on is their own business; this file only pins that
-//! they are valid and speak the agent's vocabulary. Invariant: nothing here
-//! skips — without `promtool` the tests fail and say how to install it.
+//! they are valid and speak the agent's and operator's vocabulary.
+//! Invariant: nothing here skips — without `promtool` the tests fail and
+//! say how to install it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -16,10 +19,15 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use herald::agent::metrics::Metrics;
-use herald::operator::metrics::{Metrics as OperatorMetrics, PREFIX};
+use herald::operator::metrics::{Metrics as OperatorMetrics, PHASES, PREFIX};
 use prometheus::core::Collector;
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
 use serde_json::Value;
+
+/// Where every alert's `runbook_url` points, followed by `#<anchor>`; the
+/// chart's `prometheusRule.runbookBaseUrl` replaces it.
+const RUNBOOK_BASE: &str =
+    "https://git.example.com/your-org/herald/blob/main/docs/troubleshooting.md";
 
 /// Labels a scrape adds to every series (Prometheus itself, the Prometheus
 /// Operator, and the pod labels config/prometheus/monitor.yaml copies).
@@ -207,6 +215,11 @@ fn every_alert_is_tested_firing_and_quiet() {
         "HeraldDeadLettersGrowing",
         "HeraldRateLimited",
         "HeraldDegradationSevere",
+        "HeraldOperatorNoLeader",
+        "HeraldOperatorReconcileErrors",
+        "HeraldTierFailed",
+        "HeraldTierDegraded",
+        "HeraldRolloutAborted",
     ] {
         assert!(alerts.contains(want), "alert {want} is missing");
     }
@@ -249,6 +262,101 @@ fn slo_alerts_pair_two_windows_each() {
     for (slo, w) in windows {
         assert_eq!(w, pairs, "{slo}");
     }
+}
+
+// ---------------------------------------------------------------------------
+// Runbooks
+// ---------------------------------------------------------------------------
+
+/// The anchors GitHub and most Markdown renderers give the headings of a
+/// page: lower case, punctuation dropped, spaces as hyphens.
+fn heading_anchors(markdown: &str) -> BTreeSet<String> {
+    let mut fenced = false;
+    let mut out = BTreeSet::new();
+    for line in markdown.lines() {
+        if line.starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        let Some(title) = line.strip_prefix('#') else {
+            continue;
+        };
+        if fenced {
+            continue;
+        }
+        let title = title.trim_start_matches('#');
+        let Some(title) = title.strip_prefix(' ') else {
+            continue;
+        };
+        let anchor: String = title
+            .trim()
+            .to_lowercase()
+            .chars()
+            .filter_map(|c| match c {
+                ' ' => Some('-'),
+                c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+                _ => None,
+            })
+            .collect();
+        out.insert(anchor);
+    }
+    out
+}
+
+#[test]
+fn the_anchor_reader_follows_github() {
+    let got = heading_anchors(
+        "# Troubleshooting\n## Ingest refused: 503 with Retry-After\n```sh\n# not a heading\n```\n### HeraldTierFailed\n#nospace\n",
+    );
+    assert_eq!(
+        got,
+        BTreeSet::from([
+            "troubleshooting".to_owned(),
+            "ingest-refused-503-with-retry-after".to_owned(),
+            "heraldtierfailed".to_owned(),
+        ])
+    );
+}
+
+/// Every alert's `runbook_url` is the shipped base and an anchor of
+/// docs/troubleshooting.md that is the alert's own section, so a page
+/// lands on what to do about that very alert.
+#[test]
+fn every_alert_links_to_its_own_runbook_section() {
+    let anchors = heading_anchors(&read(&root().join("docs/troubleshooting.md")));
+    assert!(
+        RUNBOOK_BASE.ends_with("/docs/troubleshooting.md"),
+        "{RUNBOOK_BASE}"
+    );
+    let mut errors = Vec::new();
+    let mut alerts = 0;
+    for r in rules() {
+        let Some(name) = r["alert"].as_str() else {
+            continue;
+        };
+        alerts += 1;
+        let Some(url) = r["annotations"]["runbook_url"].as_str() else {
+            errors.push(format!("{name}: no runbook_url"));
+            continue;
+        };
+        let Some((base, anchor)) = url.split_once('#') else {
+            errors.push(format!("{name}: {url} has no anchor"));
+            continue;
+        };
+        if base != RUNBOOK_BASE {
+            errors.push(format!("{name}: {url} does not start with {RUNBOOK_BASE}#"));
+        }
+        if anchor != name.to_lowercase() {
+            errors.push(format!("{name}: {url} is not the alert's own section"));
+        }
+        if !anchors.contains(anchor) {
+            errors.push(format!(
+                "{name}: docs/troubleshooting.md has no heading with anchor #{anchor}"
+            ));
+        }
+    }
+    assert!(alerts >= 15, "{alerts} alerts");
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
 }
 
 // ---------------------------------------------------------------------------
@@ -715,6 +823,14 @@ fn check_expr(
                 errors.push(format!(
                     "{origin}: `{}` has no label `{label}` (it has {:?})",
                     s.metric, family.labels
+                ));
+            }
+            if s.metric == "herald_operator_tiers_by_phase"
+                && label == "phase"
+                && !PHASES.contains(&value.as_str())
+            {
+                errors.push(format!(
+                    "{origin}: phase {value:?} is not one of {PHASES:?}"
                 ));
             }
             if bucket && !value.contains('$') && value != "+Inf" {
