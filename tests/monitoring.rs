@@ -944,6 +944,12 @@ fn the_dashboard_uses_only_exposed_metrics() {
         "herald_degradation_level",
         "herald_rate_limited_total",
         "herald_bulkhead_in_use",
+        "herald_operator_leader",
+        "herald_operator_tiers_by_phase",
+        "herald_operator_reconciles_total",
+        "herald_operator_reconcile_errors_total",
+        "herald_operator_reconcile_duration_seconds",
+        "herald_operator_rollouts_aborted_total",
     ] {
         assert!(used.contains(want), "the dashboard shows no {want}");
     }
