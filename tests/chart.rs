@@ -367,6 +367,26 @@ fn the_full_values_render_every_optional_part() {
         2,
         "operator + agents"
     );
+    // Both monitors where Prometheus looks for them, with the relabelings;
+    // the operator's still selects the release namespace's Service.
+    let values: Value = serde_saphyr::from_str(&read(&root().join(FULL_VALUES))).unwrap();
+    let sm = &values["serviceMonitor"];
+    for m in of_kind(docs, "ServiceMonitor") {
+        assert_eq!(m.namespace(), Some("monitoring"), "{}", m.label());
+        let endpoint = &m.value["spec"]["endpoints"][0];
+        assert_eq!(endpoint["relabelings"], sm["relabelings"], "{}", m.label());
+        assert_eq!(
+            endpoint["metricRelabelings"],
+            sm["metricRelabelings"],
+            "{}",
+            m.label()
+        );
+    }
+    let operator_monitor = find(docs, "ServiceMonitor", "herald-operator");
+    assert_eq!(
+        operator_monitor.value["spec"]["namespaceSelector"]["matchNames"],
+        serde_json::json!([NAMESPACE])
+    );
     // The dashboard, for Grafana's sidecar, in the namespace it watches.
     let cm: ConfigMap = find(docs, "ConfigMap", "herald-dashboard").typed();
     let labels = cm.metadata.labels.unwrap_or_default();
@@ -383,6 +403,92 @@ fn the_full_values_render_every_optional_part() {
     let source: Value = serde_saphyr::from_str(&read(&root().join(COPIES[0].0))).unwrap();
     assert_eq!(rule.value["spec"], source["spec"]);
     assert_eq!(rule.value["metadata"]["labels"]["release"], "prometheus");
+}
+
+/// `prometheusRule.runbookBaseUrl` moves every alert's runbook link to the
+/// installer's copy of the docs and keeps its anchor; nothing else of the
+/// rules changes. A base with an anchor of its own is refused.
+#[test]
+fn the_runbook_links_follow_runbook_base_url() {
+    let base = "https://docs.internal.example/herald/troubleshooting.md";
+    let set_base = format!("prometheusRule.runbookBaseUrl={base}");
+    let template = |set: &str| {
+        Command::new(helm())
+            .args([
+                "template",
+                RELEASE,
+                "charts/herald",
+                "--namespace",
+                NAMESPACE,
+            ])
+            .args(["--set", "prometheusRule.enabled=true", "--set", set])
+            .current_dir(root())
+            .output()
+            .unwrap()
+    };
+    let out = template(&set_base);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs = parse_docs(
+        "helm template (runbookBaseUrl)",
+        &String::from_utf8(out.stdout).unwrap(),
+    );
+    let rule = find(&docs, "PrometheusRule", "herald-rules");
+    let source: Value = serde_saphyr::from_str(&read(&root().join(COPIES[0].0))).unwrap();
+    let mut want = source["spec"].clone();
+    let mut moved = 0;
+    for group in want["groups"].as_array_mut().unwrap() {
+        for r in group["rules"].as_array_mut().unwrap() {
+            let Some(url) = r["annotations"]["runbook_url"].as_str() else {
+                continue;
+            };
+            let (_, anchor) = url.split_once('#').expect("an anchor");
+            r["annotations"]["runbook_url"] = Value::from(format!("{base}#{anchor}"));
+            moved += 1;
+        }
+    }
+    assert!(moved >= 15, "{moved} runbook links");
+    assert_eq!(rule.value["spec"], want);
+
+    let refused = template("prometheusRule.runbookBaseUrl=https://docs.example/t.md#top");
+    assert!(!refused.status.success(), "a base with an anchor rendered");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("runbookBaseUrl"), "{err}");
+}
+
+/// values.schema.json refuses a typo in each monitoring value.
+#[test]
+fn the_schema_refuses_typos_in_monitoring_values() {
+    for set in [
+        "serviceMonitor.namespace=Monitoring",
+        "serviceMonitor.relabelings[0].sourceLabel[0]=x",
+        "serviceMonitor.relabelings[0].action=rename",
+        "serviceMonitor.metricRelabelings[0].target_label=x",
+        "serviceMonitor.namespaces=monitoring",
+        "prometheusRule.runbookBaseURL=https://docs.example/t.md",
+    ] {
+        let out = Command::new(helm())
+            .args([
+                "template",
+                RELEASE,
+                "charts/herald",
+                "--namespace",
+                NAMESPACE,
+            ])
+            .args(["--set", set])
+            .current_dir(root())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{set} rendered");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("values don't meet the specifications of the schema"),
+            "{set}: {err}"
+        );
+    }
 }
 
 /// The chart's copies are the sources, byte for byte.

@@ -1,14 +1,17 @@
-//! The monitoring artefacts against the agent that feeds them: the
+//! The monitoring artefacts against the processes that feed them: the
 //! PrometheusRule in config/prometheus/rules.yaml passes `promtool check
 //! rules` and its unit tests (config/prometheus/rules_test.yaml, with a
-//! firing and a quiet case for every alert), and every metric name and
-//! selector label used by the rules and by the Grafana dashboard
-//! (config/grafana/herald-dashboard.json) is one the agent's metrics
-//! registry (`herald::agent::metrics::Metrics`) really exposes.
+//! firing and a quiet case for every alert), every alert links to its own
+//! section of docs/troubleshooting.md, and every metric name and selector
+//! label used by the rules and by the Grafana dashboard
+//! (config/grafana/herald-dashboard.json) is one the agent's or the
+//! operator's metrics registry (`herald::agent::metrics::Metrics`,
+//! `herald::operator::metrics::Metrics`) really exposes.
 //!
 //! What the rules alert on is their own business; this file only pins that
-//! they are valid and speak the agent's vocabulary. Invariant: nothing here
-//! skips — without `promtool` the tests fail and say how to install it.
+//! they are valid and speak the agent's and operator's vocabulary.
+//! Invariant: nothing here skips — without `promtool` the tests fail and
+//! say how to install it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -16,9 +19,15 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use herald::agent::metrics::Metrics;
+use herald::operator::metrics::{Metrics as OperatorMetrics, PHASES, PREFIX};
 use prometheus::core::Collector;
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
 use serde_json::Value;
+
+/// Where every alert's `runbook_url` points, followed by `#<anchor>`; the
+/// chart's `prometheusRule.runbookBaseUrl` replaces it.
+const RUNBOOK_BASE: &str =
+    "https://git.example.com/your-org/herald/blob/main/docs/troubleshooting.md";
 
 /// Labels a scrape adds to every series (Prometheus itself, the Prometheus
 /// Operator, and the pod labels config/prometheus/monitor.yaml copies).
@@ -206,6 +215,11 @@ fn every_alert_is_tested_firing_and_quiet() {
         "HeraldDeadLettersGrowing",
         "HeraldRateLimited",
         "HeraldDegradationSevere",
+        "HeraldOperatorNoLeader",
+        "HeraldOperatorReconcileErrors",
+        "HeraldTierFailed",
+        "HeraldTierDegraded",
+        "HeraldRolloutAborted",
     ] {
         assert!(alerts.contains(want), "alert {want} is missing");
     }
@@ -251,7 +265,102 @@ fn slo_alerts_pair_two_windows_each() {
 }
 
 // ---------------------------------------------------------------------------
-// What the agent exposes
+// Runbooks
+// ---------------------------------------------------------------------------
+
+/// The anchors GitHub and most Markdown renderers give the headings of a
+/// page: lower case, punctuation dropped, spaces as hyphens.
+fn heading_anchors(markdown: &str) -> BTreeSet<String> {
+    let mut fenced = false;
+    let mut out = BTreeSet::new();
+    for line in markdown.lines() {
+        if line.starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        let Some(title) = line.strip_prefix('#') else {
+            continue;
+        };
+        if fenced {
+            continue;
+        }
+        let title = title.trim_start_matches('#');
+        let Some(title) = title.strip_prefix(' ') else {
+            continue;
+        };
+        let anchor: String = title
+            .trim()
+            .to_lowercase()
+            .chars()
+            .filter_map(|c| match c {
+                ' ' => Some('-'),
+                c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+                _ => None,
+            })
+            .collect();
+        out.insert(anchor);
+    }
+    out
+}
+
+#[test]
+fn the_anchor_reader_follows_github() {
+    let got = heading_anchors(
+        "# Troubleshooting\n## Ingest refused: 503 with Retry-After\n```sh\n# not a heading\n```\n### HeraldTierFailed\n#nospace\n",
+    );
+    assert_eq!(
+        got,
+        BTreeSet::from([
+            "troubleshooting".to_owned(),
+            "ingest-refused-503-with-retry-after".to_owned(),
+            "heraldtierfailed".to_owned(),
+        ])
+    );
+}
+
+/// Every alert's `runbook_url` is the shipped base and an anchor of
+/// docs/troubleshooting.md that is the alert's own section, so a page
+/// lands on what to do about that very alert.
+#[test]
+fn every_alert_links_to_its_own_runbook_section() {
+    let anchors = heading_anchors(&read(&root().join("docs/troubleshooting.md")));
+    assert!(
+        RUNBOOK_BASE.ends_with("/docs/troubleshooting.md"),
+        "{RUNBOOK_BASE}"
+    );
+    let mut errors = Vec::new();
+    let mut alerts = 0;
+    for r in rules() {
+        let Some(name) = r["alert"].as_str() else {
+            continue;
+        };
+        alerts += 1;
+        let Some(url) = r["annotations"]["runbook_url"].as_str() else {
+            errors.push(format!("{name}: no runbook_url"));
+            continue;
+        };
+        let Some((base, anchor)) = url.split_once('#') else {
+            errors.push(format!("{name}: {url} has no anchor"));
+            continue;
+        };
+        if base != RUNBOOK_BASE {
+            errors.push(format!("{name}: {url} does not start with {RUNBOOK_BASE}#"));
+        }
+        if anchor != name.to_lowercase() {
+            errors.push(format!("{name}: {url} is not the alert's own section"));
+        }
+        if !anchors.contains(anchor) {
+            errors.push(format!(
+                "{name}: docs/troubleshooting.md has no heading with anchor #{anchor}"
+            ));
+        }
+    }
+    assert!(alerts >= 15, "{alerts} alerts");
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+}
+
+// ---------------------------------------------------------------------------
+// What the agent and the operator expose
 // ---------------------------------------------------------------------------
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -331,8 +440,9 @@ fn add<T: Exposed>(out: &mut BTreeMap<String, Family>, m: &T) {
     }
 }
 
-/// The agent's metric families, read from a fresh registry. The kinds come
-/// from the Rust types, so a histogram cannot be listed as a counter.
+/// The agent's and the operator's metric families, read from fresh
+/// registries. The kinds come from the Rust types, so a histogram cannot be
+/// listed as a counter.
 fn families() -> &'static BTreeMap<String, Family> {
     static FAMILIES: OnceLock<BTreeMap<String, Family>> = OnceLock::new();
     FAMILIES.get_or_init(|| {
@@ -367,6 +477,23 @@ fn families() -> &'static BTreeMap<String, Family> {
         add(&mut f, &m.shared_refusals);
         add(&mut f, &m.spill_waiting);
         add(&mut f, &m.spill_messages);
+        // The operator's registry prefixes its names when it gathers them,
+        // so its descriptors carry them bare.
+        let o = OperatorMetrics::new();
+        let mut op = BTreeMap::new();
+        add(&mut op, &o.reconciles);
+        add(&mut op, &o.failures);
+        add(&mut op, &o.duration);
+        add(&mut op, &o.tiers_by_phase);
+        add(&mut op, &o.events);
+        add(&mut op, &o.restarts);
+        add(&mut op, &o.status_writes);
+        add(&mut op, &o.leader);
+        add(&mut op, &o.rollouts_aborted);
+        f.extend(
+            op.into_iter()
+                .map(|(name, family)| (format!("{PREFIX}_{name}"), family)),
+        );
         f
     })
 }
@@ -386,6 +513,15 @@ fn series_names() -> BTreeMap<String, &'static str> {
     out
 }
 
+/// The metric names of a table of docs/metrics.md.
+fn documented(table: &str) -> BTreeSet<&str> {
+    table
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .collect()
+}
+
 /// The list above must not fall behind the agent: every metric of the
 /// agent's table in docs/metrics.md (kept complete by a unit test in
 /// src/agent/metrics.rs) is among the families read here.
@@ -393,11 +529,7 @@ fn series_names() -> BTreeMap<String, &'static str> {
 fn the_family_list_covers_every_documented_agent_metric() {
     let doc = read(&root().join("docs/metrics.md"));
     let agent_table = doc.split("## Operator").next().unwrap();
-    let documented: BTreeSet<&str> = agent_table
-        .lines()
-        .filter_map(|l| l.strip_prefix("| `"))
-        .filter_map(|l| l.split('`').next())
-        .collect();
+    let documented = documented(agent_table);
     assert!(documented.len() >= 20, "{documented:?}");
     for name in documented {
         assert!(
@@ -405,6 +537,21 @@ fn the_family_list_covers_every_documented_agent_metric() {
             "{name} is documented but not read from Metrics here; add it to families()"
         );
     }
+}
+
+/// The same for the operator, both ways: its table in docs/metrics.md
+/// lists exactly the operator families read here.
+#[test]
+fn the_family_list_is_the_documented_operator_metrics() {
+    let doc = read(&root().join("docs/metrics.md"));
+    let operator_table = doc.split("## Operator").nth(1).expect("## Operator");
+    let documented = documented(operator_table);
+    let read_here: BTreeSet<&str> = families()
+        .keys()
+        .map(String::as_str)
+        .filter(|n| n.starts_with("herald_operator_"))
+        .collect();
+    assert_eq!(documented, read_here);
 }
 
 // ---------------------------------------------------------------------------
@@ -657,7 +804,8 @@ fn check_expr(
         }
         let Some(family_name) = series.get(&s.metric) else {
             errors.push(format!(
-                "{origin}: `{}` is not a metric the agent exposes (src/agent/metrics.rs)",
+                "{origin}: `{}` is not a metric the agent or the operator exposes \
+                 (src/agent/metrics.rs, src/operator/metrics.rs)",
                 if s.metric.is_empty() {
                     "{...}"
                 } else {
@@ -675,6 +823,14 @@ fn check_expr(
                 errors.push(format!(
                     "{origin}: `{}` has no label `{label}` (it has {:?})",
                     s.metric, family.labels
+                ));
+            }
+            if s.metric == "herald_operator_tiers_by_phase"
+                && label == "phase"
+                && !PHASES.contains(&value.as_str())
+            {
+                errors.push(format!(
+                    "{origin}: phase {value:?} is not one of {PHASES:?}"
                 ));
             }
             if bucket && !value.contains('$') && value != "+Inf" {
@@ -788,6 +944,12 @@ fn the_dashboard_uses_only_exposed_metrics() {
         "herald_degradation_level",
         "herald_rate_limited_total",
         "herald_bulkhead_in_use",
+        "herald_operator_leader",
+        "herald_operator_tiers_by_phase",
+        "herald_operator_reconciles_total",
+        "herald_operator_reconcile_errors_total",
+        "herald_operator_reconcile_duration_seconds",
+        "herald_operator_rollouts_aborted_total",
     ] {
         assert!(used.contains(want), "the dashboard shows no {want}");
     }

@@ -59,6 +59,9 @@ pub struct Metrics {
     pub status_writes: IntCounterVec,
     /// 1 while this replica holds the leader Lease (or runs without one).
     pub leader: IntGauge,
+    /// Canary rollouts aborted, by analysis or by hand. Without a tier
+    /// label: the tier's `RolloutAborted` condition names it.
+    pub rollouts_aborted: IntCounter,
 }
 
 /// Seconds; reconciles are mostly API round trips, with the agents' health
@@ -143,6 +146,11 @@ impl Metrics {
                 &["kind"],
             ),
             leader,
+            rollouts_aborted: counter(
+                &r,
+                "rollouts_aborted_total",
+                "Canary rollouts aborted, by analysis or by hand.",
+            ),
             registry: r,
         }
     }

@@ -285,17 +285,20 @@ pub(super) async fn reconcile_tier(tier: &DeliveryTier, ctx: &Context) -> Result
         publish(ctx, tier, note).await;
     }
     for a in canary_actions {
-        if let CanaryAction::EmitEvent {
-            type_,
-            reason,
-            message,
-        } = a
-        {
-            let note = match type_ {
-                EventType::Normal => Note::normal(reason, message),
-                EventType::Warning => Note::warning(reason, message),
-            };
-            publish(ctx, tier, note).await;
+        match a {
+            CanaryAction::EmitEvent {
+                type_,
+                reason,
+                message,
+            } => {
+                let note = match type_ {
+                    EventType::Normal => Note::normal(reason, message),
+                    EventType::Warning => Note::warning(reason, message),
+                };
+                publish(ctx, tier, note).await;
+            }
+            CanaryAction::Abort { .. } => ctx.metrics.rollouts_aborted.inc(),
+            _ => {}
         }
     }
 
