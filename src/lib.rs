@@ -3,6 +3,7 @@
 //! - [`agent`]: the delivery agent's I/O shell (ingest, dispatch loop, operations).
 //! - [`api`]: the herald.dev/v1alpha1 custom resources (CRDs, config format).
 //! - [`validate`]: offline checks of herald documents (`herald validate`).
+//! - [`clock`]: the wall clock the I/O shells read (the engine reads none).
 //! - [`demo`]: `herald demo`, the data path end to end on loopback.
 //! - [`engine`]: pure delivery decisions (limits, breaker, retry, scheduling).
 //! - [`operator`]: the operator's pure decisions (desired objects, canary, healing, status).
@@ -17,6 +18,7 @@
 pub mod agent;
 pub mod api;
 pub mod bench;
+pub mod clock;
 pub mod demo;
 pub mod engine;
 pub mod operator;

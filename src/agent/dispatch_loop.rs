@@ -23,9 +23,9 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::agent::config::AgentConfig;
 use crate::agent::dispatch_config::dispatch_config;
 use crate::agent::fleet::{Fleet, tier_mode};
-use crate::agent::http::native::now_ms;
 use crate::agent::metrics::Metrics;
 use crate::agent::state::{AppState, DispatchCmd, Final, IngestGate};
+use crate::clock::now_ms;
 use crate::engine::degradation::Level;
 use crate::engine::dispatch::{
     DispatchConfig, Dispatcher, Event, Poll, QueuedMessage, Snapshot, Verdict,

@@ -22,6 +22,7 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 
 use crate::api::rate_limit_policy::{LimiterBackend, LimiterFallback};
+use crate::clock::now_ms;
 use crate::engine::{Instant, SplitMix64};
 use crate::store::StoredMessage;
 use crate::store::redis::RedisStore;
@@ -32,7 +33,6 @@ use crate::store::redis::membership::{
 use crate::store::redis::shared_limiter::{ConnectOptions, SharedError, SharedLimiter};
 
 use super::config::AgentConfig;
-use super::http::native::now_ms;
 use super::state::{AppState, DispatchCmd};
 
 /// Where the agent's name comes from: the operator sets it to the pod name.

@@ -325,7 +325,7 @@ async fn cleanup(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
         loop {
             match state
                 .store
-                .cleanup(crate::agent::http::native::now_ms(), retention, retention)
+                .cleanup(crate::clock::now_ms(), retention, retention)
                 .await
             {
                 Ok(c) if c.more => continue,
