@@ -215,7 +215,7 @@ fn track(config: &AgentConfig) -> Track {
 fn canary_weight(config: &AgentConfig) -> Option<u32> {
     let p = config.agent.partitions.as_ref()?;
     let count = p.canary.end.saturating_sub(p.canary.start);
-    (0..=100).find(|&w| crate::operator::canary::partition_split(p.total, w).0 == count)
+    (0..=100).find(|&w| crate::engine::partition::partition_split(p.total, w).0 == count)
 }
 
 /// How often the partition task heartbeats and renews: five times per

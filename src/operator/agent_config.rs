@@ -29,8 +29,8 @@ use crate::api::agent::{
 use crate::api::delivery_tier::{Channel, EmbeddedStoreSpec, StoreKind};
 use crate::api::refs::SecretKeyRef;
 use crate::api::{API_VERSION, DeliveryTierSpec};
+use crate::engine::partition::partition_split;
 
-use super::canary::partition_split;
 use super::desired::DesiredError;
 use super::hash;
 use super::names;

@@ -11,7 +11,7 @@
 //!
 //! Invariants: every partition has exactly one owner whenever one agent is
 //! alive; the canary track gets exactly the operator's share
-//! ([`crate::operator::canary::partition_split`]); one agent joining or
+//! ([`crate::engine::partition::partition_split`]); one agent joining or
 //! leaving moves only partitions to or from that agent; the local shares of
 //! `n` agents together never admit more than the whole limit in any window
 //! of at least its period.
@@ -25,9 +25,9 @@ use redis::Script;
 use redis::aio::ConnectionManager;
 
 use crate::engine::limiter::{Limit, Limits};
+use crate::engine::partition::partition_split;
 use crate::engine::retry::{BackoffStrategy, Jitter, RetryPolicy};
 use crate::engine::{Instant, SplitMix64};
-use crate::operator::canary::partition_split;
 
 use super::shared_limiter::{ConnectOptions, SharedError, check_name, within};
 
