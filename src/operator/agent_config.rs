@@ -7,8 +7,9 @@
 //! Owns the Agent document, the rendering, and the Secret wiring both
 //! sides agree on: a `SecretKeyRef` `name`/`key` reaches the pod as the
 //! environment variable the agent looks it up under
-//! ([`env_var_name`] with [`SECRET_ENV_PREFIX`], written into the Agent
-//! document); [`secret_uses`] lists which keys one agent reads. Leaves to
+//! ([`SecretKeyRef::env_var_name`] with [`SECRET_ENV_PREFIX`], written
+//! into the Agent document); [`secret_uses`] lists which keys one agent
+//! reads. Leaves to
 //! [`reach`](super::reach) which tiers and policies go in, and to
 //! [`pod`](super::pod) the container that carries the variables.
 //!
@@ -22,7 +23,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::agent::secrets::env_var_name;
 use crate::api::agent::{
     AGENT_KIND, AgentSpec, ConfigMapSource, PartitionAssignment, PartitionRange, SecretSources,
 };
@@ -159,7 +159,7 @@ pub fn secret_uses<'a>(
             tier,
             role,
             secret,
-            var: env_var_name(SECRET_ENV_PREFIX, secret),
+            var: secret.env_var_name(SECRET_ENV_PREFIX),
         })
         .collect()
 }
@@ -599,7 +599,7 @@ mod tests {
             ]
         );
         for u in &uses {
-            assert_eq!(u.var, env_var_name(SECRET_ENV_PREFIX, u.secret));
+            assert_eq!(u.var, u.secret.env_var_name(SECRET_ENV_PREFIX));
         }
         let vars: Vec<String> = secret_env(&uses)
             .unwrap()
