@@ -26,15 +26,16 @@ use serde::{Deserialize, Serialize};
 use crate::api::agent::{
     AGENT_KIND, AgentSpec, ConfigMapSource, PartitionAssignment, PartitionRange, SecretSources,
 };
-use crate::api::delivery_tier::{Channel, EmbeddedStoreSpec, StoreKind};
+use crate::api::delivery_tier::{EmbeddedStoreSpec, StoreKind};
 use crate::api::refs::SecretKeyRef;
 use crate::api::{API_VERSION, DeliveryTierSpec};
 use crate::engine::partition::partition_split;
 
-use super::desired::DesiredError;
 use super::hash;
+use super::inputs::DesiredError;
 use super::names;
 use super::reach::Reach;
+use super::secrets::{SecretRole, secret_refs};
 
 /// Key of the config file in the ConfigMap.
 pub const CONFIG_KEY: &str = "config.yaml";
@@ -61,58 +62,6 @@ pub mod env {
     pub const POD_NAME: &str = "HERALD_POD_NAME";
     /// Also where the agent finds its ConfigMap's namespace.
     pub const POD_NAMESPACE: &str = "HERALD_POD_NAMESPACE";
-}
-
-/// What a Secret referenced by a tier is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum SecretRole {
-    TelegramToken,
-    WebhookHmac,
-    RedisUrl,
-}
-
-impl SecretRole {
-    /// Where the reference is written in a DeliveryTier.
-    pub const fn field_path(self) -> &'static str {
-        match self {
-            SecretRole::TelegramToken => "spec.telegram.tokenSecretRef.name",
-            SecretRole::WebhookHmac => "spec.webhook.hmacSecretRef.name",
-            SecretRole::RedisUrl => "spec.store.redis.urlSecretRef.name",
-        }
-    }
-}
-
-/// The Secrets a tier uses, in role order: the channel's own secret (only
-/// for the channel in use) and the Redis URL (only for a redis store).
-pub fn secret_refs(spec: &DeliveryTierSpec) -> Vec<(SecretRole, &SecretKeyRef)> {
-    let mut out = Vec::new();
-    match spec.channel {
-        Channel::Telegram => {
-            if let Some(r) = spec
-                .telegram
-                .as_ref()
-                .and_then(|t| t.token_secret_ref.as_ref())
-            {
-                out.push((SecretRole::TelegramToken, r));
-            }
-        }
-        Channel::Webhook => {
-            if let Some(r) = spec
-                .webhook
-                .as_ref()
-                .and_then(|w| w.hmac_secret_ref.as_ref())
-            {
-                out.push((SecretRole::WebhookHmac, r));
-            }
-        }
-        Channel::Spool => {}
-    }
-    if spec.store.kind == StoreKind::Redis
-        && let Some(r) = &spec.store.redis
-    {
-        out.push((SecretRole::RedisUrl, &r.url_secret_ref));
-    }
-    out
 }
 
 /// One Secret key an agent reads.
@@ -375,7 +324,7 @@ fn doc<S: Serialize>(
 mod tests {
     use super::*;
     use crate::api::{CircuitPolicySpec, RateLimitPolicySpec};
-    use crate::operator::desired::ResolvedPolicies;
+    use crate::operator::inputs::ResolvedPolicies;
     use crate::operator::reach;
 
     fn spec(json: serde_json::Value) -> DeliveryTierSpec {

@@ -44,7 +44,7 @@ use crate::api::delivery_tier::{CanaryAnalysis, RolloutSpec};
 use crate::engine::partition::partition_split;
 
 use super::condition::{CondStatus, ConditionSpec};
-use super::desired::{CanaryTrack, Tracks};
+use super::inputs::{CanaryTrack, Tracks};
 use super::time::{after, elapsed};
 
 /// Fewest canary requests in a window for an analysis to count.

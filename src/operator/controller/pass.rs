@@ -24,13 +24,12 @@ use crate::operator::canary::{
     self, CanaryAction, CanaryInput, EventType, RolloutState, gate_names,
 };
 use crate::operator::context::{Context, Stores};
-use crate::operator::desired::{
-    DesiredError, DesiredObjects, ResolvedPolicies, desired_objects, desired_objects_with,
-};
+use crate::operator::desired::{DesiredObjects, desired_objects, desired_objects_with};
 use crate::operator::error::{Error, Result};
 use crate::operator::hash::Fnv64;
 use crate::operator::health_client::{HealthSource, PodTarget, Sample, read_details};
 use crate::operator::index::{MissingRef, RefKind, Reference};
+use crate::operator::inputs::{DesiredError, ResolvedPolicies};
 use crate::operator::names::{self, Track};
 use crate::operator::reach::{self, Specs};
 use crate::operator::status::{self, Observed, ReplicaCounts};

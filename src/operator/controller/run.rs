@@ -27,10 +27,10 @@ use tokio::sync::watch;
 
 use crate::api::{CircuitPolicy, DegradationProfile, DeliveryTier, RateLimitPolicy};
 use crate::operator::context::{Context, Settings, Stores};
-use crate::operator::desired::OperatorOptions;
 use crate::operator::error::Result;
 use crate::operator::health_client::HttpHealth;
 use crate::operator::index::{RefKind, TierIndex};
+use crate::operator::inputs::OperatorOptions;
 use crate::operator::leader::{Elector, HoldOutcome, LeaseConfig};
 use crate::operator::metrics::{Metrics, Readiness};
 use crate::operator::names;

@@ -1,8 +1,13 @@
 use super::*;
 use crate::api::delivery_tier::{Channel, StoreSpec};
 use crate::api::refs::SecretKeyRef;
-use crate::operator::agent_config::{SECRET_ENV_PREFIX, SecretRole, secret_refs};
+use crate::api::{CircuitPolicySpec, RateLimitPolicySpec};
+use crate::operator::agent_config::SECRET_ENV_PREFIX;
+use crate::operator::index::RefKind;
+use crate::operator::inputs::{CanaryTrack, otel_env};
+use crate::operator::secrets::{SecretRole, secret_refs};
 use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec, Probe};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use std::path::Path;
