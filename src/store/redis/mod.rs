@@ -48,6 +48,7 @@ mod lease;
 pub mod membership;
 mod options;
 mod queue;
+mod reply;
 mod rules;
 mod scripts;
 pub mod server;
