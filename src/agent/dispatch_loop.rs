@@ -22,7 +22,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::agent::config::AgentConfig;
 use crate::agent::dispatch_config::dispatch_config;
-use crate::agent::fleet::{Fleet, tier_mode};
+use crate::agent::fleet::Fleet;
 use crate::agent::metrics::Metrics;
 use crate::agent::state::{AppState, DispatchCmd, Final, IngestGate};
 use crate::clock::now_ms;
@@ -30,11 +30,13 @@ use crate::engine::degradation::Level;
 use crate::engine::dispatch::{
     DispatchConfig, Dispatcher, Event, Poll, QueuedMessage, Snapshot, Verdict,
 };
-use crate::engine::limiter::{Guard, Limit, Limits, Recipient};
+use crate::engine::limiter::{Limits, Recipient};
 use crate::engine::taxonomy::{Action, Class, Outcome, classify};
 use crate::engine::{Instant, Priority};
+use crate::policy::effective::{
+    Gate, LimiterMode, SendDelay, TierLimits, restart_quiet, switch_quiet,
+};
 use crate::sink::{Delivery, ReceiptSender, Sink, SinkResult};
-use crate::store::redis::membership::{LimiterMode, local_share_limits};
 use crate::store::redis::shared_limiter::{Ask, SharedDecision};
 use crate::store::{Attempt, ChatRef, MessageId, Store, StoreError, StoredMessage};
 use crate::telemetry;
@@ -85,17 +87,6 @@ enum Unsent {
     Lapsed(u32),
 }
 
-/// How far ahead a shared decision may reserve a slot at most (less when
-/// the chat guard is thinner, see [`SendDelay`]): enough that agents
-/// queue for the next global slot instead of polling for it, short enough
-/// that a send never sleeps long on a reservation.
-const SHARED_HORIZON: Duration = Duration::from_millis(50);
-
-/// How late after its reserved slot a send may still leave; see
-/// [`SendGate::pass`]. A third of the 30 ms that the fleet guard gives a
-/// one-second window, leaving the rest to the wire.
-const SHARED_LATE_LIMIT: Duration = Duration::from_millis(10);
-
 /// How long a send waits when its tier's limiter is paused or Redis did not
 /// answer a decision.
 const PAUSED_RETRY: Duration = Duration::from_millis(500);
@@ -118,31 +109,7 @@ pub struct DispatchLoop {
     fleet: Option<Arc<Fleet>>,
     config: Arc<AgentConfig>,
     /// Per tier index: its limits and the limiter it uses now.
-    limits: Vec<Limits>,
-    modes: Vec<LimiterMode>,
-}
-
-/// How long a restarted agent waits before its first send. The limiter's
-/// memory died with the old process while the API's windows did not; after
-/// one full cell (emission interval plus burst tolerance) of the slowest
-/// key, every key is as fresh as the limiter assumes. For Telegram's limits
-/// that is the group key: 3 s.
-pub fn restart_quiet(config: &AgentConfig) -> Duration {
-    config
-        .tiers
-        .iter()
-        .flat_map(|t| {
-            let l = &t.policy.limits;
-            [Some(l.global), l.per_chat, l.per_group]
-        })
-        .flatten()
-        .map(|l| {
-            let c = l.cell();
-            Duration::from_nanos(c.interval.saturating_add(c.tolerance))
-        })
-        .max()
-        .unwrap_or_default()
-        .min(Duration::from_secs(600))
+    limits: Vec<TierLimits>,
 }
 
 /// Why the loop could not start.
@@ -166,11 +133,11 @@ impl DispatchLoop {
     ) -> Result<Self, LoopError> {
         let fleet = state.fleet.clone();
         let base = dispatch_config(&config);
-        let limits: Vec<Limits> = base.tiers.iter().map(|t| t.limits).collect();
-        let modes = current_modes(fleet.as_deref(), &config, tier_names(&base));
-        let d = Dispatcher::new(limited(base, &modes), seed)?;
+        let limits = tier_limits(fleet.as_deref(), &config, configured(&base));
+        let d = Dispatcher::new(applied(base, &limits), seed)?;
         let receipts = ReceiptSender::new(state.http.clone(), Default::default()).ok();
-        let quiet_until = Instant::ZERO + restart_quiet(&config);
+        let quiet_until =
+            Instant::ZERO + restart_quiet(config.tiers.iter().map(|t| &t.policy.limits));
         let mut l = DispatchLoop {
             state,
             d,
@@ -186,7 +153,6 @@ impl DispatchLoop {
             fleet,
             config: config.clone(),
             limits,
-            modes,
         };
         l.build_sinks(&config)?;
         l.publish_modes();
@@ -197,11 +163,9 @@ impl DispatchLoop {
     fn install(&mut self, config: Arc<AgentConfig>) -> Result<(), LoopError> {
         let now = self.now();
         let base = dispatch_config(&config);
-        let modes = current_modes(self.fleet.as_deref(), &config, tier_names(&base));
-        let limits = base.tiers.iter().map(|t| t.limits).collect();
-        self.d.reconfigure(now, limited(base, &modes))?;
+        let limits = tier_limits(self.fleet.as_deref(), &config, configured(&base));
+        self.d.reconfigure(now, applied(base, &limits))?;
         self.limits = limits;
-        self.modes = modes;
         self.config = config;
         self.publish_modes();
         Ok(())
@@ -217,26 +181,21 @@ impl DispatchLoop {
         }
         // The loaded tiers, in order: no need to rebuild the config every
         // tick to learn their names.
-        let names = (0..self.d.tier_count()).map(|i| self.d.tier_name(i).unwrap_or_default());
-        let modes = current_modes(Some(&fleet), &self.config, names);
-        if modes == self.modes {
+        let loaded = (0..self.d.tier_count()).map(|i| {
+            let name = self.d.tier_name(i).unwrap_or_default();
+            (
+                name,
+                self.limits
+                    .get(i)
+                    .map_or_else(Limits::default, |l| l.configured),
+            )
+        });
+        let limits = tier_limits(Some(&fleet), &self.config, loaded);
+        if limits == self.limits {
             return;
         }
-        let names: Vec<String> = modes.iter().map(|m| m.as_str().to_owned()).collect();
-        // Sends admitted under the old mode are invisible to the new one
-        // (Redis never saw the local ones; the local cells never saw the
-        // other agents'): wait one full bot-wide cell before going on.
-        let quiet = self
-            .limits
-            .iter()
-            .zip(self.modes.iter().zip(&modes))
-            .filter(|(_, (old, new))| old != new)
-            .map(|(l, _)| {
-                let c = l.global.cell();
-                Duration::from_nanos(c.interval.saturating_add(c.tolerance))
-            })
-            .max()
-            .unwrap_or_default();
+        let names: Vec<String> = limits.iter().map(|l| l.mode.as_str().to_owned()).collect();
+        let quiet = switch_quiet(&self.limits, &limits);
         match self.install(self.config.clone()) {
             Ok(()) => {
                 self.quiet_until = self.quiet_until.max(self.now() + quiet);
@@ -250,12 +209,12 @@ impl DispatchLoop {
         let (Some(m), Some(_)) = (self.state.metrics(), &self.fleet) else {
             return;
         };
-        for (i, mode) in self.modes.iter().enumerate() {
+        for (i, limits) in self.limits.iter().enumerate() {
             let tier = self.d.tier_name(i).unwrap_or_default();
             for name in ["shared", "local-share", "paused"] {
                 m.limiter_mode
                     .with_label_values(&[tier, name])
-                    .set(i64::from(mode.as_str() == name));
+                    .set(i64::from(limits.mode.as_str() == name));
             }
         }
     }
@@ -440,20 +399,18 @@ impl DispatchLoop {
 
     /// What a send of `tier` must pass before it leaves.
     fn gate(&self, tier: usize, priority: Priority) -> SendGate {
-        let (Some(fleet), Some(mode), Some(limits)) =
-            (&self.fleet, self.modes.get(tier), self.limits.get(tier))
-        else {
+        let (Some(fleet), Some(limits)) = (&self.fleet, self.limits.get(tier)) else {
             return SendGate::Open;
         };
-        match mode {
-            LimiterMode::LocalShare { .. } => SendGate::Open,
-            LimiterMode::Paused => SendGate::Paused,
-            LimiterMode::Shared => SendGate::Shared(Box::new(SharedAsk {
+        match limits.gate() {
+            Gate::Open => SendGate::Open,
+            Gate::Paused => SendGate::Paused,
+            Gate::Shared(shared) => SendGate::Shared(Box::new(SharedAsk {
                 fleet: fleet.clone(),
                 bot: self.tier_names.get(tier).cloned().unwrap_or_default(),
-                limits: *limits,
+                limits: shared.limits,
                 priority,
-                delay: SendDelay::for_limits(limits),
+                delay: shared.delay,
             })),
         }
     }
@@ -656,7 +613,9 @@ impl DispatchLoop {
 
     /// A 429 pauses the bot for every agent sharing it, not only this one.
     fn share_pause(&self, tier_name: &str, tier: usize, outcome: &Outcome) {
-        let (Some(fleet), Some(LimiterMode::Shared)) = (&self.fleet, self.modes.get(tier)) else {
+        let (Some(fleet), Some(LimiterMode::Shared)) =
+            (&self.fleet, self.limits.get(tier).map(|l| l.mode))
+        else {
             return;
         };
         let Some(c) = classify(outcome) else { return };
@@ -748,7 +707,7 @@ impl DispatchLoop {
             "oldest_age_ms": s.oldest_age.map(|d| d.as_millis() as u64),
             "tiers": s.tiers.iter().enumerate().map(|(i, t)| json!({
                 "name": t.name,
-                "limiter": self.modes.get(i).filter(|_| self.fleet.is_some()).map_or("local", |m| m.as_str()),
+                "limiter": self.limits.get(i).filter(|_| self.fleet.is_some()).map_or("local", |l| l.mode.as_str()),
                 "sink": t.sink.as_str(),
                 "breaker": t.breaker.as_str(),
                 "open_for_ms": ms(t.open_until),
@@ -893,72 +852,38 @@ impl DispatchLoop {
     }
 }
 
-/// Each tier's limiter mode now: on the embedded store every tier limits
-/// alone (`LocalShare` of 1 is the whole limit).
-fn current_modes<'a>(
+/// Each tier's limits now, asked of [`TierLimits::now`] with the fleet's
+/// link; on the embedded store every tier limits alone.
+fn tier_limits<'a>(
     fleet: Option<&Fleet>,
     config: &AgentConfig,
-    tiers: impl Iterator<Item = &'a str>,
-) -> Vec<LimiterMode> {
+    tiers: impl Iterator<Item = (&'a str, Limits)>,
+) -> Vec<TierLimits> {
+    let link = fleet.map(Fleet::link);
     tiers
-        .map(|name| match (fleet, config.tier(name)) {
-            (Some(f), Some(rt)) => tier_mode(
+        .map(|(name, configured)| match (link, config.tier(name)) {
+            (Some(link), Some(rt)) => TierLimits::now(
+                configured,
                 rt.policy.limiter_backend,
                 rt.policy.limiter_fallback,
-                f.connected(),
-                f.divisor(),
+                Some(link),
             ),
-            _ => LimiterMode::LocalShare { divisor: 1 },
+            _ => TierLimits::in_mode(configured, LimiterMode::LocalShare { divisor: 1 }),
         })
         .collect()
 }
 
-fn tier_names(config: &DispatchConfig) -> impl Iterator<Item = &str> {
-    config.tiers.iter().map(|t| t.name.as_str())
+/// Each tier of a dispatcher configuration with its configured limits.
+fn configured(config: &DispatchConfig) -> impl Iterator<Item = (&str, Limits)> {
+    config.tiers.iter().map(|t| (t.name.as_str(), t.limits))
 }
 
-/// `base` with each tier's bot-wide limits cut to its share. A share too
-/// small to admit anything stays whole here; [`SendGate::Paused`] holds
-/// such a tier instead.
-fn limited(mut base: DispatchConfig, modes: &[LimiterMode]) -> DispatchConfig {
-    for (t, mode) in base.tiers.iter_mut().zip(modes) {
-        if let LimiterMode::LocalShare { divisor } = *mode
-            && divisor > 1
-        {
-            let share = local_share_limits(&t.limits, divisor);
-            if share.validate().is_ok() {
-                t.limits = share;
-            }
-        }
+/// `base` with each tier's limits as its local limiter applies them now.
+fn applied(mut base: DispatchConfig, limits: &[TierLimits]) -> DispatchConfig {
+    for (t, l) in base.tiers.iter_mut().zip(limits) {
+        t.limits = l.local;
     }
     base
-}
-
-/// The guard of a bot-wide key decided in Redis, in percent of its
-/// interval, at least. Sends of several agents reach the API with more
-/// spread than one process's (a Redis round trip and two schedulers between
-/// the decision and the wire): 3 agents, a sandbox and Redis on 2 loaded
-/// cores compressed 30 gaps by up to 10 ms routinely and by more than
-/// 20 ms about once in 3,000 sends, beyond the default 1 % guard (10 ms per
-/// second). 3 % covers 30 ms and still uses 97 % of the limit.
-const FLEET_GUARD_PERCENT: u32 = 3;
-
-/// `limits` with the bot-wide keys' guard raised to [`FLEET_GUARD_PERCENT`]
-/// where it is smaller.
-fn fleet_guarded(limits: Limits) -> Limits {
-    let wider = |l: Limit| {
-        let w = l.with_guard(Guard::percent(FLEET_GUARD_PERCENT));
-        if w.cell().interval > l.cell().interval {
-            w
-        } else {
-            l
-        }
-    };
-    Limits {
-        global: wider(limits.global),
-        shares: limits.shares.map(|s| s.map(wider)),
-        ..limits
-    }
 }
 
 /// What a send passes before it leaves, given its tier's limiter mode.
@@ -972,47 +897,12 @@ enum SendGate {
 struct SharedAsk {
     fleet: Arc<Fleet>,
     bot: String,
+    /// The configured limits, fleet-guarded: only their bot-wide keys are
+    /// asked.
     limits: Limits,
     priority: Priority,
     /// How long after its local admission the send may still leave.
     delay: SendDelay,
-}
-
-/// How long the shared decision may hold a send that the local limiter
-/// already admitted.
-///
-/// The local limiter charged the chat's cell at admission; the chat's next
-/// message may leave one guarded interval later with no wait at all. If
-/// this one left more than the chat key's guard after its admission, the
-/// two would reach the API closer than the chat limit allows. So the
-/// reservation horizon plus the allowed lateness stay within the guard.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct SendDelay {
-    horizon: Duration,
-    late: Duration,
-}
-
-impl SendDelay {
-    /// For a tier's limits: the smallest guard of its chat and group keys
-    /// bounds the delay; without such keys the defaults apply.
-    fn for_limits(limits: &Limits) -> SendDelay {
-        let guard = [limits.per_chat, limits.per_group]
-            .into_iter()
-            .flatten()
-            .map(|l| Duration::from_nanos(l.cell().interval).saturating_sub(l.nominal_interval()))
-            .min();
-        let Some(guard) = guard else {
-            return SendDelay {
-                horizon: SHARED_HORIZON,
-                late: SHARED_LATE_LIMIT,
-            };
-        };
-        // Half the guard for lateness at most, and a fifth kept for the
-        // decision's round trip and the timer.
-        let late = SHARED_LATE_LIMIT.min(guard / 2);
-        let horizon = SHARED_HORIZON.min(guard.saturating_sub(late).saturating_sub(guard / 5));
-        SendDelay { horizon, late }
-    }
 }
 
 impl SendGate {
@@ -1031,7 +921,6 @@ impl SendGate {
         };
         // Chat and group keys stay local: a chat lives in one partition,
         // held by one agent. Only the bot-wide keys are shared.
-        let limits = fleet_guarded(limits);
         let checks = limits.checks(Recipient::Unscoped, priority);
         let ask = Ask {
             bot: &bot,
@@ -1194,32 +1083,5 @@ fn log_event(state: &AppState, e: &Event) {
             );
         }
         other => tracing::warn!(event = ?other, "dispatcher event"),
-    }
-}
-
-#[cfg(test)]
-mod send_delay_tests {
-    use super::*;
-    use crate::api::rate_limit_policy::RateLimitPolicySpec;
-
-    #[test]
-    fn a_shared_wait_never_outlasts_the_chat_guard() {
-        // The policy defaults: a 5 % guard on the 1/s chat key, 50 ms.
-        let mut limits = crate::policy::limits(&RateLimitPolicySpec::default());
-        let d = SendDelay::for_limits(&limits);
-        assert_eq!(d.late, SHARED_LATE_LIMIT);
-        assert!(d.horizon + d.late < Duration::from_millis(50), "{d:?}");
-        assert!(d.horizon >= Duration::from_millis(20), "{d:?}");
-        // A thin 1 % chat guard (10 ms) leaves 5 ms of lateness and less
-        // than that of horizon.
-        limits.per_chat = limits.per_chat.map(|l| l.with_guard(Guard::percent(1)));
-        let d = SendDelay::for_limits(&limits);
-        assert_eq!(d.late, Duration::from_millis(5));
-        assert!(d.horizon + d.late < Duration::from_millis(10), "{d:?}");
-        // Without chat or group keys the defaults apply.
-        limits.per_chat = None;
-        limits.per_group = None;
-        let d = SendDelay::for_limits(&limits);
-        assert_eq!((d.horizon, d.late), (SHARED_HORIZON, SHARED_LATE_LIMIT));
     }
 }

@@ -21,14 +21,14 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 
-use crate::api::rate_limit_policy::{LimiterBackend, LimiterFallback};
 use crate::clock::now_ms;
 use crate::engine::{Instant, SplitMix64};
+use crate::policy::effective::Link;
 use crate::store::StoredMessage;
 use crate::store::redis::RedisStore;
 use crate::store::redis::membership::{
-    AgentId, CanarySplit, Fallback, LimiterMode, LinkState, LiveAgent, Membership, RedisLink,
-    Track, owned_partitions,
+    AgentId, CanarySplit, Fallback, LinkState, LiveAgent, Membership, RedisLink, Track,
+    owned_partitions,
 };
 use crate::store::redis::shared_limiter::{ConnectOptions, SharedError, SharedLimiter};
 
@@ -157,6 +157,15 @@ impl Fleet {
         self.with_link(|l| l.divisor())
     }
 
+    /// Whether Redis answers and how many agents share a limit, read
+    /// together: what [`crate::policy::effective::TierLimits::now`] needs.
+    pub fn link(&self) -> Link {
+        self.with_link(|l| Link {
+            connected: l.state() == LinkState::Connected,
+            divisor: l.divisor(),
+        })
+    }
+
     /// Live agents at the last heartbeat (0 before the first).
     pub fn live(&self) -> u32 {
         self.live.load(Ordering::Relaxed)
@@ -178,25 +187,6 @@ impl Fleet {
     /// Partitions this agent holds.
     pub fn held(&self) -> u32 {
         self.held.load(Ordering::Relaxed)
-    }
-}
-
-/// The limiter a tier uses now: the shared one while Redis answers and the
-/// tier's policy asks for it; otherwise the local engine limiter with this
-/// agent's share of every bot-wide limit, so that the agents together stay
-/// within it — or nothing at all, when the policy says `pause`.
-pub fn tier_mode(
-    backend: LimiterBackend,
-    fallback: LimiterFallback,
-    connected: bool,
-    divisor: u32,
-) -> LimiterMode {
-    match (backend, connected, fallback) {
-        (LimiterBackend::Redis, true, _) => LimiterMode::Shared,
-        (LimiterBackend::Redis, false, LimiterFallback::Pause) => LimiterMode::Paused,
-        _ => LimiterMode::LocalShare {
-            divisor: divisor.max(1),
-        },
     }
 }
 
@@ -405,28 +395,6 @@ pub async fn hand_over(fleet: &Fleet) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tiers_share_through_redis_only_when_asked_and_reachable() {
-        use LimiterBackend::{Local, Redis};
-        use LimiterFallback::{LocalShare, Pause};
-        assert_eq!(tier_mode(Redis, LocalShare, true, 3), LimiterMode::Shared);
-        assert_eq!(tier_mode(Redis, Pause, true, 3), LimiterMode::Shared);
-        assert_eq!(
-            tier_mode(Redis, LocalShare, false, 3),
-            LimiterMode::LocalShare { divisor: 3 }
-        );
-        assert_eq!(tier_mode(Redis, Pause, false, 3), LimiterMode::Paused);
-        // A local limiter on a shared queue takes its share even with Redis up.
-        for connected in [true, false] {
-            for fallback in [LocalShare, Pause] {
-                assert_eq!(
-                    tier_mode(Local, fallback, connected, 0),
-                    LimiterMode::LocalShare { divisor: 1 }
-                );
-            }
-        }
-    }
 
     #[test]
     fn a_taken_partition_waits_its_quiet_period() {

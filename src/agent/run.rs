@@ -16,6 +16,7 @@ use crate::agent::fleet::{self, Fleet};
 use crate::agent::metrics::Metrics;
 use crate::agent::state::{AppState, DispatchCmd};
 use crate::agent::store::{AgentStore, OpenError};
+use crate::policy::effective::restart_quiet;
 use crate::store::Store;
 
 /// Why the agent could not run.
@@ -139,7 +140,8 @@ async fn serve(
     let dispatch_task = tokio::spawn(dispatch.run(rx, loop_stop_rx, grace));
     let (aux_stop_tx, aux_stop_rx) = watch::channel(false);
     let fleet_task = state.fleet.clone().map(|f| {
-        let quiet = crate::agent::dispatch_loop::restart_quiet(&state.config());
+        let config = state.config();
+        let quiet = restart_quiet(config.tiers.iter().map(|t| &t.policy.limits));
         tokio::spawn(fleet::run(state.clone(), f, quiet, aux_stop_rx.clone()))
     });
     if let Some(source) = state.config().agent.config_map.clone() {

@@ -1,20 +1,19 @@
 //! Which agents of one tier are alive, who owns which queue partition, and
-//! what an agent's limiter does while Redis is out of reach.
+//! and whether Redis answers.
 //!
 //! Owns: heartbeats in a sorted set scored by expiry on the server's clock
 //! (one Lua script refreshes this agent, drops the expired and answers the
 //! live list), leaving on SIGTERM, the partition assignment (rendezvous
-//! hashing with an exact canary share), the local share of a limit, and the
-//! [`RedisLink`] state machine that says which limiter to use. Leaves to
-//! others: leases on the partitions (the queue store), the canary weight
-//! (the operator), timers and sleeping (the agent).
+//! hashing with an exact canary share), and the [`RedisLink`] state machine
+//! that says whether Redis answers. Leaves to others: leases on the
+//! partitions (the queue store), the canary weight (the operator), the
+//! local share of a limit (`policy::effective`), timers and sleeping (the
+//! agent).
 //!
 //! Invariants: every partition has exactly one owner whenever one agent is
 //! alive; the canary track gets exactly the operator's share
 //! ([`crate::engine::partition::partition_split`]); one agent joining or
-//! leaving moves only partitions to or from that agent; the local shares of
-//! `n` agents together never admit more than the whole limit in any window
-//! of at least its period.
+//! leaving moves only partitions to or from that agent.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -24,10 +23,10 @@ use std::time::Duration;
 use redis::Script;
 use redis::aio::ConnectionManager;
 
-use crate::engine::limiter::{Limit, Limits};
 use crate::engine::partition::partition_split;
 use crate::engine::retry::{BackoffStrategy, Jitter, RetryPolicy};
 use crate::engine::{Instant, SplitMix64};
+use crate::policy::effective::LimiterMode;
 
 use super::shared_limiter::{ConnectOptions, SharedError, check_name, within};
 
@@ -308,48 +307,12 @@ fn weight(partition: u32, agent_hash: u64) -> u64 {
     mix(agent_hash ^ mix(u64::from(partition).wrapping_add(0x9E37_79B9_7F4A_7C15)))
 }
 
-/// This agent's part of `limit` when `last_known_live` agents share it
-/// without a common store.
-///
-/// [`Limit::split`] stretches the period `n` times, but each share keeps a
-/// burst of at least 1, so `n` agents can together admit `n` cells at once
-/// where the whole limit allows only `burst`. This removes that excess `e`
-/// from the rate before splitting: `n` shares of `rate - e` cells per
-/// `n·period` admit, in any window `W >= period`, at most
-/// `floor((rate - e)·W/period) + burst + e <= floor(rate·W/period) + burst`.
-/// When `e >= rate` no positive rate keeps that promise and the share is
-/// rate 0: the agent admits nothing and waits for Redis.
-pub fn local_share(limit: Limit, last_known_live: u32) -> Limit {
-    let n = last_known_live.max(1);
-    let burst = limit.burst.max(1);
-    let share_burst = (burst / n).max(1);
-    let excess = (u64::from(n) * u64::from(share_burst)).saturating_sub(u64::from(burst));
-    let rate = u64::from(limit.rate).saturating_sub(excess);
-    Limit {
-        rate: u32::try_from(rate).unwrap_or(0),
-        ..limit
-    }
-    .split(n)
-}
-
-/// The local share of a tier's limits. Only the bot-wide keys (global and
-/// priority shares) are split: a chat or group lives in one partition,
-/// owned by one agent, so its limits stay whole.
-pub fn local_share_limits(limits: &Limits, last_known_live: u32) -> Limits {
-    Limits {
-        global: local_share(limits.global, last_known_live),
-        shares: limits
-            .shares
-            .map(|s| s.map(|l| local_share(l, last_known_live))),
-        ..*limits
-    }
-}
-
 /// What the agent does while Redis is unreachable (the policy's
 /// `fallback`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Fallback {
-    /// Keep sending within [`local_share`] of each bot-wide limit.
+    /// Keep sending within the local share of each bot-wide limit
+    /// ([`crate::policy::effective::local_share`]).
     #[default]
     LocalShare,
     /// Send nothing until Redis is back.
@@ -365,28 +328,6 @@ pub enum LinkState {
     Lost { since: Instant, retry_at: Instant },
     /// A reconnect attempt (e.g. a heartbeat) is under way.
     Reconnecting { since: Instant, attempt: u32 },
-}
-
-/// Which limiter the agent must use now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum LimiterMode {
-    /// [`super::shared_limiter::SharedLimiter`].
-    Shared,
-    /// The local engine limiter with [`local_share_limits`] of `divisor`.
-    LocalShare { divisor: u32 },
-    /// Nothing may be sent.
-    Paused,
-}
-
-impl LimiterMode {
-    /// For `/readyz`, `/healthz/details` and a metric label.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            LimiterMode::Shared => "shared",
-            LimiterMode::LocalShare { .. } => "local-share",
-            LimiterMode::Paused => "paused",
-        }
-    }
 }
 
 /// The link's state machine: pure, time and randomness passed in.
@@ -530,8 +471,6 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::engine::clock::duration_nanos;
-    use crate::engine::limiter::{Decision, Guard, Key, Limiter};
     use crate::store::redis::server::{Persistence, RedisServer};
     use crate::store::redis::shared_limiter::connect;
 
@@ -673,41 +612,6 @@ mod tests {
             }
         }
 
-        /// For every window of at least the period, `n` local shares
-        /// together admit at most what the whole limit does, counted with
-        /// the GCRA bound `floor(W / T) + burst` of each share.
-        #[test]
-        fn local_shares_never_sum_above_the_limit(
-            rate in 1u32..200,
-            period_ms in 1u64..120_000,
-            burst in 1u32..20,
-            n in 1u32..80,
-            guard_ppm in 0u32..30_000,
-            stretch in 0u64..5_000,
-        ) {
-            let limit = Limit {
-                rate,
-                period: Duration::from_millis(period_ms),
-                burst,
-                guard: Guard::Fraction { ppm: guard_ppm },
-            };
-            let share = local_share(limit, n);
-            if n == 1 {
-                prop_assert_eq!(share, limit);
-            }
-            let c = share.cell();
-            let p = duration_nanos(limit.period);
-            for w in [p, p + 1, p + p / 3, 2 * p - 1, 2 * p, p + p * stretch / 100, 10 * p] {
-                let whole = u64::from(rate) * w / p + u64::from(burst);
-                let shares = if c.never {
-                    0
-                } else {
-                    u64::from(n) * (w / c.interval + u64::from(share.burst))
-                };
-                prop_assert!(shares <= whole, "n {} window {}: shares {} > whole {}", n, w, shares, whole);
-            }
-        }
-
         /// The link's mode follows the last event; delays stay in bounds.
         #[test]
         fn the_link_state_machine_holds_its_invariants(
@@ -744,62 +648,6 @@ mod tests {
                 }
             }
         }
-    }
-
-    /// Simulated: `n` agents with local shares, random phases and greedy
-    /// senders; the merged sends keep the whole limit on windows of one
-    /// and two periods.
-    #[test]
-    fn local_shares_hold_when_agents_send_greedily() {
-        let limit = Limit::TELEGRAM_GLOBAL;
-        let p = duration_nanos(limit.period);
-        for n in 1..=12u32 {
-            let share = local_share(limit, n);
-            let mut rng = SplitMix64::new(u64::from(n));
-            let mut sends = Vec::new();
-            for _ in 0..n {
-                let mut l = Limiter::new();
-                let mut t = rng.below(p);
-                while t < 10 * p {
-                    if l.check(Instant::from_nanos(t), &[(Key::Global, &share)]) == Decision::Admit
-                    {
-                        sends.push(t);
-                    }
-                    t += 1 + rng.below(3_000_000);
-                }
-            }
-            sends.sort_unstable();
-            for w in [p, 2 * p] {
-                let whole = (u64::from(limit.rate) * w / p + u64::from(limit.burst)) as usize;
-                let mut lo = 0;
-                for hi in 0..sends.len() {
-                    while sends[hi] - sends[lo] > w {
-                        lo += 1;
-                    }
-                    assert!(hi - lo < whole, "n {n}: {} sends in {w} ns", hi - lo + 1);
-                }
-            }
-            // The price of no coordination: n - 1 cells per period.
-            assert_eq!(share.rate, 30 - (n - 1));
-        }
-        // Too many agents for the per-chat limit: a share admits nothing.
-        assert_eq!(local_share(Limit::TELEGRAM_CHAT, 2).rate, 0);
-        assert!(local_share(Limit::TELEGRAM_CHAT, 2).cell().never);
-    }
-
-    #[test]
-    fn local_share_limits_split_only_bot_wide_keys() {
-        let mut limits = Limits::default();
-        limits.shares[0] = Some(Limit::per_second(10, 1));
-        let s = local_share_limits(&limits, 3);
-        assert_eq!(s.global, local_share(limits.global, 3));
-        assert_eq!(s.shares[0], Some(local_share(Limit::per_second(10, 1), 3)));
-        assert_eq!(s.shares[1], None);
-        assert_eq!(
-            (s.per_chat, s.per_group),
-            (limits.per_chat, limits.per_group)
-        );
-        assert_eq!(local_share_limits(&limits, 1), limits);
     }
 
     /// On average a join moves P/(N+1) partitions: rendezvous balances in
