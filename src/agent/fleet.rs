@@ -27,8 +27,7 @@ use crate::policy::effective::Link;
 use crate::store::StoredMessage;
 use crate::store::redis::RedisStore;
 use crate::store::redis::membership::{
-    AgentId, CanarySplit, Fallback, LinkState, LiveAgent, Membership, RedisLink, Track,
-    owned_partitions,
+    AgentId, CanarySplit, LinkState, LiveAgent, Membership, RedisLink, Track, owned_partitions,
 };
 use crate::store::redis::shared_limiter::{ConnectOptions, SharedError, SharedLimiter};
 
@@ -110,11 +109,7 @@ impl Fleet {
             store,
             limiter,
             membership,
-            link: Mutex::new(RedisLink::new(
-                Fallback::LocalShare,
-                replicas,
-                Instant::ZERO,
-            )),
+            link: Mutex::new(RedisLink::new(replicas, Instant::ZERO)),
             rng: Mutex::new(SplitMix64::new(now_ms())),
             epoch,
             live: AtomicU32::new(0),
@@ -160,10 +155,7 @@ impl Fleet {
     /// Whether Redis answers and how many agents share a limit, read
     /// together: what [`crate::policy::effective::TierLimits::now`] needs.
     pub fn link(&self) -> Link {
-        self.with_link(|l| Link {
-            connected: l.state() == LinkState::Connected,
-            divisor: l.divisor(),
-        })
+        self.with_link(|l| l.for_limits())
     }
 
     /// Live agents at the last heartbeat (0 before the first).

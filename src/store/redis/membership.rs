@@ -26,7 +26,7 @@ use redis::aio::ConnectionManager;
 use crate::engine::partition::partition_split;
 use crate::engine::retry::{BackoffStrategy, Jitter, RetryPolicy};
 use crate::engine::{Instant, SplitMix64};
-use crate::policy::effective::LimiterMode;
+use crate::policy::effective::Link;
 
 use super::shared_limiter::{ConnectOptions, SharedError, check_name, within};
 
@@ -307,18 +307,6 @@ fn weight(partition: u32, agent_hash: u64) -> u64 {
     mix(agent_hash ^ mix(u64::from(partition).wrapping_add(0x9E37_79B9_7F4A_7C15)))
 }
 
-/// What the agent does while Redis is unreachable (the policy's
-/// `fallback`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum Fallback {
-    /// Keep sending within the local share of each bot-wide limit
-    /// ([`crate::policy::effective::local_share`]).
-    #[default]
-    LocalShare,
-    /// Send nothing until Redis is back.
-    Pause,
-}
-
 /// The agent's link to Redis.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum LinkState {
@@ -341,7 +329,6 @@ pub enum LinkState {
 #[derive(Clone, Debug, PartialEq)]
 pub struct RedisLink {
     state: LinkState,
-    fallback: Fallback,
     /// Replicas the tier is configured for: a floor for the divisor, so an
     /// agent that never saw Redis still takes only its share.
     floor: u32,
@@ -364,13 +351,12 @@ impl RedisLink {
     };
 
     /// The link of an agent starting at `now`, connecting for the first time.
-    pub fn new(fallback: Fallback, expected_replicas: u32, now: Instant) -> RedisLink {
+    pub fn new(expected_replicas: u32, now: Instant) -> RedisLink {
         RedisLink {
             state: LinkState::Reconnecting {
                 since: now,
                 attempt: 1,
             },
-            fallback,
             floor: expected_replicas.max(1),
             last_known_live: expected_replicas.max(1),
             failures: 0,
@@ -405,13 +391,12 @@ impl RedisLink {
         self.last_known_live.max(self.floor)
     }
 
-    pub fn limiter(&self) -> LimiterMode {
-        match (self.state, self.fallback) {
-            (LinkState::Connected, _) => LimiterMode::Shared,
-            (_, Fallback::Pause) => LimiterMode::Paused,
-            (_, Fallback::LocalShare) => LimiterMode::LocalShare {
-                divisor: self.divisor(),
-            },
+    /// What a tier's limits need to know of the link (see
+    /// [`crate::policy::effective::TierLimits::now`]).
+    pub fn for_limits(&self) -> Link {
+        Link {
+            connected: self.state == LinkState::Connected,
+            divisor: self.divisor(),
         }
     }
 
@@ -471,10 +456,18 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::api::rate_limit_policy::{LimiterBackend, LimiterFallback};
+    use crate::policy::effective::{LimiterMode, tier_mode};
     use crate::store::redis::server::{Persistence, RedisServer};
     use crate::store::redis::shared_limiter::connect;
 
     const BASE_US: u64 = 1_700_000_000_000_000;
+
+    /// The mode a Redis-backed tier with `fallback` takes on this link.
+    fn mode(link: &RedisLink, fallback: LimiterFallback) -> LimiterMode {
+        let l = link.for_limits();
+        tier_mode(LimiterBackend::Redis, fallback, l.connected, l.divisor)
+    }
 
     fn id(s: &str) -> AgentId {
         AgentId::new(s).unwrap()
@@ -620,9 +613,9 @@ mod tests {
             pause in any::<bool>(),
             replicas in 1u32..10,
         ) {
-            let fallback = if pause { Fallback::Pause } else { Fallback::LocalShare };
+            let fallback = if pause { LimiterFallback::Pause } else { LimiterFallback::LocalShare };
             let mut now = Instant::from_secs(1);
-            let mut link = RedisLink::new(fallback, replicas, now);
+            let mut link = RedisLink::new(replicas, now);
             let mut rng = SplitMix64::new(seed);
             for (kind, dt_ms, live) in events {
                 now = now + Duration::from_millis(dt_ms);
@@ -640,7 +633,7 @@ mod tests {
                     }
                 }
                 prop_assert!(link.divisor() >= replicas.max(1));
-                let mode = link.limiter();
+                let mode = mode(&link, fallback);
                 match link.state() {
                     LinkState::Connected => prop_assert_eq!(mode, LimiterMode::Shared),
                     _ if pause => prop_assert_eq!(mode, LimiterMode::Paused),
@@ -704,12 +697,18 @@ mod tests {
             jitter: Jitter::None,
             ..RedisLink::DEFAULT_BACKOFF
         };
-        let mut link = RedisLink::new(Fallback::LocalShare, 3, t0).with_backoff(backoff);
+        let mut link = RedisLink::new(3, t0).with_backoff(backoff);
         assert_eq!(link.state_name(), "reconnecting");
-        assert_eq!(link.limiter(), LimiterMode::LocalShare { divisor: 3 });
+        assert_eq!(
+            mode(&link, LimiterFallback::LocalShare),
+            LimiterMode::LocalShare { divisor: 3 }
+        );
         link.observed_live(5);
-        assert_eq!(link.limiter(), LimiterMode::Shared);
-        assert_eq!(link.limiter().as_str(), "shared");
+        assert_eq!(
+            mode(&link, LimiterFallback::LocalShare),
+            LimiterMode::Shared
+        );
+        assert_eq!(mode(&link, LimiterFallback::LocalShare).as_str(), "shared");
         let mut rng = SplitMix64::new(1);
         let mut now = t0;
         let mut delays = Vec::new();
@@ -725,8 +724,14 @@ mod tests {
             delays,
             [100, 200, 400, 800, 1_600, 3_200, 6_400, 10_000, 10_000]
         );
-        assert_eq!(link.limiter(), LimiterMode::LocalShare { divisor: 5 });
-        assert_eq!(link.limiter().as_str(), "local-share");
+        assert_eq!(
+            mode(&link, LimiterFallback::LocalShare),
+            LimiterMode::LocalShare { divisor: 5 }
+        );
+        assert_eq!(
+            mode(&link, LimiterFallback::LocalShare).as_str(),
+            "local-share"
+        );
         let LinkState::Reconnecting { since, attempt } = link.state() else {
             panic!("{:?}", link.state())
         };
@@ -736,8 +741,8 @@ mod tests {
         // The count restarts after a success.
         let at = link.failed(now, &mut rng);
         assert_eq!(at.since(now), Duration::from_millis(100));
-        let paused = RedisLink::new(Fallback::Pause, 1, t0);
-        assert_eq!(paused.limiter().as_str(), "paused");
+        let paused = RedisLink::new(1, t0);
+        assert_eq!(mode(&paused, LimiterFallback::Pause).as_str(), "paused");
     }
 
     #[test]
