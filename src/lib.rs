@@ -6,6 +6,7 @@
 //! - [`clock`]: the wall clock the I/O shells read (the engine reads none).
 //! - [`demo`]: `herald demo`, the data path end to end on loopback.
 //! - [`engine`]: pure delivery decisions (limits, breaker, retry, scheduling).
+//! - [`fleet`]: agents sharing a Redis queue (membership, partitions, shared limiter).
 //! - [`operator`]: the operator's pure decisions (desired objects, canary, healing, status).
 //! - [`policy`]: a tier and its policies resolved into engine configuration.
 //! - [`sim`]: `herald simulate`, the engine against a model of Telegram on a virtual clock.
@@ -21,6 +22,7 @@ pub mod bench;
 pub mod clock;
 pub mod demo;
 pub mod engine;
+pub mod fleet;
 pub mod operator;
 pub mod policy;
 pub mod sandbox;

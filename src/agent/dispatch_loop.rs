@@ -22,7 +22,6 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::agent::config::AgentConfig;
 use crate::agent::dispatch_config::dispatch_config;
-use crate::agent::fleet::Fleet;
 use crate::agent::metrics::Metrics;
 use crate::agent::state::{AppState, DispatchCmd, Final, IngestGate};
 use crate::clock::now_ms;
@@ -33,11 +32,12 @@ use crate::engine::dispatch::{
 use crate::engine::limiter::{Limits, Recipient};
 use crate::engine::taxonomy::{Action, Class, Outcome, classify};
 use crate::engine::{Instant, Priority};
+use crate::fleet::Fleet;
+use crate::fleet::shared_limiter::{Ask, SharedDecision};
 use crate::policy::effective::{
     Gate, LimiterMode, SendDelay, TierLimits, restart_quiet, switch_quiet,
 };
 use crate::sink::{Delivery, ReceiptSender, Sink, SinkResult};
-use crate::store::redis::shared_limiter::{Ask, SharedDecision};
 use crate::store::{Attempt, ChatRef, MessageId, Store, StoreError, StoredMessage};
 use crate::telemetry;
 
