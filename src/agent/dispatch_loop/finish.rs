@@ -290,3 +290,6 @@ async fn send_receipt(state: &AppState, receipts: Option<&ReceiptSender>, id: Me
         tracing::warn!(error = %e, "delivery receipt not sent");
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -232,7 +232,7 @@ impl SendGate {
 }
 
 /// The result slot of a send that never left (never looked at).
-fn unsent() -> SinkResult {
+pub(super) fn unsent() -> SinkResult {
     SinkResult {
         outcome: Outcome::Transport(crate::engine::taxonomy::TransportKind::Other),
         status: None,
