@@ -10,11 +10,11 @@ use tokio::task::JoinHandle;
 use crate::agent::state::{AppState, Final};
 use crate::clock::now_ms;
 use crate::engine::dispatch::Verdict;
-use crate::engine::taxonomy::{Action, Class, Outcome, classify};
+use crate::engine::taxonomy::{Action, Class, Classification, classify};
 use crate::policy::effective::LimiterMode;
 use crate::sink::ReceiptSender;
 use crate::store::{Attempt, ChatRef, MessageId, Store, StoreError};
-use crate::telemetry;
+use crate::telemetry::{self, AttemptEnd};
 
 use super::DispatchLoop;
 use super::queue::Held;
@@ -52,10 +52,10 @@ impl DispatchLoop {
             }
             None => {}
         }
-        self.share_pause(&tier_name, done.tier, &done.result.outcome);
-        let class = classify(&done.result.outcome)
-            .map(|c| c.class.as_str())
-            .unwrap_or("delivered");
+        // Classified once; everyone below reads this answer.
+        let classified = classify(&done.result.outcome);
+        self.share_pause(&tier_name, done.tier, classified.as_ref());
+        let class = classified.map_or("delivered", |c| c.class.as_str());
         let m = self.state.metrics();
         if let Some(m) = m {
             m.in_flight.dec();
@@ -64,10 +64,13 @@ impl DispatchLoop {
                 .with_label_values(&[&tier_name])
                 .observe(done.latency.as_secs_f64());
         }
-        let verdict = match self
-            .d
-            .complete(now, done.id, &done.result.outcome, done.latency)
-        {
+        let verdict = match self.d.complete_classified(
+            now,
+            done.id,
+            &done.result.outcome,
+            classified,
+            done.latency,
+        ) {
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!(error = %e, "completion for a message no longer in flight");
@@ -89,7 +92,14 @@ impl DispatchLoop {
             }),
         };
         let sink = self.sinks.get(done.tier).and_then(Option::as_deref);
-        telemetry::attempt_finished(&h.msg, sink, &attempt, &done.result, &verdict, done.latency);
+        let end = AttemptEnd {
+            attempt: &attempt,
+            result: &done.result,
+            class: classified,
+            verdict: &verdict,
+            latency: done.latency,
+        };
+        telemetry::attempt_finished(&h.msg, sink, &end);
         let store = self.state.store.clone();
         let id = h.msg.id;
         if let Some(m) = m
@@ -218,13 +228,13 @@ impl DispatchLoop {
     }
 
     /// A 429 pauses the bot for every agent sharing it, not only this one.
-    fn share_pause(&self, tier_name: &str, tier: usize, outcome: &Outcome) {
+    fn share_pause(&self, tier_name: &str, tier: usize, class: Option<&Classification>) {
         let (Some(fleet), Some(LimiterMode::Shared)) =
             (&self.fleet, self.limits.get(tier).map(|l| l.mode))
         else {
             return;
         };
-        let Some(c) = classify(outcome) else { return };
+        let Some(c) = class else { return };
         let (Class::RateLimited, Action::Wait(wait)) = (c.class, c.action) else {
             return;
         };

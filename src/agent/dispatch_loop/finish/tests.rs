@@ -17,7 +17,7 @@ use crate::agent::metrics::Metrics;
 use crate::agent::state::DispatchCmd;
 use crate::agent::store::AgentStore;
 use crate::engine::dispatch::{Poll, SendOrder};
-use crate::engine::taxonomy::{TelegramError, TransportKind};
+use crate::engine::taxonomy::{Outcome, TelegramError, TransportKind};
 use crate::sink::SinkResult;
 use crate::store::record::tests::sample_new;
 use crate::store::{EmbeddedOptions, EmbeddedStore, MessageState, NewMessage, StoredMessage};
