@@ -37,6 +37,7 @@ pub mod embedded;
 mod error;
 mod groupcommit;
 mod layout;
+mod lifecycle;
 mod open_index;
 pub mod record;
 pub mod redis;
