@@ -35,13 +35,9 @@
 
 pub mod embedded;
 mod error;
-mod groupcommit;
-mod layout;
 mod lifecycle;
-mod open_index;
 pub mod record;
 pub mod redis;
-mod transitions;
 
 use std::future::Future;
 use std::time::Duration;

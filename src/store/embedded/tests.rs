@@ -467,7 +467,8 @@ async fn a_record_left_in_flight_by_an_earlier_build_opens_pending() {
     drop(store);
     // What builds before the in-memory marks wrote at every send.
     {
-        use crate::store::{layout, record};
+        use super::layout;
+        use crate::store::record;
         let db = redb::Database::open(&path).unwrap();
         let txn = db.begin_write().unwrap();
         {

@@ -22,11 +22,13 @@
 use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::layout::{self, SLOTS};
-use super::lifecycle;
 use super::open_index::OpenChange;
-use super::record::{self, Attempt, ChatRef, MessageId, MessageState, NewMessage, StoredMessage};
-use super::{Accepted, CleanupCounts, DeadFilter, DeadSelection, StoreError};
 use crate::engine::Priority;
+use crate::store::lifecycle;
+use crate::store::record::{
+    self, Attempt, ChatRef, MessageId, MessageState, NewMessage, StoredMessage,
+};
+use crate::store::{Accepted, CleanupCounts, DeadFilter, DeadSelection, StoreError};
 
 /// How many records one `cleanup` call removes at most, so a large backlog
 /// of expired records cannot stall the writer (and every accept) for long.
