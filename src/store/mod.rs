@@ -33,6 +33,8 @@
 //!    of its effect is visible, or none of it. Backends may commit several
 //!    callers' changes together (group commit), never half of one.
 
+#[cfg(test)]
+pub(crate) mod contract;
 pub mod embedded;
 mod error;
 mod lifecycle;
