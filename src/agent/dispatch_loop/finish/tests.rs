@@ -128,6 +128,17 @@ impl Harness {
         panic!("the store never recorded it: {:?}", self.stored(id).await);
     }
 
+    /// The value of one of the agent's counters.
+    fn counted(
+        &self,
+        counter: impl Fn(&Metrics) -> &prometheus::IntCounterVec,
+        labels: &[&str],
+    ) -> u64 {
+        counter(self.state.metrics().unwrap())
+            .with_label_values(labels)
+            .get()
+    }
+
     fn holds(&self, id: MessageId) -> bool {
         self.l.ids.contains_key(&id)
     }
@@ -180,14 +191,7 @@ async fn a_delivery_is_recorded_answered_and_forgotten() {
         .await;
     assert_eq!(m.delivered_tier.as_deref(), Some("primary"));
     assert_eq!(m.receipt, Some(serde_json::json!({"message_id": 42})));
-    let metrics = h.state.metrics().unwrap();
-    assert_eq!(
-        metrics
-            .attempts
-            .with_label_values(&["primary", "delivered"])
-            .get(),
-        1
-    );
+    assert_eq!(h.counted(|m| &m.attempts, &["primary", "delivered"]), 1);
 }
 
 #[tokio::test]
@@ -257,14 +261,7 @@ async fn a_failover_records_the_attempt_and_moves_on_at_once() {
         m.next_attempt_ms
             .is_some_and(|at| at >= before && at <= now_ms())
     );
-    let metrics = h.state.metrics().unwrap();
-    assert_eq!(
-        metrics
-            .failovers
-            .with_label_values(&["primary", "spare"])
-            .get(),
-        1
-    );
+    assert_eq!(h.counted(|m| &m.failovers, &["primary", "spare"]), 1);
 }
 
 #[tokio::test]
@@ -306,14 +303,7 @@ async fn a_send_the_shared_limiter_refused_goes_back_unsent() {
     assert!(!h.l.held[&order.id].sending);
     let m = h.stored(id).await;
     assert!(m.attempts.is_empty());
-    let metrics = h.state.metrics().unwrap();
-    assert_eq!(
-        metrics
-            .shared_refusals
-            .with_label_values(&["primary"])
-            .get(),
-        1
-    );
+    assert_eq!(h.counted(|m| &m.shared_refusals, &["primary"]), 1);
     assert!(matches!(
         h.l.d.poll(h.l.now() + Duration::from_millis(200)),
         Poll::Send(_)
