@@ -399,6 +399,8 @@ pub async fn run(
     Ok(())
 }
 
+/// The controller proper, as the leader (or the only replica) runs it:
+/// a short list of steps, each one function below.
 async fn run_controller(
     client: Client,
     cfg: &RunConfig,
@@ -408,141 +410,209 @@ async fn run_controller(
     stopping: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), RunError> {
     let ns = cfg.namespace.as_deref();
+    // 1. Index the tiers there are, before any mapper asks the index.
     let index = Arc::new(RwLock::new(TierIndex::new()));
     let tiers_api: Api<DeliveryTier> = api_for(&client, ns);
     let primed = prime_index(&tiers_api, &index).await?;
     tracing::info!(tiers = primed, "indexed the existing tiers");
+    // 2. Empty caches, and the context every pass reads.
+    let (stores, tier_writer, writers) = caches();
+    let ctx = context(&client, cfg, stores.clone(), index, metrics)?;
+    // 3. Watch what tiers reference and what they own, into the caches.
+    let (tx, rx) = mpsc::unbounded();
+    let mut tasks = spawn_watches(&client, ns, writers, &ctx, &tx);
+    // 4. Nothing reads a cache before it is warm.
+    if !wait_for_caches(&stores, &mut stop_rx).await {
+        abort_all(&tasks);
+        return Ok(());
+    }
+    ready.set(true);
+    tracing::info!("caches warm; reconciling");
+    // 5. Keep the policies' usedBy.
+    tasks.push(spawn_policy_status_sync(ctx.clone(), cfg.settings.resync));
+    // 6. Reconcile tiers until stopping.
+    let tiers = tier_events(tiers_api, tier_writer, stores.tiers.clone(), &ctx, tx);
+    Controller::for_stream(tiers, stores.tiers)
+        .reconcile_on(rx)
+        .with_config(
+            ControllerConfig::default()
+                .concurrency(cfg.concurrency)
+                .debounce(Duration::from_millis(500)),
+        )
+        .graceful_shutdown_on(stopping)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "controller");
+            }
+        })
+        .await;
+    abort_all(&tasks);
+    tracing::info!("controller stopped");
+    Ok(())
+}
 
-    // The controller's own tier store. Not waited for below: the controller
-    // fills it from its stream, and a pass runs only for a tier found in
-    // it, which the first list puts there all at once (the reflector swaps
-    // a whole list in) — so a pass always sees every listed tier.
+/// The writers of the caches besides the tiers', one per watch.
+struct Writers {
+    rate_limits: reflector::store::Writer<RateLimitPolicy>,
+    circuits: reflector::store::Writer<CircuitPolicy>,
+    degradations: reflector::store::Writer<DegradationProfile>,
+    secrets: reflector::store::Writer<PartialObjectMeta<Secret>>,
+    pods: reflector::store::Writer<Pod>,
+    deployments: reflector::store::Writer<Deployment>,
+    pdbs: reflector::store::Writer<PodDisruptionBudget>,
+}
+
+/// Empty caches with their writers. The controller's own tier store is
+/// not waited for: the controller fills it from its stream, and a pass
+/// runs only for a tier found in it, which the first list puts there all
+/// at once (the reflector swaps a whole list in) — so a pass always sees
+/// every listed tier.
+fn caches() -> (Stores, reflector::store::Writer<DeliveryTier>, Writers) {
     let tier_writer: reflector::store::Writer<DeliveryTier> = Default::default();
-    let tier_reader = tier_writer.as_reader();
-    let (rl_store, rl_writer) = reflector::store();
-    let (cp_store, cp_writer) = reflector::store();
-    let (dp_store, dp_writer) = reflector::store();
-    let (secret_store, secret_writer) = reflector::store();
-    let (pod_store, pod_writer) = reflector::store();
-    let (dep_store, dep_writer) = reflector::store();
-    let (pdb_store, pdb_writer) = reflector::store();
+    let (rate_limits, rl_writer) = reflector::store();
+    let (circuits, cp_writer) = reflector::store();
+    let (degradations, dp_writer) = reflector::store();
+    let (secrets, secret_writer) = reflector::store();
+    let (pods, pod_writer) = reflector::store();
+    let (deployments, dep_writer) = reflector::store();
+    let (pdbs, pdb_writer) = reflector::store();
     let stores = Stores {
-        tiers: tier_reader.clone(),
-        rate_limits: rl_store,
-        circuits: cp_store,
-        degradations: dp_store,
-        secrets: secret_store,
-        pods: pod_store,
-        deployments: dep_store,
-        pdbs: pdb_store,
+        tiers: tier_writer.as_reader(),
+        rate_limits,
+        circuits,
+        degradations,
+        secrets,
+        pods,
+        deployments,
+        pdbs,
     };
+    let writers = Writers {
+        rate_limits: rl_writer,
+        circuits: cp_writer,
+        degradations: dp_writer,
+        secrets: secret_writer,
+        pods: pod_writer,
+        deployments: dep_writer,
+        pdbs: pdb_writer,
+    };
+    (stores, tier_writer, writers)
+}
+
+/// What every pass reads: the client, the caches, the index, the options
+/// and settings, the agents' health client and the metrics.
+fn context(
+    client: &Client,
+    cfg: &RunConfig,
+    stores: Stores,
+    index: Arc<RwLock<TierIndex>>,
+    metrics: Metrics,
+) -> Result<Arc<Context>, RunError> {
     let health = HttpHealth::new(
         crate::operator::agent_config::HTTP_PORT,
         cfg.settings.health_timeout,
     )
     .map_err(|e| RunError::HealthClient(e.to_string()))?;
-    let ctx = Arc::new(Context::new(
+    Ok(Arc::new(Context::new(
         client.clone(),
-        stores.clone(),
-        index.clone(),
+        stores,
+        index,
         cfg.options.clone(),
         cfg.settings.clone(),
         Arc::new(health),
         metrics,
         cfg.instance.clone(),
-    ));
+    )))
+}
 
-    let (tx, rx) = mpsc::unbounded();
-    let mut tasks = vec![
-        spawn_ref_watch::<RateLimitPolicy>(
-            api_for(&client, ns),
-            rl_writer,
-            RefKind::RateLimitPolicy,
-            ctx.clone(),
-            tx.clone(),
-        ),
-        spawn_ref_watch::<CircuitPolicy>(
-            api_for(&client, ns),
-            cp_writer,
-            RefKind::CircuitPolicy,
-            ctx.clone(),
-            tx.clone(),
-        ),
-        spawn_ref_watch::<DegradationProfile>(
-            api_for(&client, ns),
-            dp_writer,
-            RefKind::DegradationProfile,
-            ctx.clone(),
-            tx.clone(),
-        ),
-        spawn_ref_watch::<PartialObjectMeta<Secret>>(
-            api_for(&client, ns),
-            secret_writer,
-            RefKind::Secret,
-            ctx.clone(),
-            tx.clone(),
-        ),
-        spawn_child_watch::<Deployment>(
-            api_for(&client, ns),
-            Some(dep_writer),
-            cache::slim_deployment,
-            ctx.clone(),
-            tx.clone(),
-        ),
-        spawn_child_watch::<PodDisruptionBudget>(
-            api_for(&client, ns),
-            Some(pdb_writer),
-            cache::slim,
-            ctx.clone(),
-            tx.clone(),
-        ),
-        spawn_child_watch::<PartialObjectMeta<ConfigMap>>(
-            api_for(&client, ns),
-            None,
-            cache::slim,
-            ctx.clone(),
-            tx.clone(),
-        ),
-        spawn_child_watch::<PartialObjectMeta<Service>>(
-            api_for(&client, ns),
-            None,
-            cache::slim,
-            ctx.clone(),
-            tx.clone(),
-        ),
-        spawn_child_watch::<PartialObjectMeta<ServiceAccount>>(
-            api_for(&client, ns),
-            None,
-            cache::slim,
-            ctx.clone(),
-            tx.clone(),
-        ),
-        spawn_child_watch::<PartialObjectMeta<Role>>(
-            api_for(&client, ns),
-            None,
-            cache::slim,
-            ctx.clone(),
-            tx.clone(),
-        ),
-        spawn_child_watch::<PartialObjectMeta<RoleBinding>>(
-            api_for(&client, ns),
-            None,
-            cache::slim,
-            ctx.clone(),
-            tx.clone(),
-        ),
-        spawn_child_watch::<PartialObjectMeta<PersistentVolumeClaim>>(
-            api_for(&client, ns),
-            None,
-            cache::slim,
-            ctx.clone(),
-            tx.clone(),
-        ),
-    ];
-    // Agent pods: a cache only (their readiness reaches the tier through
-    // its Deployment's status).
-    let pods_api: Api<Pod> = api_for(&client, ns);
-    tasks.push(tokio::spawn(async move {
+/// One watch per kind a tier references (mapped to the tiers that
+/// reference it) or owns (mapped to its owner), each filling its cache
+/// where the passes read one; agent pods are a cache only (their
+/// readiness reaches the tier through its Deployment's status).
+fn spawn_watches(
+    client: &Client,
+    ns: Option<&str>,
+    writers: Writers,
+    ctx: &Arc<Context>,
+    tx: &Trigger,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let w = Wiring {
+        client,
+        ns,
+        ctx,
+        tx,
+    };
+    vec![
+        w.references(writers.rate_limits, RefKind::RateLimitPolicy),
+        w.references(writers.circuits, RefKind::CircuitPolicy),
+        w.references(writers.degradations, RefKind::DegradationProfile),
+        w.references(writers.secrets, RefKind::Secret),
+        w.owned(Some(writers.deployments), cache::slim_deployment),
+        w.owned(Some(writers.pdbs), cache::slim),
+        w.owned::<PartialObjectMeta<ConfigMap>>(None, cache::slim),
+        w.owned::<PartialObjectMeta<Service>>(None, cache::slim),
+        w.owned::<PartialObjectMeta<ServiceAccount>>(None, cache::slim),
+        w.owned::<PartialObjectMeta<Role>>(None, cache::slim),
+        w.owned::<PartialObjectMeta<RoleBinding>>(None, cache::slim),
+        w.owned::<PartialObjectMeta<PersistentVolumeClaim>>(None, cache::slim),
+        spawn_pod_cache(api_for(client, ns), writers.pods),
+    ]
+}
+
+/// What every watch of [`spawn_watches`] is wired to.
+struct Wiring<'a> {
+    client: &'a Client,
+    ns: Option<&'a str>,
+    ctx: &'a Arc<Context>,
+    tx: &'a Trigger,
+}
+
+impl Wiring<'_> {
+    /// A kind tiers reference by name.
+    fn references<K>(
+        &self,
+        writer: reflector::store::Writer<K>,
+        kind: RefKind,
+    ) -> tokio::task::JoinHandle<()>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + Debug
+            + DeserializeOwned
+            + Send
+            + Sync
+            + 'static,
+    {
+        let api = api_for(self.client, self.ns);
+        spawn_ref_watch(api, writer, kind, self.ctx.clone(), self.tx.clone())
+    }
+
+    /// A kind tiers own, cached when `writer` is given.
+    fn owned<K>(
+        &self,
+        writer: Option<reflector::store::Writer<K>>,
+        slim: fn(&mut K),
+    ) -> tokio::task::JoinHandle<()>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + Debug
+            + DeserializeOwned
+            + Send
+            + Sync
+            + 'static,
+    {
+        let api = api_for(self.client, self.ns);
+        spawn_child_watch(api, writer, slim, self.ctx.clone(), self.tx.clone())
+    }
+}
+
+/// The agent pods' cache.
+fn spawn_pod_cache(
+    pods_api: Api<Pod>,
+    writer: reflector::store::Writer<Pod>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
         let wc = cache::watch_config().labels(&format!(
             "{},{}=herald",
             MANAGED_SELECTOR,
@@ -551,79 +621,60 @@ async fn run_controller(
         watcher::watcher(pods_api, wc)
             .default_backoff()
             .modify(cache::slim)
-            .reflect(pod_writer)
+            .reflect(writer)
             .for_each(|r| async move {
                 if let Err(e) = r {
                     tracing::warn!(error = %e, "pod watch failed; retrying");
                 }
             })
             .await;
-    }));
+    })
+}
 
-    if !wait_for_caches(&stores, &mut stop_rx).await {
-        for t in &tasks {
-            t.abort();
+/// Policies' usedBy: recomputed when the index changes (debounced by a
+/// second) and at every resync.
+fn spawn_policy_status_sync(ctx: Arc<Context>, resync: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = ctx.policy_status_dirty.notified() => {}
+                _ = tokio::time::sleep(resync) => {}
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if let Err(e) = sync_policy_statuses(&ctx).await {
+                tracing::warn!(error = %e, "writing policy status failed");
+            }
         }
-        return Ok(());
-    }
-    ready.set(true);
-    tracing::info!("caches warm; reconciling");
+    })
+}
 
-    // Policies' usedBy: recomputed when the index changes, debounced.
-    {
-        let ctx = ctx.clone();
-        let resync = cfg.settings.resync;
-        tasks.push(tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = ctx.policy_status_dirty.notified() => {}
-                    _ = tokio::time::sleep(resync) => {}
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                if let Err(e) = sync_policy_statuses(&ctx).await {
-                    tracing::warn!(error = %e, "writing policy status failed");
-                }
-            }
-        }));
-    }
-
-    let tiers = {
-        let ctx = ctx.clone();
-        let tx = tx.clone();
-        let reader = tier_reader.clone();
-        watcher::watcher(tiers_api, cache::watch_config())
-            .default_backoff()
-            .modify(cache::slim)
-            .reflect(tier_writer)
-            .map_ok(move |ev| {
-                on_tier_event(&ev, &reader, &ctx, &tx);
-                ev
-            })
-            .applied_objects()
-            .predicate_filter(tier_predicate, Default::default())
-    };
-    drop(tx);
-
-    Controller::for_stream(tiers, tier_reader)
-        .reconcile_on(rx)
-        .with_config(
-            ControllerConfig::default()
-                .concurrency(cfg.concurrency)
-                .debounce(Duration::from_millis(500)),
-        )
-        .graceful_shutdown_on(stopping)
-        .run(reconcile, error_policy, ctx.clone())
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "controller");
-            }
+/// The tiers' watch as the controller's input: the tier cache filled, the
+/// index and the tiers delivering through a changed one told, and only
+/// the changes that matter passed on ([`tier_predicate`]).
+fn tier_events(
+    tiers_api: Api<DeliveryTier>,
+    writer: reflector::store::Writer<DeliveryTier>,
+    reader: Store<DeliveryTier>,
+    ctx: &Arc<Context>,
+    tx: Trigger,
+) -> impl futures::Stream<Item = Result<DeliveryTier, watcher::Error>> + Send + 'static {
+    let ctx = ctx.clone();
+    watcher::watcher(tiers_api, cache::watch_config())
+        .default_backoff()
+        .modify(cache::slim)
+        .reflect(writer)
+        .map_ok(move |ev| {
+            on_tier_event(&ev, &reader, &ctx, &tx);
+            ev
         })
-        .await;
-    for t in &tasks {
+        .applied_objects()
+        .predicate_filter(tier_predicate, Default::default())
+}
+
+fn abort_all(tasks: &[tokio::task::JoinHandle<()>]) {
+    for t in tasks {
         t.abort();
     }
-    tracing::info!("controller stopped");
-    Ok(())
 }
 
 /// Keep the index in step with the tier watch, forget deleted tiers, and
