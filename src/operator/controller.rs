@@ -34,11 +34,13 @@
 //!
 //! This file holds the entry points (`reconcile`, `error_policy`), the
 //! mappers and the tier filter, and the RBAC table; the rest is split by
-//! job: `pass` (one pass, steps 1–4 and 6), `heal` (step 5), `write`
-//! (applies, deletes, status, events, policies' status) and `run` (the
-//! wiring).
+//! job: `pass` (one pass, steps 1–4 and 6, as a list of steps), `gather`
+//! (what a pass reads: references, pods and their health, children),
+//! `heal` (step 5), `write` (applies, deletes, status, events, policies'
+//! status) and `run` (the wiring).
 
 pub(crate) mod cache;
+mod gather;
 mod heal;
 mod pass;
 mod run;
