@@ -37,13 +37,15 @@
 //! job: `pass` (one pass, steps 1–4 and 6, as a list of steps), `gather`
 //! (what a pass reads: references, pods and their health, children),
 //! `heal` (step 5), `write` (applies, deletes, status, events, policies'
-//! status) and `run` (the wiring).
+//! status), `run` (the wiring) and `watch` (the watches and which tiers
+//! each change wakes).
 
 pub(crate) mod cache;
 mod gather;
 mod heal;
 mod pass;
 mod run;
+mod watch;
 mod write;
 
 pub use run::{RunConfig, RunError, check_crd, prime_index, run};
