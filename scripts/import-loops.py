@@ -10,10 +10,11 @@ is a set of files that reach each other through such arrows (a strongly
 connected component of two files or more); each is printed with the arrows
 inside it and the names they use.
 
-Arrows from a file to the module file that declares it (a child using its
-parent's error type, say) are left out by default: a module file re-exports
-its children, so every such use would read as a loop, and those are the
-module's own face rather than a tangle. `--with-parents` counts them too.
+Arrows from a file to the module files that contain it (a child using its
+parent's error type, say, or a type the grandparent re-exports) are left
+out by default: a module file re-exports its children, so every such use
+would read as a loop, and those are the module's own face rather than a
+tangle. `--with-parents` counts them too.
 
 Usage: scripts/import-loops.py [--with-parents] [ROOT]
 Exits 1 when it finds a loop, so a check can use it. Standard library only.
@@ -307,11 +308,14 @@ def main(argv):
         binary.load("src/main.rs", (), "herald")
         crates.append(binary)
 
-    parent_of = {}
+    # The module files above each file: its parent, grandparent and so on.
+    ancestors = defaultdict(set)
     for crate in crates:
         for module, f in crate.modules.items():
-            if module and crate.modules.get(module[:-1]) != f:
-                parent_of.setdefault(f, crate.modules.get(module[:-1]))
+            for depth in range(len(module)):
+                above = crate.modules.get(module[:depth])
+                if above is not None and above != f:
+                    ancestors[f].add(above)
 
     arrows = defaultdict(set)
     names = defaultdict(set)
@@ -320,7 +324,7 @@ def main(argv):
             target = resolve(crate, lib, scope, segs, is_use)
             if target is None or target == f:
                 continue
-            if ignore_parents and parent_of.get(f) == target:
+            if ignore_parents and target in ancestors[f]:
                 continue
             arrows[f].add(target)
             names[(f, target)].add(segs[-1] if segs[-1] != "*" else "*")
