@@ -5,8 +5,6 @@
 
 use std::time::Duration;
 
-use tokio::task::JoinHandle;
-
 use crate::agent::state::{AppState, Final};
 use crate::clock::now_ms;
 use crate::engine::dispatch::Verdict;
@@ -17,7 +15,7 @@ use crate::store::{Attempt, ChatRef, MessageId, Store, StoreError};
 use crate::telemetry::{self, AttemptEnd};
 
 use super::DispatchLoop;
-use super::queue::Held;
+use super::queue::{Held, chain};
 use super::send::{Done, Unsent};
 
 impl DispatchLoop {
@@ -273,19 +271,6 @@ where
             }
         }
     }
-}
-
-/// Run `next` after `previous` finished.
-pub(super) fn chain(
-    previous: Option<JoinHandle<()>>,
-    next: impl std::future::Future<Output = ()> + Send + 'static,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        if let Some(p) = previous {
-            let _ = p.await;
-        }
-        next.await;
-    })
 }
 
 /// Sends the delivery receipt of a message whose final state is durable;

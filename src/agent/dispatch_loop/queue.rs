@@ -38,6 +38,19 @@ pub(super) struct Held {
     pub(super) sending: bool,
 }
 
+/// Run `next` after `previous` finished.
+pub(super) fn chain(
+    previous: Option<JoinHandle<()>>,
+    next: impl std::future::Future<Output = ()> + Send + 'static,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Some(p) = previous {
+            let _ = p.await;
+        }
+        next.await;
+    })
+}
+
 impl DispatchLoop {
     pub(super) fn enqueue(&mut self, msgs: Vec<StoredMessage>) {
         let now = self.now();

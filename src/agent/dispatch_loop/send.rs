@@ -18,7 +18,7 @@ use crate::sink::{Delivery, SinkResult};
 use crate::store::Store;
 
 use super::DispatchLoop;
-use super::finish::chain;
+use super::queue::chain;
 
 pub(super) struct Done {
     pub(super) id: u64,
