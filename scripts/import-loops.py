@@ -16,8 +16,13 @@ out by default: a module file re-exports its children, so every such use
 would read as a loop, and those are the module's own face rather than a
 tangle. `--with-parents` counts them too.
 
+It also lists imports that run up the layers the house is built in
+(LAYERS below, bottom first: a module imports only from layers below its
+own), so the engine's purity and the shells' order are checked too.
+
 Usage: scripts/import-loops.py [--with-parents] [ROOT]
-Exits 1 when it finds a loop, so a check can use it. Standard library only.
+Exits 1 when it finds a loop or an upward import, so a check can use it.
+Standard library only.
 """
 
 import os
@@ -26,6 +31,32 @@ import sys
 from collections import defaultdict
 
 IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+# The library's top-level modules, bottom first; a module imports only from
+# layers below its own. The binary's `cli` sits above them all.
+LAYERS = [
+    ["engine", "clock", "sandbox"],
+    ["api"],
+    ["validate"],
+    ["policy"],
+    ["store"],
+    ["sink", "fleet"],
+    ["telemetry"],
+    ["agent", "operator", "sim"],
+    ["bench", "demo"],
+]
+
+
+def layer_of(path):
+    """The layer of a file of the library, by its top-level module."""
+    parts = path.split("/")
+    if len(parts) < 3 or parts[0] != "src":
+        return None
+    top = parts[1][:-3] if parts[1].endswith(".rs") else parts[1]
+    for n, layer in enumerate(LAYERS):
+        if top in layer:
+            return n, top
+    return None
 
 
 def tokens(text):
@@ -329,6 +360,13 @@ def main(argv):
             arrows[f].add(target)
             names[(f, target)].add(segs[-1] if segs[-1] != "*" else "*")
 
+    upward = []
+    for a in sorted(arrows):
+        for b in sorted(arrows[a]):
+            la, lb = layer_of(a), layer_of(b)
+            if la and lb and la[1] != lb[1] and la[0] <= lb[0]:
+                upward.append((a, b))
+
     loops = tarjan(arrows)
     files = {f for c in crates for f in c.modules.values()}
     print(f"{len(files)} files, {sum(len(v) for v in arrows.values())} arrows, {len(loops)} import loop(s)")
@@ -338,7 +376,10 @@ def main(argv):
         for a in comp:
             for b in sorted(arrows[a] & members):
                 print(f"  {a} -> {b}  ({', '.join(sorted(names[(a, b)]))})")
-    return 1 if loops else 0
+    print(f"\n{len(upward)} import(s) up the layers")
+    for a, b in upward:
+        print(f"  {a} -> {b}  ({', '.join(sorted(names[(a, b)]))})")
+    return 1 if loops or upward else 0
 
 
 if __name__ == "__main__":
