@@ -1,202 +1,31 @@
-//! The agents of one tier sharing a Redis queue: who is alive, which queue
-//! partitions this agent delivers, and which limiter each tier uses.
+//! How an agent on the Redis store joins its fleet: the options it brings
+//! from its config, and the dispatch loop as the partition task's
+//! [`Dispatch`].
 //!
-//! Owns: the partition task — heartbeat, rebalance (release what another
-//! agent now owns, acquire and load what this one now owns, renew the
-//! rest), the partitions' feed into the dispatch loop, and handing every
-//! lease over on SIGTERM — plus the link state the dispatch loop reads to
-//! pick a limiter. Leaves to others: the queue itself and the lease rules
-//! ([`RedisStore`]), the assignment and share arithmetic
-//! ([`crate::store::redis::membership`]), pacing and sending (the dispatch
-//! loop).
-//!
-//! Invariant: a message reaches this agent's dispatcher only from a
-//! partition it holds the lease of, first through `pending_in` right after
-//! the lease was taken, then through the feed.
+//! Leaves to `crate::fleet` everything the agents share (membership,
+//! partitions, the shared limiter, the partition task itself).
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use tokio::sync::oneshot;
 
-use tokio::sync::{oneshot, watch};
-
-use crate::api::rate_limit_policy::{LimiterBackend, LimiterFallback};
-use crate::engine::{Instant, SplitMix64};
+use crate::agent::config::AgentConfig;
+use crate::agent::state::{AppState, DispatchCmd};
+use crate::fleet::assignment::canary_weight;
+use crate::fleet::membership::Track;
+use crate::fleet::{Dispatch, FleetOptions};
 use crate::store::StoredMessage;
-use crate::store::redis::RedisStore;
-use crate::store::redis::membership::{
-    AgentId, CanarySplit, Fallback, LimiterMode, LinkState, LiveAgent, Membership, RedisLink,
-    Track, owned_partitions,
-};
-use crate::store::redis::shared_limiter::{ConnectOptions, SharedError, SharedLimiter};
 
-use super::config::AgentConfig;
-use super::http::native::now_ms;
-use super::state::{AppState, DispatchCmd};
-
-/// Where the agent's name comes from: the operator sets it to the pod name.
-pub const AGENT_ID_ENV: &str = "HERALD_POD_NAME";
-
-/// This process's name among the tier's agents: the pod name in a cluster,
-/// else host and process id (unique among running processes of one host).
-pub fn agent_id() -> String {
-    if let Ok(name) = std::env::var(AGENT_ID_ENV)
-        && AgentId::new(&name).is_ok()
-    {
-        return name;
-    }
-    let host = std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty() && AgentId::new(h).is_ok())
-        .unwrap_or_else(|| "agent".to_owned());
-    format!("{host}-{}", std::process::id())
-}
-
-/// The shared side of an agent on the Redis store.
-pub struct Fleet {
-    pub store: RedisStore,
-    pub limiter: SharedLimiter,
-    membership: Membership,
-    link: Mutex<RedisLink>,
-    rng: Mutex<SplitMix64>,
-    epoch: std::time::Instant,
-    live: AtomicU32,
-    held: AtomicU32,
-    /// Partitions taken lately, with the wall-clock ms until which their
-    /// messages wait (see [`hold_back`]): the load's and the feed's alike.
-    quiet: Mutex<BTreeMap<u32, u64>>,
-}
-
-impl std::fmt::Debug for Fleet {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Fleet")
-            .field("store", &self.store)
-            .field("membership", &self.membership)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Fleet {
-    /// Joins the tier's agents on the queue `store` (already connected)
-    /// with its own connection for decisions and heartbeats.
-    pub async fn join(
-        store: RedisStore,
-        url: &str,
-        prefix: &str,
-        config: &AgentConfig,
-    ) -> Result<Fleet, SharedError> {
-        let limiter = SharedLimiter::connect(url, prefix, ConnectOptions::default()).await?;
-        let me = LiveAgent {
-            id: AgentId::new(store.agent_id())?,
-            track: track(config),
-        };
-        let membership = Membership::new(
-            limiter.connection(),
-            prefix,
-            &config.entry_tier,
-            me,
-            store.lease_ttl(),
-            ConnectOptions::default(),
-        )?;
-        let replicas = config
+/// What this agent brings to the fleet of its entry tier.
+pub fn options(config: &AgentConfig) -> FleetOptions {
+    FleetOptions {
+        tier: config.entry_tier.clone(),
+        replicas: config
             .tier(&config.entry_tier)
-            .map_or(1, |t| t.policy.spec.replicas.max(1));
-        let epoch = std::time::Instant::now();
-        Ok(Fleet {
-            store,
-            limiter,
-            membership,
-            link: Mutex::new(RedisLink::new(
-                Fallback::LocalShare,
-                replicas,
-                Instant::ZERO,
-            )),
-            rng: Mutex::new(SplitMix64::new(now_ms())),
-            epoch,
-            live: AtomicU32::new(0),
-            held: AtomicU32::new(0),
-            quiet: Mutex::new(BTreeMap::new()),
-        })
-    }
-
-    fn now(&self) -> Instant {
-        Instant::from_nanos(u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX))
-    }
-
-    fn with_link<T>(&self, f: impl FnOnce(&mut RedisLink) -> T) -> T {
-        match self.link.lock() {
-            Ok(mut l) => f(&mut l),
-            Err(poisoned) => f(&mut poisoned.into_inner()),
-        }
-    }
-
-    /// A Redis call failed as unavailable: decisions fall back until a
-    /// heartbeat gets through again.
-    pub fn failed(&self) {
-        let now = self.now();
-        let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
-        self.with_link(|l| l.failed(now, &mut rng));
-    }
-
-    /// `connected`, `lost` or `reconnecting`.
-    pub fn link_state(&self) -> &'static str {
-        self.with_link(|l| l.state_name())
-    }
-
-    pub fn connected(&self) -> bool {
-        self.with_link(|l| l.state() == LinkState::Connected)
-    }
-
-    /// Agents assumed to share each bot-wide limit.
-    pub fn divisor(&self) -> u32 {
-        self.with_link(|l| l.divisor())
-    }
-
-    /// Live agents at the last heartbeat (0 before the first).
-    pub fn live(&self) -> u32 {
-        self.live.load(Ordering::Relaxed)
-    }
-
-    fn set_quiet(&self, partition: u32, until_ms: u64) {
-        let mut quiet = self.quiet.lock().unwrap_or_else(|p| p.into_inner());
-        let now = now_ms();
-        quiet.retain(|_, until| *until > now);
-        quiet.insert(partition, until_ms);
-    }
-
-    /// Until when a partition's messages wait, if it was taken lately.
-    fn quiet_until(&self, partition: u32) -> Option<u64> {
-        let quiet = self.quiet.lock().unwrap_or_else(|p| p.into_inner());
-        quiet.get(&partition).copied().filter(|u| *u > now_ms())
-    }
-
-    /// Partitions this agent holds.
-    pub fn held(&self) -> u32 {
-        self.held.load(Ordering::Relaxed)
+            .map_or(1, |t| t.policy.spec.replicas.max(1)),
+        track: track(config),
     }
 }
 
-/// The limiter a tier uses now: the shared one while Redis answers and the
-/// tier's policy asks for it; otherwise the local engine limiter with this
-/// agent's share of every bot-wide limit, so that the agents together stay
-/// within it — or nothing at all, when the policy says `pause`.
-pub fn tier_mode(
-    backend: LimiterBackend,
-    fallback: LimiterFallback,
-    connected: bool,
-    divisor: u32,
-) -> LimiterMode {
-    match (backend, connected, fallback) {
-        (LimiterBackend::Redis, true, _) => LimiterMode::Shared,
-        (LimiterBackend::Redis, false, LimiterFallback::Pause) => LimiterMode::Paused,
-        _ => LimiterMode::LocalShare {
-            divisor: divisor.max(1),
-        },
-    }
-}
-
+/// The track the operator named in the variable `trackEnv` points at.
 fn track(config: &AgentConfig) -> Track {
     let canary = config
         .agent
@@ -207,242 +36,32 @@ fn track(config: &AgentConfig) -> Track {
     if canary { Track::Canary } else { Track::Stable }
 }
 
-/// The operator writes the canary's partition range; the assignment needs
-/// the weight that gives exactly that many partitions.
-fn canary_weight(config: &AgentConfig) -> Option<u32> {
-    let p = config.agent.partitions.as_ref()?;
-    let count = p.canary.end.saturating_sub(p.canary.start);
-    (0..=100).find(|&w| crate::operator::canary::partition_split(p.total, w).0 == count)
-}
+impl Dispatch for AppState {
+    async fn enqueue(&self, msgs: Vec<StoredMessage>) {
+        let _ = self.dispatch.send(DispatchCmd::Enqueue(msgs)).await;
+    }
 
-/// How often the partition task heartbeats and renews: five times per
-/// lease, so a lost round trip or two never costs a lease, and a dead
-/// agent's partitions move within a fifth of a lease after it expired.
-fn round(fleet: &Fleet) -> Duration {
-    (fleet.store.lease_ttl() / 5).max(Duration::from_millis(50))
-}
+    async fn drop_partition(&self, partition: u32) -> Option<usize> {
+        let (tx, rx) = oneshot::channel();
+        self.dispatch
+            .send(DispatchCmd::DropPartition(partition, tx))
+            .await
+            .ok()?;
+        rx.await.ok()
+    }
 
-/// The partition task: runs until `stop`, then returns without releasing
-/// (the dispatch loop may still be finishing sends; [`hand_over`] releases
-/// after it).
-pub async fn run(
-    state: Arc<AppState>,
-    fleet: Arc<Fleet>,
-    quiet: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
-    let round = round(&fleet);
-    let mut next_beat = tokio::time::Instant::now();
-    loop {
-        if *stop.borrow() {
-            return;
+    fn canary_weight(&self) -> Option<u32> {
+        self.config()
+            .agent
+            .partitions
+            .as_ref()
+            .and_then(canary_weight)
+    }
+
+    fn observed(&self, agents: u32, partitions: u32) {
+        if let Some(m) = self.metrics() {
+            m.fleet_agents.set(i64::from(agents));
+            m.fleet_partitions.set(i64::from(partitions));
         }
-        if tokio::time::Instant::now() >= next_beat {
-            rebalance(&state, &fleet, quiet).await;
-            next_beat = tokio::time::Instant::now() + round;
-        }
-        let wait = next_beat
-            .saturating_duration_since(tokio::time::Instant::now())
-            .min(Duration::from_millis(500));
-        tokio::select! {
-            fed = fleet.store.new_messages(wait) => match fed {
-                Ok(found) if !found.is_empty() => {
-                    // A message accepted just after the load must not
-                    // overtake the load's quiet wait (nor its chat's order).
-                    let msgs = found
-                        .into_iter()
-                        .map(|(p, m)| match fleet.quiet_until(p) {
-                            Some(until) => hold_back_one(m, until),
-                            None => m,
-                        })
-                        .collect();
-                    let _ = state.dispatch.send(DispatchCmd::Enqueue(msgs)).await;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "queue feed failed");
-                    fleet.failed();
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait.max(Duration::from_millis(100))) => {}
-                        _ = stop.changed() => return,
-                    }
-                }
-            },
-            _ = stop.changed() => return,
-        }
-    }
-}
-
-/// One heartbeat and the partition changes it calls for.
-async fn rebalance(state: &AppState, fleet: &Fleet, quiet: Duration) {
-    // Whatever Redis says (or fails to say): a lease not renewed in time
-    // may be another agent's now, so its messages leave the dispatcher
-    // until the lease is taken again, which reloads them.
-    let lapsed: BTreeSet<u32> = fleet.store.lapsed().into_iter().collect();
-    for &p in &lapsed {
-        drop_partition(state, p).await;
-    }
-    let live = match fleet.membership.heartbeat().await {
-        Ok(live) => live,
-        Err(e) => {
-            tracing::warn!(error = %e, "heartbeat failed; keeping the partitions held");
-            fleet.failed();
-            return;
-        }
-    };
-    let count = u32::try_from(live.len()).unwrap_or(u32::MAX);
-    fleet.with_link(|l| l.observed_live(count));
-    fleet.live.store(count, Ordering::Relaxed);
-    let ids: Vec<AgentId> = live.iter().map(|a| a.id.clone()).collect();
-    // From the config as it is now: a rollout starts by a reload (the
-    // operator writes the canary's range into the ConfigMap) in agents
-    // that joined before it, and every agent must see the same split.
-    let canary = canary_weight(&state.config()).map(|w| CanarySplit::from_live(&live, w));
-    let me = &fleet.membership.me().id;
-    let owned: BTreeSet<u32> =
-        owned_partitions(fleet.store.partitions(), &ids, canary.as_ref(), me)
-            .into_iter()
-            .collect();
-    let held: BTreeSet<u32> = fleet.store.held().into_iter().map(|(p, _)| p).collect();
-    for &p in held.union(&lapsed).filter(|p| !owned.contains(p)) {
-        drop_partition(state, p).await;
-        if let Err(e) = fleet.store.release(p).await {
-            tracing::warn!(partition = p, error = %e, "could not release a partition");
-        }
-    }
-    for &p in held.intersection(&owned) {
-        match fleet.store.renew(p).await {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::warn!(partition = p, "lease lost to another agent");
-                drop_partition(state, p).await;
-            }
-            Err(e) => {
-                tracing::warn!(partition = p, error = %e, "lease renewal failed");
-                fleet.failed();
-            }
-        }
-    }
-    for &p in owned.difference(&held) {
-        match fleet.store.acquire(p).await {
-            Ok(Some(_)) => match fleet.store.pending_in(p).await {
-                Ok(msgs) => {
-                    tracing::info!(partition = p, messages = msgs.len(), "partition taken");
-                    let until = now_ms() + millis(quiet);
-                    fleet.set_quiet(p, until);
-                    let msgs = hold_back(msgs, until);
-                    let _ = state.dispatch.send(DispatchCmd::Enqueue(msgs)).await;
-                }
-                Err(e) => {
-                    tracing::warn!(partition = p, error = %e, "could not load a partition");
-                    let _ = fleet.store.release(p).await;
-                }
-            },
-            // Its previous holder's lease is still live: next round.
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(partition = p, error = %e, "could not take a partition");
-                fleet.failed();
-            }
-        }
-    }
-    let now_held = u32::try_from(fleet.store.held().len()).unwrap_or(u32::MAX);
-    fleet.held.store(now_held, Ordering::Relaxed);
-    if let Some(m) = state.metrics() {
-        m.fleet_agents.set(i64::from(count));
-        m.fleet_partitions.set(i64::from(now_held));
-    }
-}
-
-/// A partition's previous holder may have sent to its chats a moment ago,
-/// and chat limits are not shared: its messages wait `quiet` (one full cell
-/// of the slowest chat limit) before their first send here.
-fn hold_back(msgs: Vec<StoredMessage>, until_ms: u64) -> Vec<StoredMessage> {
-    msgs.into_iter()
-        .map(|m| hold_back_one(m, until_ms))
-        .collect()
-}
-
-fn hold_back_one(mut m: StoredMessage, until_ms: u64) -> StoredMessage {
-    m.next_attempt_ms = Some(m.next_attempt_ms.unwrap_or(0).max(until_ms));
-    m
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// Takes the partition's waiting messages out of this agent's dispatcher.
-async fn drop_partition(state: &AppState, partition: u32) {
-    let (tx, rx) = oneshot::channel();
-    if state
-        .dispatch
-        .send(DispatchCmd::DropPartition(partition, tx))
-        .await
-        .is_ok()
-        && let Ok(dropped) = rx.await
-    {
-        tracing::info!(partition, dropped, "partition handed over");
-    }
-}
-
-/// On SIGTERM, after the dispatch loop drained: give every partition back
-/// and leave the live set, so the other agents take over at their next
-/// heartbeat instead of after the lease runs out.
-pub async fn hand_over(fleet: &Fleet) {
-    for (p, _) in fleet.store.held() {
-        if let Err(e) = fleet.store.release(p).await {
-            tracing::warn!(partition = p, error = %e, "could not release a partition");
-        }
-    }
-    if let Err(e) = fleet.membership.leave().await {
-        tracing::warn!(error = %e, "could not leave the live set");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tiers_share_through_redis_only_when_asked_and_reachable() {
-        use LimiterBackend::{Local, Redis};
-        use LimiterFallback::{LocalShare, Pause};
-        assert_eq!(tier_mode(Redis, LocalShare, true, 3), LimiterMode::Shared);
-        assert_eq!(tier_mode(Redis, Pause, true, 3), LimiterMode::Shared);
-        assert_eq!(
-            tier_mode(Redis, LocalShare, false, 3),
-            LimiterMode::LocalShare { divisor: 3 }
-        );
-        assert_eq!(tier_mode(Redis, Pause, false, 3), LimiterMode::Paused);
-        // A local limiter on a shared queue takes its share even with Redis up.
-        for connected in [true, false] {
-            for fallback in [LocalShare, Pause] {
-                assert_eq!(
-                    tier_mode(Local, fallback, connected, 0),
-                    LimiterMode::LocalShare { divisor: 1 }
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn a_taken_partition_waits_its_quiet_period() {
-        let m = |next: Option<u64>| StoredMessage {
-            id: crate::store::MessageId::generate(),
-            msg: crate::store::record::tests::sample_new(1),
-            state: crate::store::MessageState::Pending,
-            attempts: Vec::new(),
-            created_ms: 0,
-            updated_ms: 0,
-            next_attempt_ms: next,
-            in_flight_tier: None,
-            delivered_tier: None,
-            receipt: None,
-            dead_reason: None,
-        };
-        let out = hold_back(vec![m(None), m(Some(500)), m(Some(9_000))], 1_000);
-        let next: Vec<_> = out.iter().map(|m| m.next_attempt_ms).collect();
-        assert_eq!(next, vec![Some(1_000), Some(1_000), Some(9_000)]);
     }
 }

@@ -12,10 +12,12 @@ use tokio::sync::{mpsc, watch};
 
 use crate::agent::config::{AgentConfig, ConfigError};
 use crate::agent::dispatch_loop::{DispatchLoop, LoopError};
-use crate::agent::fleet::{self, Fleet};
+use crate::agent::fleet;
 use crate::agent::metrics::Metrics;
 use crate::agent::state::{AppState, DispatchCmd};
 use crate::agent::store::{AgentStore, OpenError};
+use crate::fleet::Fleet;
+use crate::policy::effective::restart_quiet;
 use crate::store::Store;
 
 /// Why the agent could not run.
@@ -26,7 +28,7 @@ pub enum AgentError {
     #[error(transparent)]
     Store(#[from] OpenError),
     #[error("joining the agents on Redis: {0}")]
-    Fleet(#[from] crate::store::redis::shared_limiter::SharedError),
+    Fleet(#[from] crate::fleet::shared_limiter::SharedError),
     #[error("listen {addr}: {source}")]
     Listen {
         addr: String,
@@ -66,7 +68,7 @@ pub async fn start(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<RunningAgent, AgentError> {
     let config = Arc::new(AgentConfig::load(&path, env)?);
-    let agent_id = fleet::agent_id();
+    let agent_id = crate::fleet::agent_id();
     let metrics = config.agent.metrics.enabled.then(Metrics::new);
     let store = AgentStore::open(&config, &agent_id, metrics.clone()).await?;
     let fleet = match (
@@ -74,7 +76,13 @@ pub async fn start(
         crate::agent::store::redis_options(&config, &agent_id)?,
     ) {
         (AgentStore::Redis(redis, _), Some(options)) => Some(Arc::new(
-            Fleet::join(redis.clone(), &options.url, &options.key_prefix, &config).await?,
+            Fleet::join(
+                redis.clone(),
+                &options.url,
+                &options.key_prefix,
+                fleet::options(&config),
+            )
+            .await?,
         )),
         _ => None,
     };
@@ -139,8 +147,14 @@ async fn serve(
     let dispatch_task = tokio::spawn(dispatch.run(rx, loop_stop_rx, grace));
     let (aux_stop_tx, aux_stop_rx) = watch::channel(false);
     let fleet_task = state.fleet.clone().map(|f| {
-        let quiet = crate::agent::dispatch_loop::restart_quiet(&state.config());
-        tokio::spawn(fleet::run(state.clone(), f, quiet, aux_stop_rx.clone()))
+        let config = state.config();
+        let quiet = restart_quiet(config.tiers.iter().map(|t| &t.policy.limits));
+        tokio::spawn(crate::fleet::task::run(
+            state.clone(),
+            f,
+            quiet,
+            aux_stop_rx.clone(),
+        ))
     });
     if let Some(source) = state.config().agent.config_map.clone() {
         tokio::spawn(watch_config_map(
@@ -189,7 +203,7 @@ async fn serve(
     let _ = loop_stop_tx.send(true);
     let _ = dispatch_task.await;
     if let Some(f) = &state.fleet {
-        fleet::hand_over(f).await;
+        crate::fleet::task::hand_over(f).await;
     }
     tracing::info!("herald agent stopped");
     served.map_err(AgentError::Serve)
@@ -325,7 +339,7 @@ async fn cleanup(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
         loop {
             match state
                 .store
-                .cleanup(crate::agent::http::native::now_ms(), retention, retention)
+                .cleanup(crate::clock::now_ms(), retention, retention)
                 .await
             {
                 Ok(c) if c.more => continue,

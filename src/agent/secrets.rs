@@ -21,22 +21,6 @@ pub struct MissingSecret {
     pub var: String,
 }
 
-/// The environment variable that holds `name`/`key`.
-pub fn env_var_name(prefix: &str, r: &SecretKeyRef) -> String {
-    let clean = |s: &str| -> String {
-        s.chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_uppercase()
-                } else {
-                    '_'
-                }
-            })
-            .collect()
-    };
-    format!("{prefix}{}_{}", clean(&r.name), clean(&r.key))
-}
-
 /// Resolve one reference. Trailing newlines in files are trimmed (editors
 /// and `echo` add them; tokens never end in one).
 pub fn resolve(
@@ -51,7 +35,7 @@ pub fn resolve(
             return Ok(Secret::new(value));
         }
     }
-    let var = env_var_name(&sources.env_prefix, r);
+    let var = r.env_var_name(&sources.env_prefix);
     match env(&var) {
         Some(v) if !v.is_empty() => Ok(Secret::new(v)),
         _ => Err(MissingSecret {

@@ -11,9 +11,9 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::agent::config::AgentConfig;
-use crate::agent::fleet::Fleet;
 use crate::agent::metrics::Metrics;
 use crate::agent::store::AgentStore;
+use crate::fleet::Fleet;
 use crate::store::{MessageId, StoredMessage};
 
 /// How a message's life ended, for a Bot API caller waiting on it.

@@ -13,7 +13,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::DurationString;
-use super::conditions::{Conditions, conditions_schema};
+use super::policy_status::{PolicyKind, PolicyStatus};
 
 /// Breaker, retry, timeout and bulkhead settings for the tiers that use it.
 #[derive(CustomResource, KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -286,19 +286,12 @@ pub struct BulkheadSpec {
 }
 
 /// Observed state of a CircuitPolicy.
-#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CircuitPolicyStatus {
-    /// The generation this status was computed from.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-    /// Accepted and other conditions.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(schema_with = "conditions_schema")]
-    pub conditions: Conditions,
-    /// DeliveryTiers that reference this policy.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub used_by: Vec<String>,
+pub type CircuitPolicyStatus = PolicyStatus<CircuitPolicySpec>;
+
+impl PolicyKind for CircuitPolicySpec {
+    const STATUS_DOC: &'static str = "Observed state of a CircuitPolicy.";
+    const USED_BY_DOC: &'static str = "DeliveryTiers that reference this policy.";
+    const HAS_LEVELS: bool = false;
 }
 
 fn yes() -> bool {

@@ -12,7 +12,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::DurationString;
-use super::conditions::{Conditions, conditions_schema};
+use super::policy_status::{PolicyKind, PolicyStatus};
 use crate::engine::Priority;
 
 /// Levels, thresholds and actions for graceful degradation.
@@ -220,22 +220,12 @@ pub struct ManualOverride {
 }
 
 /// Observed state of a DegradationProfile.
-#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DegradationProfileStatus {
-    /// The generation this status was computed from.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-    /// Accepted and other conditions.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(schema_with = "conditions_schema")]
-    pub conditions: Conditions,
-    /// Levels defined above NORMAL.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub level_count: Option<u32>,
-    /// DeliveryTiers that reference this profile.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub used_by: Vec<String>,
+pub type DegradationProfileStatus = PolicyStatus<DegradationProfileSpec>;
+
+impl PolicyKind for DegradationProfileSpec {
+    const STATUS_DOC: &'static str = "Observed state of a DegradationProfile.";
+    const USED_BY_DOC: &'static str = "DeliveryTiers that reference this profile.";
+    const HAS_LEVELS: bool = true;
 }
 
 fn hundred() -> u32 {

@@ -12,7 +12,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::DurationString;
-use super::conditions::{Conditions, conditions_schema};
+use super::policy_status::{PolicyKind, PolicyStatus};
 
 /// Limits for one bot or endpoint, shared by every tier that references it.
 #[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -186,19 +186,12 @@ pub enum LimiterFallback {
 }
 
 /// Observed state of a RateLimitPolicy.
-#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RateLimitPolicyStatus {
-    /// The generation this status was computed from.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-    /// Accepted and other conditions.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(schema_with = "conditions_schema")]
-    pub conditions: Conditions,
-    /// DeliveryTiers that reference this policy.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub used_by: Vec<String>,
+pub type RateLimitPolicyStatus = PolicyStatus<RateLimitPolicySpec>;
+
+impl PolicyKind for RateLimitPolicySpec {
+    const STATUS_DOC: &'static str = "Observed state of a RateLimitPolicy.";
+    const USED_BY_DOC: &'static str = "DeliveryTiers that reference this policy.";
+    const HAS_LEVELS: bool = false;
 }
 
 fn one() -> u32 {

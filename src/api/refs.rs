@@ -23,3 +23,24 @@ pub struct SecretKeyRef {
     #[schemars(length(min = 1, max = 253))]
     pub key: String,
 }
+
+impl SecretKeyRef {
+    /// The environment variable that holds this key: `<prefix><NAME>_<KEY>`,
+    /// upper-cased, anything but ASCII letters and digits turned into `_`.
+    /// The operator writes it into the pod and the agent reads it, so both
+    /// take the name from here.
+    pub fn env_var_name(&self, prefix: &str) -> String {
+        let clean = |s: &str| -> String {
+            s.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() {
+                        c.to_ascii_uppercase()
+                    } else {
+                        '_'
+                    }
+                })
+                .collect()
+        };
+        format!("{prefix}{}_{}", clean(&self.name), clean(&self.key))
+    }
+}

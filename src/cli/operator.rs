@@ -13,7 +13,7 @@ use anyhow::Context;
 use herald::api::DurationString;
 use herald::operator::context::Settings;
 use herald::operator::controller::{self, RunConfig, RunError};
-use herald::operator::desired::OperatorOptions;
+use herald::operator::inputs::OperatorOptions;
 use herald::operator::leader::LeaseConfig;
 use herald::operator::metrics::{self, Metrics, Readiness};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -123,7 +123,7 @@ impl Args {
         o.spool_access_mode = self.spool_access_mode.clone();
         // Agents export traces where the operator does (an image built
         // with the `otel` feature; others ignore the variables).
-        o.agent_env = herald::operator::desired::otel_env(std::env::vars());
+        o.agent_env = herald::operator::inputs::otel_env(std::env::vars());
         // Agents log as the operator does: JSON lines for a log collector
         // by default, rather than text with terminal colours in `kubectl logs`.
         if self.log_format == LogFormat::Json {

@@ -2,8 +2,8 @@
 //! functions of their inputs and an injected clock.
 //!
 //! Owns: rate limiting (GCRA), circuit breaking, retry schedules, the error
-//! taxonomy, bulkhead accounting, scheduling, tier selection, degradation and
-//! health scoring. Leaves to others: all I/O, all clocks, all randomness
+//! taxonomy, bulkhead accounting, scheduling, tier selection, degradation,
+//! health scoring and the canary's share of the queue partitions. Leaves to others: all I/O, all clocks, all randomness
 //! sources (the agent, the Redis backend, the simulator and the sandbox pass
 //! time in as [`Instant`] and randomness as [`SplitMix64`]).
 //!
@@ -17,6 +17,7 @@ pub mod degradation;
 pub mod dispatch;
 pub mod health;
 pub mod limiter;
+pub mod partition;
 pub mod priority;
 pub mod retry;
 pub mod rng;

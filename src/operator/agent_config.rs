@@ -7,8 +7,9 @@
 //! Owns the Agent document, the rendering, and the Secret wiring both
 //! sides agree on: a `SecretKeyRef` `name`/`key` reaches the pod as the
 //! environment variable the agent looks it up under
-//! ([`env_var_name`] with [`SECRET_ENV_PREFIX`], written into the Agent
-//! document); [`secret_uses`] lists which keys one agent reads. Leaves to
+//! ([`SecretKeyRef::env_var_name`] with [`SECRET_ENV_PREFIX`], written
+//! into the Agent document); [`secret_uses`] lists which keys one agent
+//! reads. Leaves to
 //! [`reach`](super::reach) which tiers and policies go in, and to
 //! [`pod`](super::pod) the container that carries the variables.
 //!
@@ -22,19 +23,19 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::agent::secrets::env_var_name;
 use crate::api::agent::{
     AGENT_KIND, AgentSpec, ConfigMapSource, PartitionAssignment, PartitionRange, SecretSources,
 };
-use crate::api::delivery_tier::{Channel, EmbeddedStoreSpec, StoreKind};
+use crate::api::delivery_tier::{EmbeddedStoreSpec, StoreKind};
 use crate::api::refs::SecretKeyRef;
 use crate::api::{API_VERSION, DeliveryTierSpec};
+use crate::engine::partition::partition_split;
 
-use super::canary::partition_split;
-use super::desired::DesiredError;
 use super::hash;
+use super::inputs::DesiredError;
 use super::names;
 use super::reach::Reach;
+use super::secrets::{SecretRole, secret_refs};
 
 /// Key of the config file in the ConfigMap.
 pub const CONFIG_KEY: &str = "config.yaml";
@@ -61,58 +62,6 @@ pub mod env {
     pub const POD_NAME: &str = "HERALD_POD_NAME";
     /// Also where the agent finds its ConfigMap's namespace.
     pub const POD_NAMESPACE: &str = "HERALD_POD_NAMESPACE";
-}
-
-/// What a Secret referenced by a tier is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum SecretRole {
-    TelegramToken,
-    WebhookHmac,
-    RedisUrl,
-}
-
-impl SecretRole {
-    /// Where the reference is written in a DeliveryTier.
-    pub const fn field_path(self) -> &'static str {
-        match self {
-            SecretRole::TelegramToken => "spec.telegram.tokenSecretRef.name",
-            SecretRole::WebhookHmac => "spec.webhook.hmacSecretRef.name",
-            SecretRole::RedisUrl => "spec.store.redis.urlSecretRef.name",
-        }
-    }
-}
-
-/// The Secrets a tier uses, in role order: the channel's own secret (only
-/// for the channel in use) and the Redis URL (only for a redis store).
-pub fn secret_refs(spec: &DeliveryTierSpec) -> Vec<(SecretRole, &SecretKeyRef)> {
-    let mut out = Vec::new();
-    match spec.channel {
-        Channel::Telegram => {
-            if let Some(r) = spec
-                .telegram
-                .as_ref()
-                .and_then(|t| t.token_secret_ref.as_ref())
-            {
-                out.push((SecretRole::TelegramToken, r));
-            }
-        }
-        Channel::Webhook => {
-            if let Some(r) = spec
-                .webhook
-                .as_ref()
-                .and_then(|w| w.hmac_secret_ref.as_ref())
-            {
-                out.push((SecretRole::WebhookHmac, r));
-            }
-        }
-        Channel::Spool => {}
-    }
-    if spec.store.kind == StoreKind::Redis
-        && let Some(r) = &spec.store.redis
-    {
-        out.push((SecretRole::RedisUrl, &r.url_secret_ref));
-    }
-    out
 }
 
 /// One Secret key an agent reads.
@@ -159,7 +108,7 @@ pub fn secret_uses<'a>(
             tier,
             role,
             secret,
-            var: env_var_name(SECRET_ENV_PREFIX, secret),
+            var: secret.env_var_name(SECRET_ENV_PREFIX),
         })
         .collect()
 }
@@ -375,7 +324,7 @@ fn doc<S: Serialize>(
 mod tests {
     use super::*;
     use crate::api::{CircuitPolicySpec, RateLimitPolicySpec};
-    use crate::operator::desired::ResolvedPolicies;
+    use crate::operator::inputs::ResolvedPolicies;
     use crate::operator::reach;
 
     fn spec(json: serde_json::Value) -> DeliveryTierSpec {
@@ -599,7 +548,7 @@ mod tests {
             ]
         );
         for u in &uses {
-            assert_eq!(u.var, env_var_name(SECRET_ENV_PREFIX, u.secret));
+            assert_eq!(u.var, u.secret.env_var_name(SECRET_ENV_PREFIX));
         }
         let vars: Vec<String> = secret_env(&uses)
             .unwrap()

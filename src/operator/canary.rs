@@ -45,8 +45,10 @@ use serde::{Deserialize, Serialize};
 use crate::api::conditions::types;
 use crate::api::delivery_tier::{CanaryAnalysis, RolloutSpec};
 
+use crate::engine::partition::partition_split;
+
 use super::condition::{CondStatus, ConditionSpec};
-use super::desired::{CanaryTrack, Tracks};
+use super::inputs::{CanaryTrack, Tracks};
 use super::time::{after, elapsed};
 
 /// Fewest canary requests in a window for an analysis to count.
@@ -57,30 +59,6 @@ pub const ERROR_GRACE: u64 = 1;
 /// [`MIN_REQUESTS`] requests, when their rate is above the threshold: as
 /// many as a breaker's default `minimumCalls`, which opens it.
 pub const CONCLUSIVE_ERRORS: u64 = 10;
-
-/// `(canary, stable)` partitions for a canary weight in percent.
-///
-/// Exact: the two always add up to `partitions`. The canary gets
-/// `partitions × weight / 100` rounded half up, then, when `0 < weight <
-/// 100` and `partitions ≥ 2`, clamped to `1..=partitions-1` so that neither
-/// side is left without a partition. Weights above 100 count as 100. With
-/// a single partition it goes to the canary from weight 50 on.
-pub fn partition_split(partitions: u32, weight: u32) -> (u32, u32) {
-    let weight = weight.min(100);
-    if weight == 0 || partitions == 0 {
-        return (0, partitions);
-    }
-    if weight == 100 {
-        return (partitions, 0);
-    }
-    let p = u64::from(partitions);
-    let mut canary = (p * u64::from(weight) + 50) / 100;
-    if partitions >= 2 {
-        canary = canary.clamp(1, p - 1);
-    }
-    let canary = u32::try_from(canary).unwrap_or(partitions);
-    (canary, partitions - canary)
-}
 
 /// Canary pods for a weight: `replicas × weight / 100` rounded up, at least
 /// one while the canary has any weight, never more than `replicas`.

@@ -114,7 +114,9 @@ pub fn eq_ignoring_time(a: &[Condition], b: &[Condition]) -> bool {
         })
 }
 
-fn truncate(s: &str, max: usize) -> String {
+/// `s` cut to at most `max` bytes, on a character boundary: the API server
+/// refuses a condition message or an event note past its limit.
+pub fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_owned();
     }

@@ -28,9 +28,9 @@ use crate::api::delivery_tier::DeliveryTierStatus;
 use crate::api::{CircuitPolicy, DegradationProfile, DeliveryTier, RateLimitPolicy};
 
 use super::canary::RolloutState;
-use super::desired::OperatorOptions;
 use super::health_client::{HealthHistory, HealthSource};
 use super::index::TierIndex;
+use super::inputs::OperatorOptions;
 use super::metrics::Metrics;
 
 /// Timing of the control loop (flags of `herald operator`).

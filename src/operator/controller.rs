@@ -34,14 +34,18 @@
 //!
 //! This file holds the entry points (`reconcile`, `error_policy`), the
 //! mappers and the tier filter, and the RBAC table; the rest is split by
-//! job: `pass` (one pass, steps 1–4 and 6), `heal` (step 5), `write`
-//! (applies, deletes, status, events, policies' status) and `run` (the
-//! wiring).
+//! job: `pass` (one pass, steps 1–4 and 6, as a list of steps), `gather`
+//! (what a pass reads: references, pods and their health, children),
+//! `heal` (step 5), `write` (applies, deletes, status, events, policies'
+//! status), `run` (the wiring) and `watch` (the watches and which tiers
+//! each change wakes).
 
 pub(crate) mod cache;
+mod gather;
 mod heal;
 mod pass;
 mod run;
+mod watch;
 mod write;
 
 pub use run::{RunConfig, RunError, check_crd, prime_index, run};

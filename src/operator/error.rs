@@ -8,8 +8,8 @@
 
 use std::time::Duration;
 
-use super::desired::DesiredError;
 use super::index::RefKind;
+use super::inputs::DesiredError;
 
 /// Everything a reconcile can fail with.
 #[derive(Debug, thiserror::Error)]

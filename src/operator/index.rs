@@ -20,7 +20,7 @@ use std::fmt;
 
 use crate::api::{DeliveryTier, DeliveryTierSpec};
 
-use super::agent_config::secret_refs;
+use super::secrets::secret_refs;
 
 /// The kinds a tier can reference.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

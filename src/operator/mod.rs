@@ -1,8 +1,8 @@
 //! The operator's decisions: what a DeliveryTier should look like in the
 //! cluster, how a canary moves, when a pod is restarted, what the status
 //! says, and the controller shell that acts on them. The decision files
-//! (index, reach, desired, pod, canary, healing, status, condition, names,
-//! hash, agent_config) are pure — no `kube::Client`, no tokio, no clock; the shell
+//! (index, secrets, inputs, reach, desired, pod, canary, healing, status,
+//! condition, names, hash, agent_config) are pure — no `kube::Client`, no tokio, no clock; the shell
 //! (`controller`, `context`, `leader`, `health_client`, `metrics`) reads the
 //! cluster and the time, calls them, and applies what they return.
 //!
@@ -33,12 +33,15 @@
 //!   `usedBy`, missing references).
 //! - [`reach`]: the tiers one agent delivers through and the policies they
 //!   need — the walk both the resolver and the renderer use.
+//! - [`secrets`]: which Secrets a tier reads, and what for.
+//! - [`inputs`]: what the renderers read besides the tier (resolved
+//!   references, options, the tracks' plan) and [`inputs::DesiredError`].
 //! - [`agent_config`]: the agent's config file (multi-document YAML that
 //!   the agent loads as it is), its revision hash, and the names under
 //!   which Secrets reach the agent.
 //! - [`desired`]: the typed child objects of a tier.
 //! - [`pod`]: the agent pod inside them, and its revision.
-//! - [`canary`]: the rollout state machine and the exact partition split.
+//! - [`canary`]: the rollout state machine.
 //! - [`healing`]: which unhealthy pods to restart, and when not to.
 //! - [`status`]: the tier's and the policies' status, and when it changed.
 //! - [`condition`]: conditions without timestamps, and stamping them.
@@ -63,11 +66,13 @@ pub mod hash;
 pub mod healing;
 pub mod health_client;
 pub mod index;
+pub mod inputs;
 pub mod leader;
 pub mod metrics;
 pub mod names;
 pub mod pod;
 pub mod reach;
+pub mod secrets;
 pub mod status;
 pub mod time;
 

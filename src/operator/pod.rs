@@ -23,8 +23,8 @@ use crate::api::delivery_tier::Channel;
 use crate::api::refs::SecretKeyRef;
 
 use super::agent_config::{self, CONFIG_DIR, CONFIG_PATH, embedded_queue_path};
-use super::desired::{DesiredError, OperatorOptions, ResolvedPolicies};
 use super::hash::Fnv64;
+use super::inputs::{DesiredError, OperatorOptions, ResolvedPolicies};
 use super::names;
 
 /// A claim to create and where pods mount it.

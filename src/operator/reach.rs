@@ -24,8 +24,8 @@ use crate::api::{
     CircuitPolicySpec, DegradationProfileSpec, DeliveryTierSpec, RateLimitPolicySpec,
 };
 
-use super::desired::{DesiredError, ResolvedPolicies};
 use super::index::{MissingRef, RefKind, Reference, references};
+use super::inputs::{DesiredError, ResolvedPolicies};
 
 /// Where the walk reads specs, by name, in the agent's namespace.
 pub trait Specs {

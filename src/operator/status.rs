@@ -9,12 +9,14 @@
 //! status writes down to real changes.
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::api::circuit_policy::CircuitPolicyStatus;
 use crate::api::conditions::types;
 use crate::api::degradation_profile::{DegradationProfileStatus, LevelName};
 use crate::api::delivery_tier::{CanaryStatus, DeliveryTierStatus, RestartRecord};
+use crate::api::policy_status::PolicyStatus;
 use crate::api::rate_limit_policy::RateLimitPolicyStatus;
 use crate::api::{CircuitPolicy, DegradationProfile, DeliveryTier, RateLimitPolicy};
 
@@ -565,23 +567,7 @@ impl StatusDiff for DeliveryTierStatus {
     }
 }
 
-impl StatusDiff for RateLimitPolicyStatus {
-    fn changed_from(&self, old: &Self) -> bool {
-        self.observed_generation != old.observed_generation
-            || self.used_by != old.used_by
-            || !eq_ignoring_time(&self.conditions, &old.conditions)
-    }
-}
-
-impl StatusDiff for CircuitPolicyStatus {
-    fn changed_from(&self, old: &Self) -> bool {
-        self.observed_generation != old.observed_generation
-            || self.used_by != old.used_by
-            || !eq_ignoring_time(&self.conditions, &old.conditions)
-    }
-}
-
-impl StatusDiff for DegradationProfileStatus {
+impl<K> StatusDiff for PolicyStatus<K> {
     fn changed_from(&self, old: &Self) -> bool {
         self.observed_generation != old.observed_generation
             || self.used_by != old.used_by
@@ -610,23 +596,34 @@ fn accepted(
     )
 }
 
+/// Status of a policy of any kind: accepted at its generation, with
+/// `used_by` from the index and, for a profile, its level count.
+fn policy_status<K>(
+    metadata: &ObjectMeta,
+    previous: Option<&PolicyStatus<K>>,
+    level_count: Option<u32>,
+    used_by: Vec<String>,
+    now: Timestamp,
+) -> PolicyStatus<K> {
+    let generation = metadata.generation;
+    let previous = previous
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    PolicyStatus::new(
+        generation,
+        accepted(generation, previous, now),
+        level_count,
+        used_by,
+    )
+}
+
 /// Status of a RateLimitPolicy; `used_by` from the index.
 pub fn rate_limit_policy_status(
     policy: &RateLimitPolicy,
     used_by: Vec<String>,
     now: Timestamp,
 ) -> RateLimitPolicyStatus {
-    let generation = policy.metadata.generation;
-    let previous = policy
-        .status
-        .as_ref()
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or_default();
-    RateLimitPolicyStatus {
-        observed_generation: generation,
-        conditions: accepted(generation, previous, now),
-        used_by,
-    }
+    policy_status(&policy.metadata, policy.status.as_ref(), None, used_by, now)
 }
 
 /// Status of a CircuitPolicy; `used_by` from the index.
@@ -635,17 +632,7 @@ pub fn circuit_policy_status(
     used_by: Vec<String>,
     now: Timestamp,
 ) -> CircuitPolicyStatus {
-    let generation = policy.metadata.generation;
-    let previous = policy
-        .status
-        .as_ref()
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or_default();
-    CircuitPolicyStatus {
-        observed_generation: generation,
-        conditions: accepted(generation, previous, now),
-        used_by,
-    }
+    policy_status(&policy.metadata, policy.status.as_ref(), None, used_by, now)
 }
 
 /// Status of a DegradationProfile; `used_by` from the index.
@@ -654,18 +641,14 @@ pub fn degradation_profile_status(
     used_by: Vec<String>,
     now: Timestamp,
 ) -> DegradationProfileStatus {
-    let generation = profile.metadata.generation;
-    let previous = profile
-        .status
-        .as_ref()
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or_default();
-    DegradationProfileStatus {
-        observed_generation: generation,
-        conditions: accepted(generation, previous, now),
-        level_count: Some(u32::try_from(profile.spec.levels.len()).unwrap_or(u32::MAX)),
+    let levels = Some(u32::try_from(profile.spec.levels.len()).unwrap_or(u32::MAX));
+    policy_status(
+        &profile.metadata,
+        profile.status.as_ref(),
+        levels,
         used_by,
-    }
+        now,
+    )
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! rules to `crate::validate`, which has already run on every input here.
 
 pub mod dispatch;
+pub mod effective;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -186,9 +186,7 @@ pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<u64> {
 
 /// Unix seconds now, for `X-Herald-Timestamp`.
 pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    crate::clock::now_ms() / 1000
 }
 
 /// `scheme://host[:port]/path` of a URL: no user info, no query, no

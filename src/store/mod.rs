@@ -33,14 +33,13 @@
 //!    of its effect is visible, or none of it. Backends may commit several
 //!    callers' changes together (group commit), never half of one.
 
+#[cfg(test)]
+pub(crate) mod contract;
 pub mod embedded;
 mod error;
-mod groupcommit;
-mod layout;
-mod open_index;
+mod lifecycle;
 pub mod record;
 pub mod redis;
-mod transitions;
 
 use std::future::Future;
 use std::time::Duration;

@@ -36,6 +36,7 @@ use std::time::Duration;
 
 use crate::api::DeliveryTier;
 use crate::engine::dispatch::Verdict;
+use crate::engine::taxonomy::Classification;
 use crate::sink::{Sink, SinkResult};
 use crate::store::{Attempt, StoredMessage};
 
@@ -106,22 +107,30 @@ pub fn message_accepted(msg: &StoredMessage, source: &str) {
     let _ = (msg, source);
 }
 
+/// One finished attempt as the dispatch loop judged it.
+#[derive(Clone, Copy, Debug)]
+pub struct AttemptEnd<'a> {
+    /// The attempt as it is recorded in the message's history.
+    pub attempt: &'a Attempt,
+    pub result: &'a SinkResult,
+    /// The taxonomy's reading of `result.outcome`, classified once by the
+    /// caller.
+    pub class: Option<Classification>,
+    pub verdict: &'a Verdict,
+    /// How long the send took.
+    pub latency: Duration,
+}
+
 /// A send to a sink finished and the engine judged it: emits the attempt
 /// span, a child of the message's root span, ending now and lasting
-/// `latency`. `msg` is the message as held before this attempt is recorded.
+/// `end.latency`. `msg` is the message as held before this attempt is
+/// recorded.
 #[inline]
-pub fn attempt_finished(
-    msg: &StoredMessage,
-    sink: Option<&Sink>,
-    attempt: &Attempt,
-    result: &SinkResult,
-    verdict: &Verdict,
-    latency: Duration,
-) {
+pub fn attempt_finished(msg: &StoredMessage, sink: Option<&Sink>, end: &AttemptEnd<'_>) {
     #[cfg(feature = "otel")]
-    otel::attempt_finished(msg, sink, attempt, result, verdict, latency);
+    otel::attempt_finished(msg, sink, end);
     #[cfg(not(feature = "otel"))]
-    let _ = (msg, sink, attempt, result, verdict, latency);
+    let _ = (msg, sink, end);
 }
 
 /// One operator reconcile of a tier, timed from [`ReconcileSpan::start`] to

@@ -35,11 +35,10 @@ use opentelemetry_sdk::trace::{
 };
 
 use super::spans::{self, Kind, Plan, Value};
-use super::{ids, sampling};
+use super::{AttemptEnd, ids, sampling};
 use crate::api::DeliveryTier;
-use crate::engine::dispatch::Verdict;
-use crate::sink::{Sink, SinkResult};
-use crate::store::{Attempt, StoredMessage};
+use crate::sink::Sink;
+use crate::store::StoredMessage;
 
 /// Upper bound of the final flush: SIGTERM's grace period belongs to the
 /// delivery drain, not to telemetry.
@@ -218,26 +217,11 @@ pub fn message_accepted(msg: &StoredMessage, source: &str) {
     emit(p, plan, trace, root, SpanId::INVALID);
 }
 
-pub fn attempt_finished(
-    msg: &StoredMessage,
-    sink: Option<&Sink>,
-    attempt: &Attempt,
-    result: &SinkResult,
-    verdict: &Verdict,
-    latency: Duration,
-) {
+pub fn attempt_finished(msg: &StoredMessage, sink: Option<&Sink>, end: &AttemptEnd<'_>) {
     let Some((p, trace, root)) = for_message(msg) else {
         return;
     };
-    let plan = spans::attempt(
-        msg,
-        sink.map(Sink::channel),
-        attempt,
-        result,
-        verdict,
-        latency,
-        SystemTime::now(),
-    );
+    let plan = spans::attempt(msg, sink.map(Sink::channel), end, SystemTime::now());
     // Random: a send interrupted by a crash is sent again with the same
     // attempt number, and two spans must never share an id.
     let id = RandomIdGenerator::default().new_span_id();

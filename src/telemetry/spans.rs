@@ -16,8 +16,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::api::delivery_tier::Channel;
 use crate::engine::dispatch::Verdict;
 use crate::engine::taxonomy::Outcome;
-use crate::sink::SinkResult;
-use crate::store::{Attempt, StoredMessage};
+use crate::store::StoredMessage;
+use crate::telemetry::AttemptEnd;
 
 /// The span kinds herald uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,19 +111,23 @@ pub fn channel_label(c: Channel) -> &'static str {
     }
 }
 
-/// One attempt, ending at `end` after `latency`. `msg` is the message
+/// One attempt, ending at `at` after `end.latency`. `msg` is the message
 /// before this attempt is appended to its history.
 pub fn attempt(
     msg: &StoredMessage,
     channel: Option<Channel>,
-    attempt: &Attempt,
-    result: &SinkResult,
-    verdict: &Verdict,
-    latency: Duration,
-    end: SystemTime,
+    end: &AttemptEnd<'_>,
+    at: SystemTime,
 ) -> Plan {
+    let AttemptEnd {
+        attempt,
+        result,
+        class,
+        verdict,
+        latency,
+    } = *end;
     let outcome = &result.outcome;
-    let start = end.checked_sub(latency).unwrap_or(end);
+    let start = at.checked_sub(latency).unwrap_or(at);
     // Waiting since acceptance, or since the previous attempt ended (its
     // backoff included): the time the queue, limiter and breaker took.
     let waiting_since = msg
@@ -147,7 +151,6 @@ pub fn attempt(
     if let Some(code) = result.status {
         attributes.push(("http.response.status_code", int(code)));
     }
-    let class = crate::engine::taxonomy::classify(outcome);
     if let Some(c) = &class {
         attributes.push(("herald.error_class", s(c.class.as_str())));
         attributes.push(("herald.error_reason", s(c.reason)));
@@ -164,7 +167,7 @@ pub fn attempt(
         name: "attempt",
         kind: Kind::Client,
         start,
-        end,
+        end: at,
         attributes,
         error: class.map(|c| c.class.as_str()),
     }
@@ -208,7 +211,9 @@ mod tests {
     use super::*;
     use crate::engine::Priority;
     use crate::engine::dispatch::DeadLetterReason;
-    use crate::engine::taxonomy::TelegramError;
+    use crate::engine::taxonomy::{TelegramError, classify};
+    use crate::sink::SinkResult;
+    use crate::store::Attempt;
     use crate::store::{ChatRef, MessageId, MessageState, NewMessage};
 
     const TOKEN: &str = "123456:AAHsecretSECRETsecret";
@@ -314,10 +319,13 @@ mod tests {
         let p = attempt(
             &m,
             Some(Channel::Telegram),
-            &a,
-            &result,
-            &verdict,
-            Duration::from_millis(250),
+            &AttemptEnd {
+                attempt: &a,
+                result: &result,
+                class: classify(&result.outcome),
+                verdict: &verdict,
+                latency: Duration::from_millis(250),
+            },
             end,
         );
         let get = |k| attribute(&p, k);
@@ -343,19 +351,23 @@ mod tests {
             outcome: "delivered".into(),
             error: None,
         };
+        let result = SinkResult {
+            outcome: Outcome::Delivered,
+            status: Some(200),
+            body: None,
+            receipt: None,
+            detail: None,
+        };
         let p = attempt(
             &m,
             None,
-            &a,
-            &SinkResult {
-                outcome: Outcome::Delivered,
-                status: Some(200),
-                body: None,
-                receipt: None,
-                detail: None,
+            &AttemptEnd {
+                attempt: &a,
+                result: &result,
+                class: classify(&result.outcome),
+                verdict: &Verdict::Delivered,
+                latency: Duration::from_millis(100),
             },
-            &Verdict::Delivered,
-            Duration::from_millis(100),
             at_ms(1_700_000_000_100),
         );
         assert_eq!(p.error, None);

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use crate::agent::ingest::IngestError;
 use crate::agent::ingest::message::{Context, parse_native};
 use crate::agent::state::{AppState, DispatchCmd};
+use crate::clock::now_ms;
 use crate::store::{MessageId, MessageState, NewMessage, Store, StoredMessage};
 
 pub async fn accept(
@@ -252,13 +253,6 @@ pub async fn store_batch_then(
         let _ = state.dispatch.send(DispatchCmd::Enqueue(fresh)).await;
     }
     Ok(out)
-}
-
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 pub async fn status(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 use crate::agent::state::{AppState, DispatchCmd};
+use crate::policy::effective::TierLimits;
 use crate::store::Store;
 
 pub async fn healthz() -> Response {
@@ -39,12 +40,13 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
             // `paused` when its policy's fallback says so.
             let config = state.config();
             let mode = config.tier(&config.entry_tier).map(|t| {
-                crate::agent::fleet::tier_mode(
+                TierLimits::now(
+                    t.policy.limits,
                     t.policy.limiter_backend,
                     t.policy.limiter_fallback,
-                    f.connected(),
-                    f.divisor(),
+                    Some(f.link()),
                 )
+                .mode
             });
             body["limiter"] = json!(mode.map_or("local-share", |m| m.as_str()));
         }

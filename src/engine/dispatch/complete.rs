@@ -58,12 +58,25 @@ impl Dispatcher {
         outcome: &Outcome,
         latency: Duration,
     ) -> Result<Verdict, MessageError> {
+        self.complete_classified(now, id, outcome, classify(outcome), latency)
+    }
+
+    /// [`Dispatcher::complete`] for a caller that has classified `outcome`
+    /// already (`class` is `classify(outcome)`): the agent classifies each
+    /// attempt once and hands the answer to everyone who needs it.
+    pub fn complete_classified(
+        &mut self,
+        now: Instant,
+        id: u64,
+        outcome: &Outcome,
+        class: Option<Classification>,
+        latency: Duration,
+    ) -> Result<Verdict, MessageError> {
         let f = self
             .in_flight
             .remove(&id)
             .ok_or(MessageError::NotInFlight(id))?;
         let tier = self.index_of(f.tier_key);
-        let class = classify(outcome);
         self.settle(now, &f, class.as_ref(), outcome, latency);
         let InFlight {
             tier_key, permit, ..

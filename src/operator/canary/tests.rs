@@ -584,18 +584,7 @@ fn next_check_is_the_sooner_of_analysis_and_pause() {
 }
 
 #[test]
-fn partition_split_examples() {
-    assert_eq!(partition_split(64, 10), (6, 58));
-    assert_eq!(partition_split(64, 50), (32, 32));
-    assert_eq!(partition_split(64, 100), (64, 0));
-    assert_eq!(partition_split(64, 0), (0, 64));
-    assert_eq!(partition_split(10, 1), (1, 9));
-    assert_eq!(partition_split(10, 99), (9, 1));
-    assert_eq!(partition_split(2, 1), (1, 1));
-    assert_eq!(partition_split(1, 49), (0, 1));
-    assert_eq!(partition_split(1, 50), (1, 0));
-    assert_eq!(partition_split(0, 50), (0, 0));
-    assert_eq!(partition_split(7, 250), (7, 0));
+fn canary_replicas_examples() {
     assert_eq!(canary_replicas(3, 10), 1);
     assert_eq!(canary_replicas(3, 50), 2);
     assert_eq!(canary_replicas(3, 100), 3);
@@ -603,25 +592,6 @@ fn partition_split_examples() {
 }
 
 proptest! {
-    #[test]
-    fn partition_split_is_exact(partitions in 0u32..5000, weight in 0u32..150) {
-        let (c, s) = partition_split(partitions, weight);
-        prop_assert_eq!(c + s, partitions);
-        if partitions >= 2 && weight > 0 && weight < 100 {
-            prop_assert!(c >= 1 && s >= 1);
-        }
-        if weight == 0 { prop_assert_eq!(c, 0); }
-        if weight >= 100 { prop_assert_eq!(s, 0); }
-        // Within half a partition of the exact share, unless clamped.
-        let exact = f64::from(partitions) * f64::from(weight.min(100)) / 100.0;
-        if c > 1 && s > 1 {
-            prop_assert!((f64::from(c) - exact).abs() <= 0.5 + 1e-9);
-        }
-        // More weight never gives the canary fewer partitions.
-        let (c2, _) = partition_split(partitions, weight + 1);
-        prop_assert!(c2 >= c);
-    }
-
     #[test]
     fn canary_replicas_stay_in_bounds(replicas in 0u32..200, weight in 0u32..150) {
         let n = canary_replicas(replicas, weight);

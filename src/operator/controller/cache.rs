@@ -15,7 +15,11 @@
 //! before the trimming, and the allocator keeps what the largest page took.
 //!
 //! Invariant: what is dropped here is never read from a cache.
+//!
+//! Also where every watch and list looks: the watched namespace, or all
+//! ([`api_for`]).
 
+use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use kube::api::Api;
@@ -61,6 +65,17 @@ pub(crate) async fn stable_template(
         .get_opt(name)
         .await?
         .and_then(|d| d.spec.map(|s| s.template)))
+}
+
+/// The API of `K` in the watched namespace, or in all of them.
+pub(super) fn api_for<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
 }
 
 #[cfg(test)]

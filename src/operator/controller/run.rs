@@ -6,40 +6,27 @@ use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use futures::StreamExt;
 use futures::channel::mpsc;
-use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{
-    ConfigMap, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
-};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::Client;
 use kube::api::{Api, ListParams};
-use kube::core::PartialObjectMeta;
-use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::watcher::{self, Event as WatchEvent};
-use kube::{Client, Resource, ResourceExt};
-use serde::de::DeserializeOwned;
+use kube::runtime::reflector::{self};
 use tokio::sync::watch;
 
-use crate::api::{CircuitPolicy, DegradationProfile, DeliveryTier, RateLimitPolicy};
+use crate::api::DeliveryTier;
 use crate::operator::context::{Context, Settings, Stores};
-use crate::operator::desired::OperatorOptions;
 use crate::operator::error::Result;
 use crate::operator::health_client::HttpHealth;
-use crate::operator::index::{RefKind, TierIndex};
+use crate::operator::index::TierIndex;
+use crate::operator::inputs::OperatorOptions;
 use crate::operator::leader::{Elector, HoldOutcome, LeaseConfig};
 use crate::operator::metrics::{Metrics, Readiness};
-use crate::operator::names;
 
-use super::cache;
+use super::cache::api_for;
+use super::watch::{Writers, spawn_watches, tier_events};
 use super::write::sync_policy_statuses;
-use super::{
-    MANAGED_SELECTOR, error_policy, owning_tier, reconcile, tier_predicate, tiers_for, write,
-};
+use super::{error_policy, reconcile, write};
 
 /// How `herald operator` runs.
 #[derive(Clone, Debug)]
@@ -75,16 +62,6 @@ pub enum RunError {
     LostLease,
 }
 
-fn api_for<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
-}
-
 /// The startup guard: list DeliveryTiers with `limit=1`. A 404 means the
 /// CRD is not installed; say how to install it instead of crash-looping
 /// on watch errors.
@@ -117,184 +94,6 @@ pub async fn prime_index(
     }
     write(index).reset_tiers(all.iter());
     Ok(all.len())
-}
-
-type Trigger = mpsc::UnboundedSender<ObjectRef<DeliveryTier>>;
-
-fn send_all(tx: &Trigger, refs: impl IntoIterator<Item = ObjectRef<DeliveryTier>>) {
-    for r in refs {
-        // Closed only while shutting down.
-        let _ = tx.unbounded_send(r);
-    }
-}
-
-/// Index maintenance and triggers for a referenced kind (policies and
-/// Secrets), from its watch events. A policy triggers its tiers only when
-/// its generation changed (not on its own status writes); a Secret on any
-/// change (it has no generation, and a rotation must roll pods).
-struct RefWatch {
-    kind: RefKind,
-    seen: std::collections::HashMap<(String, String), Option<i64>>,
-    listed_once: bool,
-}
-
-impl RefWatch {
-    fn new(kind: RefKind) -> Self {
-        RefWatch {
-            kind,
-            seen: Default::default(),
-            listed_once: false,
-        }
-    }
-
-    fn on_event<K: Resource>(
-        &mut self,
-        ev: &WatchEvent<K>,
-        store: &[(String, String)],
-        ctx: &Context,
-        tx: &Trigger,
-    ) {
-        let id = |o: &K| {
-            (
-                o.meta().namespace.clone().unwrap_or_default(),
-                o.meta().name.clone().unwrap_or_default(),
-            )
-        };
-        let uses_generation = self.kind != RefKind::Secret;
-        match ev {
-            WatchEvent::Apply(o) | WatchEvent::InitApply(o) => {
-                let (ns, name) = id(o);
-                write(&ctx.index).apply_policy(self.kind, &ns, &name);
-                let generation = if uses_generation {
-                    o.meta().generation
-                } else {
-                    None
-                };
-                let previous = self.seen.insert((ns.clone(), name.clone()), generation);
-                let changed = !uses_generation || previous != Some(generation);
-                // During the first list the controller is not running yet.
-                let live = matches!(ev, WatchEvent::Apply(_)) || self.listed_once;
-                if changed && live {
-                    send_all(tx, tiers_for(&ctx.index, self.kind, &ns, &name));
-                }
-                // A policy's status carries its observedGeneration.
-                if uses_generation && changed {
-                    ctx.policy_status_dirty.notify_one();
-                }
-            }
-            WatchEvent::Delete(o) => {
-                let (ns, name) = id(o);
-                write(&ctx.index).delete_policy(self.kind, &ns, &name);
-                self.seen.remove(&(ns.clone(), name.clone()));
-                send_all(tx, tiers_for(&ctx.index, self.kind, &ns, &name));
-            }
-            WatchEvent::Init => {}
-            WatchEvent::InitDone => {
-                write(&ctx.index).reset_policies(
-                    self.kind,
-                    store.iter().map(|(n, m)| (n.as_str(), m.as_str())),
-                );
-                self.seen
-                    .retain(|k, _| store.iter().any(|(n, m)| (n, m) == (&k.0, &k.1)));
-                self.listed_once = true;
-                ctx.policy_status_dirty.notify_one();
-            }
-        }
-    }
-}
-
-fn ids<K: Resource>(objs: Vec<Arc<K>>) -> Vec<(String, String)> {
-    objs.iter()
-        .map(|o| {
-            (
-                o.meta().namespace.clone().unwrap_or_default(),
-                o.meta().name.clone().unwrap_or_default(),
-            )
-        })
-        .collect()
-}
-
-/// Reflect a referenced kind into its store, keeping the index and firing
-/// triggers. Runs until the task is aborted.
-fn spawn_ref_watch<K>(
-    api: Api<K>,
-    writer: reflector::store::Writer<K>,
-    kind: RefKind,
-    ctx: Arc<Context>,
-    tx: Trigger,
-) -> tokio::task::JoinHandle<()>
-where
-    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
-{
-    let reader = writer.as_reader();
-    tokio::spawn(async move {
-        let mut w = RefWatch::new(kind);
-        let stream = watcher::watcher(api, cache::watch_config())
-            .default_backoff()
-            .modify(cache::slim)
-            .reflect(writer);
-        futures::pin_mut!(stream);
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(ev) => {
-                    let state = if matches!(ev, WatchEvent::InitDone) {
-                        ids(reader.state())
-                    } else {
-                        Vec::new()
-                    };
-                    w.on_event(&ev, &state, &ctx, &tx);
-                }
-                Err(e) => {
-                    tracing::warn!(kind = kind.as_str(), error = %e, "watch failed; retrying")
-                }
-            }
-        }
-    })
-}
-
-/// Watch a kind of child: keep its store (when given), and when one
-/// changes mark its tier for re-apply and trigger it.
-fn spawn_child_watch<K>(
-    api: Api<K>,
-    writer: Option<reflector::store::Writer<K>>,
-    slim: fn(&mut K),
-    ctx: Arc<Context>,
-    tx: Trigger,
-) -> tokio::task::JoinHandle<()>
-where
-    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
-{
-    let kind = K::kind(&()).into_owned();
-    tokio::spawn(async move {
-        let wc = cache::watch_config().labels(MANAGED_SELECTOR);
-        let events = watcher::watcher(api, wc).default_backoff().modify(slim);
-        let on_child = |o: &K| {
-            if let Some(t) = owning_tier(o.meta()) {
-                ctx.mark_dirty(t.clone());
-                send_all(&tx, [t]);
-            }
-        };
-        let on_item = |item: std::result::Result<WatchEvent<K>, watcher::Error>| match item {
-            Ok(WatchEvent::Apply(o) | WatchEvent::Delete(o)) => on_child(&o),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(kind = %kind, error = %e, "watch failed; retrying"),
-        };
-        match writer {
-            Some(w) => {
-                let s = events.reflect(w);
-                futures::pin_mut!(s);
-                while let Some(item) = s.next().await {
-                    on_item(item);
-                }
-            }
-            None => {
-                futures::pin_mut!(events);
-                while let Some(item) = events.next().await {
-                    on_item(item);
-                }
-            }
-        }
-    })
 }
 
 /// Wait for every store, logging while any is cold, or until `stop`.
@@ -399,6 +198,8 @@ pub async fn run(
     Ok(())
 }
 
+/// The controller proper, as the leader (or the only replica) runs it:
+/// a short list of steps, each one function below.
 async fn run_controller(
     client: Client,
     cfg: &RunConfig,
@@ -408,203 +209,29 @@ async fn run_controller(
     stopping: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), RunError> {
     let ns = cfg.namespace.as_deref();
+    // 1. Index the tiers there are, before any mapper asks the index.
     let index = Arc::new(RwLock::new(TierIndex::new()));
     let tiers_api: Api<DeliveryTier> = api_for(&client, ns);
     let primed = prime_index(&tiers_api, &index).await?;
     tracing::info!(tiers = primed, "indexed the existing tiers");
-
-    // The controller's own tier store. Not waited for below: the controller
-    // fills it from its stream, and a pass runs only for a tier found in
-    // it, which the first list puts there all at once (the reflector swaps
-    // a whole list in) — so a pass always sees every listed tier.
-    let tier_writer: reflector::store::Writer<DeliveryTier> = Default::default();
-    let tier_reader = tier_writer.as_reader();
-    let (rl_store, rl_writer) = reflector::store();
-    let (cp_store, cp_writer) = reflector::store();
-    let (dp_store, dp_writer) = reflector::store();
-    let (secret_store, secret_writer) = reflector::store();
-    let (pod_store, pod_writer) = reflector::store();
-    let (dep_store, dep_writer) = reflector::store();
-    let (pdb_store, pdb_writer) = reflector::store();
-    let stores = Stores {
-        tiers: tier_reader.clone(),
-        rate_limits: rl_store,
-        circuits: cp_store,
-        degradations: dp_store,
-        secrets: secret_store,
-        pods: pod_store,
-        deployments: dep_store,
-        pdbs: pdb_store,
-    };
-    let health = HttpHealth::new(
-        crate::operator::agent_config::HTTP_PORT,
-        cfg.settings.health_timeout,
-    )
-    .map_err(|e| RunError::HealthClient(e.to_string()))?;
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        stores.clone(),
-        index.clone(),
-        cfg.options.clone(),
-        cfg.settings.clone(),
-        Arc::new(health),
-        metrics,
-        cfg.instance.clone(),
-    ));
-
+    // 2. Empty caches, and the context every pass reads.
+    let (stores, tier_writer, writers) = caches();
+    let ctx = context(&client, cfg, stores.clone(), index, metrics)?;
+    // 3. Watch what tiers reference and what they own, into the caches.
     let (tx, rx) = mpsc::unbounded();
-    let mut tasks = vec![
-        spawn_ref_watch::<RateLimitPolicy>(
-            api_for(&client, ns),
-            rl_writer,
-            RefKind::RateLimitPolicy,
-            ctx.clone(),
-            tx.clone(),
-        ),
-        spawn_ref_watch::<CircuitPolicy>(
-            api_for(&client, ns),
-            cp_writer,
-            RefKind::CircuitPolicy,
-            ctx.clone(),
-            tx.clone(),
-        ),
-        spawn_ref_watch::<DegradationProfile>(
-            api_for(&client, ns),
-            dp_writer,
-            RefKind::DegradationProfile,
-            ctx.clone(),
-            tx.clone(),
-        ),
-        spawn_ref_watch::<PartialObjectMeta<Secret>>(
-            api_for(&client, ns),
-            secret_writer,
-            RefKind::Secret,
-            ctx.clone(),
-            tx.clone(),
-        ),
-        spawn_child_watch::<Deployment>(
-            api_for(&client, ns),
-            Some(dep_writer),
-            cache::slim_deployment,
-            ctx.clone(),
-            tx.clone(),
-        ),
-        spawn_child_watch::<PodDisruptionBudget>(
-            api_for(&client, ns),
-            Some(pdb_writer),
-            cache::slim,
-            ctx.clone(),
-            tx.clone(),
-        ),
-        spawn_child_watch::<PartialObjectMeta<ConfigMap>>(
-            api_for(&client, ns),
-            None,
-            cache::slim,
-            ctx.clone(),
-            tx.clone(),
-        ),
-        spawn_child_watch::<PartialObjectMeta<Service>>(
-            api_for(&client, ns),
-            None,
-            cache::slim,
-            ctx.clone(),
-            tx.clone(),
-        ),
-        spawn_child_watch::<PartialObjectMeta<ServiceAccount>>(
-            api_for(&client, ns),
-            None,
-            cache::slim,
-            ctx.clone(),
-            tx.clone(),
-        ),
-        spawn_child_watch::<PartialObjectMeta<Role>>(
-            api_for(&client, ns),
-            None,
-            cache::slim,
-            ctx.clone(),
-            tx.clone(),
-        ),
-        spawn_child_watch::<PartialObjectMeta<RoleBinding>>(
-            api_for(&client, ns),
-            None,
-            cache::slim,
-            ctx.clone(),
-            tx.clone(),
-        ),
-        spawn_child_watch::<PartialObjectMeta<PersistentVolumeClaim>>(
-            api_for(&client, ns),
-            None,
-            cache::slim,
-            ctx.clone(),
-            tx.clone(),
-        ),
-    ];
-    // Agent pods: a cache only (their readiness reaches the tier through
-    // its Deployment's status).
-    let pods_api: Api<Pod> = api_for(&client, ns);
-    tasks.push(tokio::spawn(async move {
-        let wc = cache::watch_config().labels(&format!(
-            "{},{}=herald",
-            MANAGED_SELECTOR,
-            names::LABEL_NAME
-        ));
-        watcher::watcher(pods_api, wc)
-            .default_backoff()
-            .modify(cache::slim)
-            .reflect(pod_writer)
-            .for_each(|r| async move {
-                if let Err(e) = r {
-                    tracing::warn!(error = %e, "pod watch failed; retrying");
-                }
-            })
-            .await;
-    }));
-
+    let mut tasks = spawn_watches(&client, ns, writers, &ctx, &tx);
+    // 4. Nothing reads a cache before it is warm.
     if !wait_for_caches(&stores, &mut stop_rx).await {
-        for t in &tasks {
-            t.abort();
-        }
+        abort_all(&tasks);
         return Ok(());
     }
     ready.set(true);
     tracing::info!("caches warm; reconciling");
-
-    // Policies' usedBy: recomputed when the index changes, debounced.
-    {
-        let ctx = ctx.clone();
-        let resync = cfg.settings.resync;
-        tasks.push(tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = ctx.policy_status_dirty.notified() => {}
-                    _ = tokio::time::sleep(resync) => {}
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                if let Err(e) = sync_policy_statuses(&ctx).await {
-                    tracing::warn!(error = %e, "writing policy status failed");
-                }
-            }
-        }));
-    }
-
-    let tiers = {
-        let ctx = ctx.clone();
-        let tx = tx.clone();
-        let reader = tier_reader.clone();
-        watcher::watcher(tiers_api, cache::watch_config())
-            .default_backoff()
-            .modify(cache::slim)
-            .reflect(tier_writer)
-            .map_ok(move |ev| {
-                on_tier_event(&ev, &reader, &ctx, &tx);
-                ev
-            })
-            .applied_objects()
-            .predicate_filter(tier_predicate, Default::default())
-    };
-    drop(tx);
-
-    Controller::for_stream(tiers, tier_reader)
+    // 5. Keep the policies' usedBy.
+    tasks.push(spawn_policy_status_sync(ctx.clone(), cfg.settings.resync));
+    // 6. Reconcile tiers until stopping.
+    let tiers = tier_events(tiers_api, tier_writer, stores.tiers.clone(), &ctx, tx);
+    Controller::for_stream(tiers, stores.tiers)
         .reconcile_on(rx)
         .with_config(
             ControllerConfig::default()
@@ -612,170 +239,99 @@ async fn run_controller(
                 .debounce(Duration::from_millis(500)),
         )
         .graceful_shutdown_on(stopping)
-        .run(reconcile, error_policy, ctx.clone())
+        .run(reconcile, error_policy, ctx)
         .for_each(|r| async move {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "controller");
             }
         })
         .await;
-    for t in &tasks {
-        t.abort();
-    }
+    abort_all(&tasks);
     tracing::info!("controller stopped");
     Ok(())
 }
 
-/// Keep the index in step with the tier watch, forget deleted tiers, and
-/// wake the tiers that deliver through a tier that appeared, changed its
-/// spec, or went away (their configs hold its spec).
-fn on_tier_event(
-    ev: &WatchEvent<DeliveryTier>,
-    reader: &Store<DeliveryTier>,
-    ctx: &Context,
-    tx: &Trigger,
-) {
-    match ev {
-        WatchEvent::Apply(t) | WatchEvent::InitApply(t) => {
-            let ns = t.namespace().unwrap_or_default();
-            let name = t.name_any();
-            let changed = write(&ctx.index).apply_tier(t);
-            if changed {
-                send_all(tx, tiers_for(&ctx.index, RefKind::DeliveryTier, &ns, &name));
-            }
-            ctx.policy_status_dirty.notify_one();
-        }
-        WatchEvent::Delete(t) => {
-            let ns = t.namespace().unwrap_or_default();
-            let name = t.name_any();
-            write(&ctx.index).delete_tier(&ns, &name);
-            ctx.forget_tier(&ObjectRef::from_obj(t));
-            send_all(tx, tiers_for(&ctx.index, RefKind::DeliveryTier, &ns, &name));
-            ctx.policy_status_dirty.notify_one();
-        }
-        WatchEvent::Init => {}
-        WatchEvent::InitDone => {
-            let all = reader.state();
-            write(&ctx.index).reset_tiers(all.iter().map(|t| t.as_ref()));
-            ctx.policy_status_dirty.notify_one();
-        }
-    }
+/// Empty caches with their writers. The controller's own tier store is
+/// not waited for: the controller fills it from its stream, and a pass
+/// runs only for a tier found in it, which the first list puts there all
+/// at once (the reflector swaps a whole list in) — so a pass always sees
+/// every listed tier.
+fn caches() -> (Stores, reflector::store::Writer<DeliveryTier>, Writers) {
+    let tier_writer: reflector::store::Writer<DeliveryTier> = Default::default();
+    let (rate_limits, rl_writer) = reflector::store();
+    let (circuits, cp_writer) = reflector::store();
+    let (degradations, dp_writer) = reflector::store();
+    let (secrets, secret_writer) = reflector::store();
+    let (pods, pod_writer) = reflector::store();
+    let (deployments, dep_writer) = reflector::store();
+    let (pdbs, pdb_writer) = reflector::store();
+    let stores = Stores {
+        tiers: tier_writer.as_reader(),
+        rate_limits,
+        circuits,
+        degradations,
+        secrets,
+        pods,
+        deployments,
+        pdbs,
+    };
+    let writers = Writers {
+        rate_limits: rl_writer,
+        circuits: cp_writer,
+        degradations: dp_writer,
+        secrets: secret_writer,
+        pods: pod_writer,
+        deployments: dep_writer,
+        pdbs: pdb_writer,
+    };
+    (stores, tier_writer, writers)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::super::read;
-    use super::*;
-    use crate::operator::context::empty_stores;
-    use crate::operator::health_client::HttpHealth;
-    use serde_json::json;
+/// What every pass reads: the client, the caches, the index, the options
+/// and settings, the agents' health client and the metrics.
+fn context(
+    client: &Client,
+    cfg: &RunConfig,
+    stores: Stores,
+    index: Arc<RwLock<TierIndex>>,
+    metrics: Metrics,
+) -> Result<Arc<Context>, RunError> {
+    let health = HttpHealth::new(
+        crate::operator::agent_config::HTTP_PORT,
+        cfg.settings.health_timeout,
+    )
+    .map_err(|e| RunError::HealthClient(e.to_string()))?;
+    Ok(Arc::new(Context::new(
+        client.clone(),
+        stores,
+        index,
+        cfg.options.clone(),
+        cfg.settings.clone(),
+        Arc::new(health),
+        metrics,
+        cfg.instance.clone(),
+    )))
+}
 
-    async fn ctx() -> Context {
-        let client = kube_fake_client::ClientBuilder::new()
-            .build()
-            .await
-            .unwrap();
-        Context::new(
-            client,
-            empty_stores(),
-            Arc::new(RwLock::new(TierIndex::new())),
-            OperatorOptions::new("herald:test"),
-            Settings::default(),
-            Arc::new(HttpHealth::new(8080, Duration::from_secs(1)).unwrap()),
-            Metrics::new(),
-            None,
-        )
-    }
-
-    fn tier(name: &str, spec: serde_json::Value) -> DeliveryTier {
-        serde_json::from_value(json!({
-            "apiVersion": "herald.dev/v1alpha1", "kind": "DeliveryTier",
-            "metadata": {"name": name, "namespace": "ns"}, "spec": spec,
-        }))
-        .unwrap()
-    }
-
-    fn policy(generation: i64) -> RateLimitPolicy {
-        serde_json::from_value(json!({
-            "apiVersion": "herald.dev/v1alpha1", "kind": "RateLimitPolicy",
-            "metadata": {"name": "bot", "namespace": "ns", "generation": generation},
-            "spec": {},
-        }))
-        .unwrap()
-    }
-
-    fn drain(rx: &mut mpsc::UnboundedReceiver<ObjectRef<DeliveryTier>>) -> Vec<String> {
-        let mut out = Vec::new();
-        while let Ok(r) = rx.try_recv() {
-            out.push(r.name);
+/// Policies' usedBy: recomputed when the index changes (debounced by a
+/// second) and at every resync.
+fn spawn_policy_status_sync(ctx: Arc<Context>, resync: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = ctx.policy_status_dirty.notified() => {}
+                _ = tokio::time::sleep(resync) => {}
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if let Err(e) = sync_policy_statuses(&ctx).await {
+                tracing::warn!(error = %e, "writing policy status failed");
+            }
         }
-        out
-    }
+    })
+}
 
-    #[tokio::test]
-    async fn a_policy_wakes_its_tiers_on_spec_changes_only() {
-        let ctx = ctx().await;
-        write(&ctx.index).apply_tier(&tier(
-            "a",
-            json!({"channel": "spool", "spool": {"path": "/s"}, "rateLimitPolicyRef": {"name": "bot"}}),
-        ));
-        let (tx, mut rx) = mpsc::unbounded();
-        let mut w = RefWatch::new(RefKind::RateLimitPolicy);
-        let listed = vec![("ns".to_owned(), "bot".to_owned())];
-        // The first list fills the index; the controller is not running yet.
-        w.on_event(&WatchEvent::<RateLimitPolicy>::Init, &[], &ctx, &tx);
-        w.on_event(&WatchEvent::InitApply(policy(1)), &[], &ctx, &tx);
-        w.on_event(&WatchEvent::<RateLimitPolicy>::InitDone, &listed, &ctx, &tx);
-        assert!(drain(&mut rx).is_empty());
-        assert!(read(&ctx.index).contains(RefKind::RateLimitPolicy, "ns", "bot"));
-        // Its own status write (same generation): nothing to do.
-        w.on_event(&WatchEvent::Apply(policy(1)), &[], &ctx, &tx);
-        assert!(drain(&mut rx).is_empty());
-        // A spec edit, then a deletion: the tier is woken each time.
-        w.on_event(&WatchEvent::Apply(policy(2)), &[], &ctx, &tx);
-        assert_eq!(drain(&mut rx), vec!["a"]);
-        w.on_event(&WatchEvent::Delete(policy(2)), &[], &ctx, &tx);
-        assert_eq!(drain(&mut rx), vec!["a"]);
-        assert!(!read(&ctx.index).contains(RefKind::RateLimitPolicy, "ns", "bot"));
-    }
-
-    #[tokio::test]
-    async fn a_tier_appearing_or_changing_wakes_the_tiers_that_deliver_through_it() {
-        let ctx = ctx().await;
-        let (tx, mut rx) = mpsc::unbounded();
-        let (reader, _writer) = reflector::store::<DeliveryTier>();
-        let main = tier(
-            "main",
-            json!({"channel": "spool", "spool": {"path": "/s"}, "fallbackTiers": ["spare"]}),
-        );
-        on_tier_event(&WatchEvent::Apply(main.clone()), &reader, &ctx, &tx);
-        assert!(drain(&mut rx).is_empty());
-        let spare = tier(
-            "spare",
-            json!({"channel": "spool", "spool": {"path": "/s"}}),
-        );
-        on_tier_event(&WatchEvent::Apply(spare.clone()), &reader, &ctx, &tx);
-        assert_eq!(drain(&mut rx), vec!["main"]);
-        // A write that leaves the spec alone (its status) is no news to the
-        // others; a spec edit is: their configs hold the spec.
-        on_tier_event(&WatchEvent::Apply(spare.clone()), &reader, &ctx, &tx);
-        assert!(drain(&mut rx).is_empty());
-        let mut edited = spare.clone();
-        edited.metadata.generation = Some(2);
-        on_tier_event(&WatchEvent::Apply(edited), &reader, &ctx, &tx);
-        assert_eq!(drain(&mut rx), vec!["main"]);
-        // So is an edit of a tier reached only through another one, once a
-        // pass recorded the reach.
-        write(&ctx.index).set_reach("ns", "main", ["spare".into(), "last".into()].into());
-        let mut last = tier("last", json!({"channel": "spool", "spool": {"path": "/s"}}));
-        last.metadata.generation = Some(1);
-        on_tier_event(&WatchEvent::Apply(last.clone()), &reader, &ctx, &tx);
-        assert_eq!(drain(&mut rx), vec!["main"]);
-        last.metadata.generation = Some(2);
-        on_tier_event(&WatchEvent::Apply(last), &reader, &ctx, &tx);
-        assert_eq!(drain(&mut rx), vec!["main"]);
-        on_tier_event(&WatchEvent::Delete(spare), &reader, &ctx, &tx);
-        assert_eq!(drain(&mut rx), vec!["main"]);
-        assert!(!read(&ctx.index).contains(RefKind::DeliveryTier, "ns", "spare"));
+fn abort_all(tasks: &[tokio::task::JoinHandle<()>]) {
+    for t in tasks {
+        t.abort();
     }
 }

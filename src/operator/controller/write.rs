@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::api::{CircuitPolicy, DegradationProfile, DeliveryTier, RateLimitPolicy};
+use crate::operator::condition::truncate;
 use crate::operator::context::Context;
 use crate::operator::desired::{ChildKind, DesiredObjects};
 use crate::operator::error::{Error, Result};
@@ -268,17 +269,6 @@ pub(super) async fn publish_about(
         Ok(()) => ctx.metrics.events.with_label_values(&[label]).inc(),
         Err(e) => tracing::warn!(error = %e, reason = %note.reason, "could not publish an event"),
     }
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_owned()
 }
 
 // ---------------------------------------------------------------------------

@@ -1,9 +1,13 @@
 use super::*;
-use crate::agent::secrets::env_var_name;
 use crate::api::delivery_tier::{Channel, StoreSpec};
 use crate::api::refs::SecretKeyRef;
-use crate::operator::agent_config::{SECRET_ENV_PREFIX, SecretRole, secret_refs};
+use crate::api::{CircuitPolicySpec, RateLimitPolicySpec};
+use crate::operator::agent_config::SECRET_ENV_PREFIX;
+use crate::operator::index::RefKind;
+use crate::operator::inputs::{CanaryTrack, otel_env};
+use crate::operator::secrets::{SecretRole, secret_refs};
 use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec, Probe};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use std::path::Path;
@@ -325,7 +329,7 @@ fn secrets_reach_pods_only_through_secret_key_refs() {
         let refs = secret_refs(&t.spec);
         for (_, r) in &refs {
             // Under the name the agent looks it up by.
-            let var = env_var_name(SECRET_ENV_PREFIX, r);
+            let var = r.env_var_name(SECRET_ENV_PREFIX);
             let e = env.iter().find(|e| e.name == var).unwrap();
             assert_eq!(e.value, None);
             let sel = e

@@ -43,10 +43,10 @@ use crate::api::{CircuitPolicy, DegradationProfile, DeliveryTier, RateLimitPolic
 use crate::operator::context::{Clock, Context, Settings, Stores};
 use crate::operator::controller;
 use crate::operator::controller::cache;
-use crate::operator::desired::OperatorOptions;
 use crate::operator::error::Result;
 use crate::operator::health_client::{HealthError, HealthSource, PodTarget};
 use crate::operator::index::{RefKind, TierIndex};
+use crate::operator::inputs::OperatorOptions;
 use crate::operator::metrics::Metrics;
 
 pub const NS: &str = "apps";

@@ -13,8 +13,9 @@
 //! selection holds Redis for as long as it takes (about 10 µs a letter).
 
 use super::keys::{id_hex, parse_id, split_stored};
+use super::reply::redis_error;
 use super::rules::Change;
-use super::store::{RedisStore, redis_error};
+use super::store::RedisStore;
 use super::write::{Fence, Outcome, WRITE_ROUNDS, Write};
 use crate::store::record::{self, MessageId, StoredMessage};
 use crate::store::{DeadFilter, DeadSelection, StoreError};

@@ -19,10 +19,9 @@ use ::redis::Value;
 use ::redis::streams::StreamReadReply;
 
 use super::keys::parse_id;
+use super::reply::{bad_reply, millis, redis_error, reply_bytes, reply_int, reply_text};
 use super::rules::{as_loaded, requeue_interrupted};
-use super::store::{
-    RedisStore, bad_reply, millis, redis_error, reply_bytes, reply_int, reply_text,
-};
+use super::store::RedisStore;
 use super::write::Fence;
 use crate::store::StoreError;
 use crate::store::record::{self, MessageState, StoredMessage};

@@ -17,19 +17,9 @@ use std::time::Instant;
 
 use ::redis::Value;
 
-use super::store::{RedisStore, bad_reply, millis, redis_error, reply_int};
+use super::reply::{bad_reply, millis, redis_error, reply_int};
+use super::store::{Held, RedisStore};
 use crate::store::StoreError;
-
-/// A lease this handle holds.
-#[derive(Clone, Debug)]
-pub(super) struct Held {
-    pub token: u64,
-    /// When this handle must assume the lease is gone unless renewed.
-    pub deadline: Instant,
-    /// Where this handle's feed of the partition stands; `None` until the
-    /// partition is loaded with `pending_in`.
-    pub cursor: Option<String>,
-}
 
 #[derive(Clone, Copy)]
 enum Op {

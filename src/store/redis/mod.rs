@@ -4,8 +4,8 @@
 //! Owns: [`RedisStore`] — the [`crate::store::Store`] contract on a shared
 //! Redis, partition leases with fencing tokens, and the per-partition feed
 //! through which a partition's holder learns of messages any agent accepts.
-//! Leaves to others: which partitions an agent takes (the agent's
-//! rebalancing), scheduling and sending, and the shared rate limiter.
+//! Leaves to others: which partitions an agent takes, and the shared rate
+//! limiter (`crate::fleet`), scheduling and sending (the agent).
 //!
 //! Invariants:
 //! - A chat always maps to one partition ([`partition_of`], FNV-1a of
@@ -45,13 +45,12 @@ mod dead;
 mod feed;
 mod keys;
 mod lease;
-pub mod membership;
 mod options;
 mod queue;
+mod reply;
 mod rules;
 mod scripts;
 pub mod server;
-pub mod shared_limiter;
 mod store;
 mod write;
 

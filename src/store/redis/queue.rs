@@ -21,8 +21,9 @@ use std::time::Duration;
 use ::redis::Value;
 
 use super::keys::{id_hex, parse_id, partition_of, split_stored};
+use super::reply::{bad_reply, millis, redis_error, reply_bytes, reply_int};
 use super::rules::{self, SLOTS, slot_of};
-use super::store::{RedisStore, bad_reply, millis, redis_error, reply_bytes, reply_int};
+use super::store::RedisStore;
 use super::write::Fence;
 use crate::store::record::{self, ChatRef, MessageId, MessageState, NewMessage, StoredMessage};
 use crate::store::{

@@ -1,12 +1,14 @@
-//! The message life cycle as pure functions over records, for the Redis
-//! queue: which transition is allowed from which state, what the new record
-//! is, and how the message moves between the queue's indexes and counters.
+//! The message life cycle for the Redis queue: the shared rules of
+//! `store/lifecycle.rs`, and how each change moves the message between the
+//! queue's indexes and counters.
 //!
-//! Owns: the same rules the embedded store keeps (see `Store`'s transition
-//! rules in `store/mod.rs`), decided in Rust so that the Lua scripts never
-//! parse a record (Lua's JSON numbers are doubles; chat ids and parameters
-//! are not). Leaves to others: reading the record and writing the result
-//! atomically with a version check and the fence (`write.rs`, `transition.lua`).
+//! Owns: the [`Move`] and counter slot of each change, decided in Rust so
+//! that the Lua scripts never parse a record (Lua's JSON numbers are
+//! doubles; chat ids and parameters are not). Leaves to others: which
+//! change is allowed and what the new record is (`lifecycle`, the same
+//! rules the embedded store keeps), reading the record and writing the
+//! result atomically with a version check and the fence (`write.rs`,
+//! `transition.lua`).
 //!
 //! Invariant: a rule either refuses (nothing to write) or answers the whole
 //! new record and its [`Move`]; counters are named by [`slot_of`], so an
@@ -14,6 +16,7 @@
 
 use crate::engine::Priority;
 use crate::store::StoreError;
+use crate::store::lifecycle;
 use crate::store::record::{Attempt, ChatRef, MessageState, StoredMessage};
 
 /// How a written message moves between the queue's indexes; the names are
@@ -90,41 +93,12 @@ pub(super) const SLOTS: [&str; 5] = [
     "in_flight",
 ];
 
-fn require_open(m: &StoredMessage, op: &'static str) -> Result<(), StoreError> {
-    if m.state.is_open() {
-        Ok(())
-    } else {
-        Err(StoreError::InvalidState {
-            id: m.id,
-            state: m.state,
-            op,
-        })
-    }
-}
-
-fn require_dead(m: &StoredMessage) -> Result<(), StoreError> {
-    if m.state == MessageState::DeadLettered {
-        Ok(())
-    } else {
-        Err(StoreError::InvalidState {
-            id: m.id,
-            state: m.state,
-            op: "act on it as a dead letter",
-        })
-    }
-}
-
 pub(super) fn mark_in_flight(
     m: &StoredMessage,
     tier: &str,
     now_ms: u64,
 ) -> Result<Change, StoreError> {
-    require_open(m, "mark in flight")?;
-    let mut new = m.clone();
-    new.state = MessageState::InFlight;
-    new.in_flight_tier = Some(tier.to_owned());
-    new.updated_ms = now_ms;
-    Ok(Change::stay(new))
+    lifecycle::mark_in_flight(m, tier, now_ms).map(Change::stay)
 }
 
 /// `None`: already delivered, nothing to write (a repeated report).
@@ -134,28 +108,13 @@ pub(super) fn record_delivered(
     receipt: &Option<serde_json::Value>,
     now_ms: u64,
 ) -> Result<Option<Change>, StoreError> {
-    if m.state == MessageState::Delivered {
-        return Ok(None);
-    }
-    require_open(m, "record delivery")?;
-    let mut new = m.clone();
-    new.state = MessageState::Delivered;
-    new.attempts.push(Attempt {
-        at_ms: now_ms,
-        tier: tier.to_owned(),
-        outcome: "delivered".into(),
-        error: None,
-    });
-    new.delivered_tier = Some(tier.to_owned());
-    new.in_flight_tier = None;
-    new.next_attempt_ms = None;
-    new.receipt = receipt.clone();
-    new.updated_ms = now_ms;
-    Ok(Some(Change {
-        new: Some(new),
-        moved: Move::Done,
-        score_ms: now_ms,
-    }))
+    Ok(
+        lifecycle::record_delivered(m, tier, receipt, now_ms)?.map(|new| Change {
+            new: Some(new),
+            moved: Move::Done,
+            score_ms: now_ms,
+        }),
+    )
 }
 
 pub(super) fn record_retry(
@@ -163,14 +122,7 @@ pub(super) fn record_retry(
     attempt: &Attempt,
     next_attempt_ms: u64,
 ) -> Result<Change, StoreError> {
-    require_open(m, "schedule a retry")?;
-    let mut new = m.clone();
-    new.state = MessageState::Pending;
-    new.updated_ms = new.updated_ms.max(attempt.at_ms);
-    new.attempts.push(attempt.clone());
-    new.in_flight_tier = None;
-    new.next_attempt_ms = Some(next_attempt_ms);
-    Ok(Change::stay(new))
+    lifecycle::record_retry(m, attempt, next_attempt_ms).map(Change::stay)
 }
 
 pub(super) fn record_dead_letter(
@@ -178,54 +130,33 @@ pub(super) fn record_dead_letter(
     attempt: &Attempt,
     reason: &str,
 ) -> Result<Change, StoreError> {
-    require_open(m, "dead-letter")?;
-    let mut new = m.clone();
-    new.state = MessageState::DeadLettered;
-    new.updated_ms = new.updated_ms.max(attempt.at_ms);
-    new.attempts.push(attempt.clone());
-    new.in_flight_tier = None;
-    new.next_attempt_ms = None;
-    new.dead_reason = Some(reason.to_owned());
     Ok(Change {
-        new: Some(new),
+        new: Some(lifecycle::record_dead_letter(m, attempt, reason)?),
         moved: Move::Dead,
         score_ms: 0,
     })
 }
 
 pub(super) fn readdress(m: &StoredMessage, new_chat: &ChatRef) -> Result<Change, StoreError> {
-    require_open(m, "readdress")?;
-    let mut new = m.clone();
-    new.msg.chat_id = new_chat.clone();
-    Ok(Change::stay(new))
+    lifecycle::readdress(m, new_chat).map(Change::stay)
 }
 
 /// An in-flight message whose sender is gone (the lease changed hands)
 /// becomes pending again; `None` for a message that is not in flight.
 pub(super) fn requeue_interrupted(m: &StoredMessage) -> Option<Change> {
-    (m.state == MessageState::InFlight).then(|| {
-        let mut new = m.clone();
-        new.state = MessageState::Pending;
-        new.in_flight_tier = None;
-        Change::stay(new)
-    })
+    lifecycle::requeue_interrupted(m).map(Change::stay)
 }
 
 pub(super) fn retry_dead(m: &StoredMessage) -> Result<Change, StoreError> {
-    require_dead(m)?;
-    let mut new = m.clone();
-    new.state = MessageState::Pending;
-    new.dead_reason = None;
-    new.next_attempt_ms = None;
     Ok(Change {
-        new: Some(new),
+        new: Some(lifecycle::retry_dead(m)?),
         moved: Move::Revive,
         score_ms: 0,
     })
 }
 
 pub(super) fn purge_dead(m: &StoredMessage) -> Result<Change, StoreError> {
-    require_dead(m)?;
+    lifecycle::require_dead(m)?;
     Ok(Change {
         new: None,
         moved: Move::Purge,
@@ -235,12 +166,8 @@ pub(super) fn purge_dead(m: &StoredMessage) -> Result<Change, StoreError> {
 
 /// How a loaded message is shown to a new holder: in-flight is pending,
 /// because whoever had it in flight was interrupted.
-pub(super) fn as_loaded(mut m: StoredMessage) -> StoredMessage {
-    if m.state == MessageState::InFlight {
-        m.state = MessageState::Pending;
-        m.in_flight_tier = None;
-    }
-    m
+pub(super) fn as_loaded(m: StoredMessage) -> StoredMessage {
+    lifecycle::requeue_interrupted(&m).unwrap_or(m)
 }
 
 #[cfg(test)]

@@ -1,11 +1,11 @@
 //! The Redis queue handle: connecting, checking the server and the queue's
-//! layout, and the plumbing every operation shares (connections, error
-//! mapping, reply parsing).
+//! layout, and the state every operation shares (connections, keys, the
+//! leases this handle holds).
 //!
 //! Owns: [`RedisStore`] and its shared state. Leaves to siblings: leases
 //! (`lease.rs`), reads and writes of one message (`write.rs`), loading and
 //! following partitions (`feed.rs`), the `Store` methods (`queue.rs`,
-//! `dead.rs`).
+//! `dead.rs`), error mapping and reply parsing (`reply.rs`).
 //!
 //! Invariant: nothing here keeps, logs or shows the connection URL; errors
 //! from the client are reduced to their kind and the server's message.
@@ -13,14 +13,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{ErrorKind, RedisError, ServerErrorKind, Value};
 
 use super::keys::{self, Keys};
-use super::lease::Held;
 use super::options::{Durability, RedisOptions};
+use super::reply::{millis, redis_error};
 use super::scripts::Scripts;
 use crate::store::StoreError;
 use crate::store::record::ChatRef;
@@ -59,6 +58,17 @@ pub(super) struct Inner {
     /// The leases this handle holds, by partition.
     pub leases: Mutex<BTreeMap<u32, Held>>,
     pub scripts: Scripts,
+}
+
+/// A lease this handle holds.
+#[derive(Clone, Debug)]
+pub(super) struct Held {
+    pub token: u64,
+    /// When this handle must assume the lease is gone unless renewed.
+    pub deadline: Instant,
+    /// Where this handle's feed of the partition stands; `None` until the
+    /// partition is loaded with `pending_in`.
+    pub cursor: Option<String>,
 }
 
 impl fmt::Debug for RedisStore {
@@ -266,63 +276,6 @@ fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
 fn parse_version(text: &str) -> (u64, u64) {
     let mut parts = text.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
-}
-
-pub(super) fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// A client error as a store error: lost connections, timeouts and a
-/// server that is still loading its data are `Unavailable` (try again
-/// later); anything else is `Storage`. Keeps the client's text, which names
-/// the failure but never the URL or its password.
-pub(super) fn redis_error(e: RedisError) -> StoreError {
-    let text: String = e.to_string().chars().take(300).collect();
-    let transient = e.is_io_error()
-        || e.is_timeout()
-        || e.is_connection_dropped()
-        || e.is_connection_refusal()
-        || matches!(
-            e.kind(),
-            ErrorKind::Server(
-                ServerErrorKind::BusyLoading
-                    | ServerErrorKind::TryAgain
-                    | ServerErrorKind::MasterDown
-                    | ServerErrorKind::ClusterDown
-            )
-        );
-    if transient {
-        StoreError::Unavailable(text)
-    } else {
-        StoreError::Storage(text)
-    }
-}
-
-/// Reply parsing for the scripts' mixed arrays.
-pub(super) fn reply_int(v: &Value) -> Option<i64> {
-    match v {
-        Value::Int(n) => Some(*n),
-        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
-        Value::SimpleString(s) => s.parse().ok(),
-        _ => None,
-    }
-}
-
-pub(super) fn reply_bytes(v: &Value) -> Option<&[u8]> {
-    match v {
-        Value::BulkString(b) => Some(b),
-        Value::SimpleString(s) => Some(s.as_bytes()),
-        _ => None,
-    }
-}
-
-pub(super) fn reply_text(v: &Value) -> Option<String> {
-    reply_bytes(v).and_then(|b| String::from_utf8(b.to_vec()).ok())
-}
-
-/// A script answered something it never answers: a bug or a foreign key.
-pub(super) fn bad_reply(script: &str) -> StoreError {
-    StoreError::Inconsistent(format!("unexpected answer from the {script} script"))
 }
 
 #[cfg(test)]

@@ -15,8 +15,9 @@
 use ::redis::Value;
 
 use super::keys::id_hex;
+use super::reply::{bad_reply, redis_error, reply_int};
 use super::rules::{Change, slot_of};
-use super::store::{RedisStore, bad_reply, redis_error, reply_int};
+use super::store::RedisStore;
 use crate::store::StoreError;
 use crate::store::record::{self, MessageId, StoredMessage};
 

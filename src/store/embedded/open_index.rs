@@ -17,8 +17,8 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use super::record::{MessageId, MessageState, StoredMessage};
 use crate::engine::Priority;
+use crate::store::record::{MessageId, MessageState, StoredMessage};
 
 /// How a committed transaction changed the set of open messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

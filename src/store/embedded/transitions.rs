@@ -1,10 +1,11 @@
 //! Every state change of the embedded store, applied inside one redb write
 //! transaction.
 //!
-//! Owns the rules of the message life cycle (which transition is allowed
-//! from which state) and the upkeep of the indexes and counters. Leaves to
-//! `groupcommit` when transactions begin and commit, and to `layout` what
-//! the tables are.
+//! Owns the upkeep of the indexes and counters as records change. Leaves
+//! to `lifecycle` which change is allowed from which state and what the
+//! new record is (the rules the Redis store keeps too), to `groupcommit`
+//! when transactions begin and commit, and to `layout` what the tables
+//! are.
 //!
 //! Invariants: an operation either refuses before writing anything (a
 //! refusal, see [`StoreError::is_refusal`]) or writes all of its change; every
@@ -22,9 +23,12 @@ use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::layout::{self, SLOTS};
 use super::open_index::OpenChange;
-use super::record::{self, Attempt, ChatRef, MessageId, MessageState, NewMessage, StoredMessage};
-use super::{Accepted, CleanupCounts, DeadFilter, DeadSelection, StoreError};
 use crate::engine::Priority;
+use crate::store::lifecycle;
+use crate::store::record::{
+    self, Attempt, ChatRef, MessageId, MessageState, NewMessage, StoredMessage,
+};
+use crate::store::{Accepted, CleanupCounts, DeadFilter, DeadSelection, StoreError};
 
 /// How many records one `cleanup` call removes at most, so a large backlog
 /// of expired records cannot stall the writer (and every accept) for long.
@@ -227,25 +231,10 @@ impl<'txn> Tables<'txn> {
         now_ms: u64,
     ) -> Result<(), StoreError> {
         let old = self.get(id)?;
-        if old.state == MessageState::Delivered {
+        let Some(new) = lifecycle::record_delivered(&old, &tier, &receipt, now_ms)? else {
             return Ok(());
-        }
-        require_open(&old, "record delivery")?;
-        let before = Indexed::of(&old);
-        let mut new = old;
-        new.state = MessageState::Delivered;
-        new.attempts.push(Attempt {
-            at_ms: now_ms,
-            tier: tier.clone(),
-            outcome: "delivered".into(),
-            error: None,
-        });
-        new.delivered_tier = Some(tier);
-        new.in_flight_tier = None;
-        new.next_attempt_ms = None;
-        new.receipt = receipt;
-        new.updated_ms = now_ms;
-        self.put(Some(before), &new)
+        };
+        self.put(Some(Indexed::of(&old)), &new)
     }
 
     pub(super) fn record_retry(
@@ -254,15 +243,9 @@ impl<'txn> Tables<'txn> {
         attempt: Attempt,
         next_attempt_ms: u64,
     ) -> Result<(), StoreError> {
-        let old = self.get_open(id, "schedule a retry")?;
-        let before = Indexed::of(&old);
-        let mut new = old;
-        new.state = MessageState::Pending;
-        new.updated_ms = new.updated_ms.max(attempt.at_ms);
-        new.attempts.push(attempt);
-        new.in_flight_tier = None;
-        new.next_attempt_ms = Some(next_attempt_ms);
-        self.put(Some(before), &new)?;
+        let old = self.get(id)?;
+        let new = lifecycle::record_retry(&old, &attempt, next_attempt_ms)?;
+        self.put(Some(Indexed::of(&old)), &new)?;
         self.open_changes.push(OpenChange::Unmarked(id));
         Ok(())
     }
@@ -273,24 +256,15 @@ impl<'txn> Tables<'txn> {
         attempt: Attempt,
         reason: String,
     ) -> Result<(), StoreError> {
-        let old = self.get_open(id, "dead-letter")?;
-        let before = Indexed::of(&old);
-        let mut new = old;
-        new.state = MessageState::DeadLettered;
-        new.updated_ms = new.updated_ms.max(attempt.at_ms);
-        new.attempts.push(attempt);
-        new.in_flight_tier = None;
-        new.next_attempt_ms = None;
-        new.dead_reason = Some(reason);
-        self.put(Some(before), &new)
+        let old = self.get(id)?;
+        let new = lifecycle::record_dead_letter(&old, &attempt, &reason)?;
+        self.put(Some(Indexed::of(&old)), &new)
     }
 
     pub(super) fn readdress(&mut self, id: MessageId, new_chat: ChatRef) -> Result<(), StoreError> {
-        let old = self.get_open(id, "readdress")?;
-        let before = Indexed::of(&old);
-        let mut new = old;
-        new.msg.chat_id = new_chat;
-        self.put(Some(before), &new)
+        let old = self.get(id)?;
+        let new = lifecycle::readdress(&old, &new_chat)?;
+        self.put(Some(Indexed::of(&old)), &new)
     }
 
     pub(super) fn retry_dead(
@@ -300,12 +274,8 @@ impl<'txn> Tables<'txn> {
         let chosen = self.select_dead(selection)?;
         let mut ids = Vec::with_capacity(chosen.len());
         for old in chosen {
-            let before = Indexed::of(&old);
-            let mut new = old;
-            new.state = MessageState::Pending;
-            new.dead_reason = None;
-            new.next_attempt_ms = None;
-            self.put(Some(before), &new)?;
+            let new = lifecycle::retry_dead(&old)?;
+            self.put(Some(Indexed::of(&old)), &new)?;
             ids.push(new.id);
         }
         Ok(ids)
@@ -390,11 +360,9 @@ impl<'txn> Tables<'txn> {
             }
         }
         for old in interrupted {
-            let before = Indexed::of(&old);
-            let mut new = old;
-            new.state = MessageState::Pending;
-            new.in_flight_tier = None;
-            self.put(Some(before), &new)?;
+            if let Some(new) = lifecycle::requeue_interrupted(&old) {
+                self.put(Some(Indexed::of(&old)), &new)?;
+            }
         }
         Ok(open)
     }
@@ -403,23 +371,11 @@ impl<'txn> Tables<'txn> {
         layout::load(&self.messages, id)?.ok_or(StoreError::NotFound(id))
     }
 
-    fn get_open(&self, id: MessageId, op: &'static str) -> Result<StoredMessage, StoreError> {
-        let m = self.get(id)?;
-        require_open(&m, op)?;
-        Ok(m)
-    }
-
     fn select_dead(&self, selection: DeadSelection) -> Result<Vec<StoredMessage>, StoreError> {
         let filter = match selection {
             DeadSelection::One(id) => {
                 let m = self.get(id)?;
-                if m.state != MessageState::DeadLettered {
-                    return Err(StoreError::InvalidState {
-                        id,
-                        state: m.state,
-                        op: "act on it as a dead letter",
-                    });
-                }
+                lifecycle::require_dead(&m)?;
                 return Ok(vec![m]);
             }
             DeadSelection::Filter(filter) => filter,
@@ -519,18 +475,6 @@ impl Indexed {
             priority: m.msg.priority,
             updated_ms: m.updated_ms,
         }
-    }
-}
-
-fn require_open(m: &StoredMessage, op: &'static str) -> Result<(), StoreError> {
-    if m.state.is_open() {
-        Ok(())
-    } else {
-        Err(StoreError::InvalidState {
-            id: m.id,
-            state: m.state,
-            op,
-        })
     }
 }
 

@@ -3,7 +3,10 @@
 //! Owns opening the file (layout check, crash recovery), and the [`Store`]
 //! methods' plumbing: writes go to the writer thread (`groupcommit`), reads
 //! run on tokio's blocking pool against a redb read snapshot, so neither
-//! blocks the async runtime. Leaves the state rules to `transitions`.
+//! blocks the async runtime. Leaves the state rules to `store::lifecycle`
+//! and keeping tables, indexes and counters in step to `transitions`;
+//! `layout` says what the tables are, `open_index` holds the open messages
+//! and their in-flight marks in memory.
 //!
 //! Invariant: only the writer thread writes after `open` returns, and redb's
 //! `ExclusiveWriter` mode (its default) locks the file against any other
@@ -21,19 +24,23 @@
 //! file (by default a walk over all of it; see
 //! [`EmbeddedOptions::quick_repair`]); the last durable commit is intact.
 
+mod groupcommit;
+mod layout;
+mod open_index;
+mod transitions;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
 
-pub use super::groupcommit::CommitCounts;
-use super::groupcommit::{self, Commit, Writer};
-use super::layout;
-use super::open_index::OpenIndex;
-use super::record::{ChatRef, MessageId, MessageState, NewMessage, StoredMessage};
-use super::transitions::{self, Limits, Tables};
-use super::{
+pub use self::groupcommit::CommitCounts;
+use self::groupcommit::{Commit, Writer};
+use self::open_index::OpenIndex;
+use self::transitions::{Limits, Tables};
+use crate::store::record::{ChatRef, MessageId, MessageState, NewMessage, StoredMessage};
+use crate::store::{
     Accepted, Attempt, CleanupCounts, DeadFilter, DeadSelection, Store, StoreError, StoreStats,
 };
 

@@ -22,9 +22,9 @@
 
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 
-use super::StoreError;
-use super::record::{self, MessageId, MessageState, StoredMessage};
 use crate::engine::Priority;
+use crate::store::StoreError;
+use crate::store::record::{self, MessageId, MessageState, StoredMessage};
 
 /// Bumped when a table is added, removed or changes meaning; an older build
 /// refuses a newer file instead of misreading it.
@@ -73,8 +73,8 @@ pub(super) fn slot_of(state: MessageState, priority: Priority) -> usize {
 }
 
 /// Reads the counters into the stats shape.
-pub(super) fn stats_from(counts: [u64; SLOTS]) -> super::StoreStats {
-    super::StoreStats {
+pub(super) fn stats_from(counts: [u64; SLOTS]) -> crate::store::StoreStats {
+    crate::store::StoreStats {
         pending_by_priority: [counts[0], counts[1], counts[2], counts[3]],
         in_flight: counts[IN_FLIGHT_SLOT],
         dead: counts[DEAD_SLOT],

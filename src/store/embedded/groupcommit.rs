@@ -32,9 +32,9 @@ use std::thread::JoinHandle;
 use redb::{Database, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
-use super::StoreError;
 use super::open_index::{OpenChange, OpenIndex};
 use super::transitions::{Limits, Tables};
+use crate::store::StoreError;
 
 /// Jobs queued before callers wait for room; bounds the memory a burst can
 /// pin while the disk is slow.

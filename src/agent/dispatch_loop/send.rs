@@ -1,0 +1,243 @@
+//! Handing out sends: every order the engine allows now leaves as a task
+//! of its own, after the shared limiter's gate on Redis and a last check
+//! of the partition's lease; a send that never left comes back as
+//! [`Unsent`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::now_ms;
+use crate::engine::dispatch::Poll;
+use crate::engine::limiter::{Limits, Recipient};
+use crate::engine::taxonomy::Outcome;
+use crate::engine::{Instant, Priority};
+use crate::fleet::Fleet;
+use crate::fleet::shared_limiter::{Ask, SharedDecision};
+use crate::policy::effective::{Gate, SendDelay};
+use crate::sink::{Delivery, SinkResult};
+use crate::store::Store;
+
+use super::DispatchLoop;
+use super::queue::chain;
+
+pub(super) struct Done {
+    pub(super) id: u64,
+    pub(super) tier: usize,
+    pub(super) result: SinkResult,
+    pub(super) latency: Duration,
+    /// Set when the send never left.
+    pub(super) unsent: Option<Unsent>,
+}
+
+/// Why a send order was handed back unsent.
+pub(super) enum Unsent {
+    /// The shared limiter (or a paused one) said to wait this long.
+    Wait(Duration),
+    /// The partition's lease lapsed while the send waited for its slot.
+    Lapsed(u32),
+}
+
+/// How long a send waits when its tier's limiter is paused or Redis did not
+/// answer a decision.
+const PAUSED_RETRY: Duration = Duration::from_millis(500);
+
+impl DispatchLoop {
+    /// Hand out every send the engine allows now; returns when to wake.
+    pub(super) fn pump(&mut self) -> Option<Instant> {
+        if self.now() < self.quiet_until {
+            return Some(self.quiet_until);
+        }
+        loop {
+            let now = self.now();
+            match self.d.poll(now) {
+                Poll::Send(order) => {
+                    if let Some(p) = self.lapsed_partition(order.id) {
+                        // Its lease was not renewed in time (Redis away,
+                        // or this process was frozen): another agent may
+                        // be sending this partition. The fleet task
+                        // reloads it when the lease is ours again.
+                        let dropped = self.drop_partition(p);
+                        tracing::warn!(
+                            partition = p,
+                            dropped,
+                            "lease lapsed; the partition waits for its lease"
+                        );
+                        continue;
+                    }
+                    let Some(h) = self.held.get_mut(&order.id) else {
+                        tracing::error!(id = order.id, "send order for an unknown message");
+                        continue;
+                    };
+                    let Some(sink) = self.sinks.get(order.tier).cloned().flatten() else {
+                        let _ = self.d.complete(
+                            now,
+                            order.id,
+                            &Outcome::Transport(crate::engine::taxonomy::TransportKind::Other),
+                            Duration::ZERO,
+                        );
+                        continue;
+                    };
+                    let mut delivery = Delivery::from_stored(&h.msg);
+                    delivery.attempt = order.attempt;
+                    // The in-flight mark is chained behind the message's
+                    // earlier writes, never awaited by the send: a send
+                    // leaves at the instant the limiter chose, whatever the
+                    // disk is doing (store latency would otherwise become
+                    // send-time jitter and eat the pacing guard).
+                    let store = self.state.store.clone();
+                    let message_id = h.msg.id;
+                    let tier_name = self.tier_names.get(order.tier).cloned().unwrap_or_default();
+                    h.persist = Some(chain(h.persist.take(), async move {
+                        if let Err(e) = store.mark_in_flight(message_id, tier_name, now_ms()).await
+                        {
+                            tracing::warn!(error = %e, "could not mark a message in flight");
+                        }
+                    }));
+                    let timeout = order.deadline.since(now).max(Duration::from_millis(1));
+                    let (id, tier) = (order.id, order.tier);
+                    h.sending = true;
+                    let priority = h.msg.msg.priority;
+                    let partition = h.partition;
+                    if let Some(m) = self.state.metrics() {
+                        m.in_flight.inc();
+                    }
+                    let gate = self.gate(tier, priority);
+                    let lease = self.fleet.clone().zip(partition);
+                    self.inflight.spawn(async move {
+                        let held_back = match gate.pass().await {
+                            Some(wait) => Some(Unsent::Wait(wait)),
+                            // The slot may have come after the lease's end
+                            // (or this process was frozen while it waited).
+                            None => lease
+                                .filter(|(f, p)| !f.store.may_send(*p))
+                                .map(|(_, p)| Unsent::Lapsed(p)),
+                        };
+                        if held_back.is_some() {
+                            return Done {
+                                id,
+                                tier,
+                                result: unsent(),
+                                latency: Duration::ZERO,
+                                unsent: held_back,
+                            };
+                        }
+                        let started = tokio::time::Instant::now();
+                        let result = sink.send(&delivery, timeout).await;
+                        Done {
+                            id,
+                            tier,
+                            result,
+                            latency: started.elapsed(),
+                            unsent: None,
+                        }
+                    });
+                }
+                Poll::Idle { wake_at } => return wake_at,
+            }
+        }
+    }
+
+    /// What a send of `tier` must pass before it leaves.
+    fn gate(&self, tier: usize, priority: Priority) -> SendGate {
+        let (Some(fleet), Some(limits)) = (&self.fleet, self.limits.get(tier)) else {
+            return SendGate::Open;
+        };
+        match limits.gate() {
+            Gate::Open => SendGate::Open,
+            Gate::Paused => SendGate::Paused,
+            Gate::Shared(shared) => SendGate::Shared(Box::new(SharedAsk {
+                fleet: fleet.clone(),
+                bot: self.tier_names.get(tier).cloned().unwrap_or_default(),
+                limits: shared.limits,
+                priority,
+                delay: shared.delay,
+            })),
+        }
+    }
+}
+
+/// What a send passes before it leaves, given its tier's limiter mode.
+enum SendGate {
+    Open,
+    Paused,
+    Shared(Box<SharedAsk>),
+}
+
+/// What a shared decision needs, owned so the send task can carry it.
+struct SharedAsk {
+    fleet: Arc<Fleet>,
+    bot: String,
+    /// The configured limits, fleet-guarded: only their bot-wide keys are
+    /// asked.
+    limits: Limits,
+    priority: Priority,
+    /// How long after its local admission the send may still leave.
+    delay: SendDelay,
+}
+
+impl SendGate {
+    /// `None`: send now. `Some(wait)`: do not send; ask again after `wait`.
+    async fn pass(self) -> Option<Duration> {
+        let SharedAsk {
+            fleet,
+            bot,
+            limits,
+            priority,
+            delay,
+        } = match self {
+            SendGate::Open => return None,
+            SendGate::Paused => return Some(PAUSED_RETRY),
+            SendGate::Shared(ask) => *ask,
+        };
+        // Chat and group keys stay local: a chat lives in one partition,
+        // held by one agent. Only the bot-wide keys are shared.
+        let checks = limits.checks(Recipient::Unscoped, priority);
+        let ask = Ask {
+            bot: &bot,
+            checks: &checks,
+            horizon: delay.horizon,
+        };
+        match fleet.limiter.decide(ask).await {
+            Ok(SharedDecision::Admitted { wait }) => {
+                let due = tokio::time::Instant::now() + wait;
+                tokio::time::sleep_until(due).await;
+                // A reservation is good at its time only: a send this late
+                // (the process was starved) would reach the API bunched
+                // with the next agents' sends. Its slot is given up and
+                // the send asks again.
+                let late = due.elapsed();
+                if late > delay.late {
+                    tracing::debug!(
+                        late_ms = late.as_millis() as u64,
+                        "a shared slot passed before the send; asking again"
+                    );
+                    return Some(Duration::ZERO);
+                }
+                None
+            }
+            Ok(SharedDecision::Refused { retry_after, .. }) => Some(
+                retry_after
+                    .saturating_sub(delay.horizon)
+                    .max(Duration::from_millis(1)),
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "shared limiter did not decide; the send waits");
+                if e.is_unavailable() {
+                    fleet.failed();
+                }
+                Some(PAUSED_RETRY)
+            }
+        }
+    }
+}
+
+/// The result slot of a send that never left (never looked at).
+pub(super) fn unsent() -> SinkResult {
+    SinkResult {
+        outcome: Outcome::Transport(crate::engine::taxonomy::TransportKind::Other),
+        status: None,
+        body: None,
+        receipt: None,
+        detail: None,
+    }
+}
