@@ -116,11 +116,18 @@ fn cel_rules_compile() {
 fn lists_used_by_rules_are_bounded() {
     // The API server refuses rules whose estimated cost is unbounded; every
     // list in herald's own spec types must carry a max (the embedded
-    // Kubernetes `resources` type is not iterated by any rule).
+    // Kubernetes types — `resources`, and what `podTemplate`'s own fields
+    // hold — are not iterated by any rule; `podTemplate`'s lists are ours).
+    let embedded = |path: &str| {
+        path.contains(".resources.")
+            || path
+                .split_once(".podTemplate.")
+                .is_some_and(|(_, rest)| rest.contains('.'))
+    };
     for kind in crd::KINDS {
         let mut unbounded = Vec::new();
         walk(kind, &schema_of(kind), &mut |path, node| {
-            let ours = path.contains(".spec.") && !path.contains(".resources.");
+            let ours = path.contains(".spec.") && !embedded(path);
             if ours
                 && node.get("type") == Some(&Value::String("array".into()))
                 && node.get("maxItems").is_none()
@@ -158,9 +165,26 @@ fn names_columns_and_subresources() {
     assert_eq!(
         cols,
         [
-            "CHANNEL", "PHASE", "READY", "RATE", "SUCCESS", "CIRCUIT", "LEVEL", "CANARY", "AGE"
+            "CHANNEL", "PHASE", "READY", "RATE", "SUCCESS", "CIRCUIT", "LEVEL", "CANARY", "AGE",
+            "MESSAGE"
         ]
     );
+    // `kubectl scale tier` and an HPA: spec.replicas, with the pods'
+    // selector in the status.
+    let scale = v
+        .subresources
+        .as_ref()
+        .and_then(|s| s.scale.as_ref())
+        .expect("a scale subresource");
+    assert_eq!(scale.spec_replicas_path, ".spec.replicas");
+    assert_eq!(scale.status_replicas_path, ".status.replicas");
+    assert_eq!(
+        scale.label_selector_path.as_deref(),
+        Some(".status.selector")
+    );
+    let status = &schema_of("DeliveryTier")["properties"]["status"]["properties"];
+    assert_eq!(status["replicas"]["type"], "integer");
+    assert_eq!(status["selector"]["type"], "string");
     for (kind, short) in [
         ("RateLimitPolicy", "rlp"),
         ("CircuitPolicy", "cbp"),
@@ -191,6 +215,23 @@ fn names_columns_and_subresources() {
                 .is_some_and(|c| c.len() >= 3),
             "{kind}"
         );
+        if kind != "DeliveryTier" {
+            // Policies: how many tiers use them, and whether they were accepted.
+            let cols: Vec<(&str, &str)> = v
+                .additional_printer_columns
+                .iter()
+                .flatten()
+                .map(|c| (c.name.as_str(), c.json_path.as_str()))
+                .collect();
+            assert!(cols.contains(&("TIERS", ".status.tierCount")), "{kind}");
+            assert!(
+                cols.contains(&(
+                    "ACCEPTED",
+                    ".status.conditions[?(@.type==\"Accepted\")].status"
+                )),
+                "{kind}"
+            );
+        }
     }
 }
 

@@ -49,6 +49,18 @@ use super::policy_status::{PolicyKind, PolicyStatus};
         json_path = ".spec.retry.maxAttempts"
     ),
     printcolumn(
+        name = "TIERS",
+        type_ = "integer",
+        json_path = ".status.tierCount",
+        description = "DeliveryTiers that reference it"
+    ),
+    printcolumn(
+        name = "ACCEPTED",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Accepted\")].status",
+        description = "Whether the operator accepted the spec"
+    ),
+    printcolumn(
         name = "AGE",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"

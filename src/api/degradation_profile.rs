@@ -39,6 +39,18 @@ use crate::engine::Priority;
         json_path = ".spec.override.level"
     ),
     printcolumn(
+        name = "TIERS",
+        type_ = "integer",
+        json_path = ".status.tierCount",
+        description = "DeliveryTiers that reference it"
+    ),
+    printcolumn(
+        name = "ACCEPTED",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Accepted\")].status",
+        description = "Whether the operator accepted the spec"
+    ),
+    printcolumn(
         name = "AGE",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"

@@ -2,7 +2,10 @@
 //! it runs under, where its queue lives, and how the operator runs it.
 //!
 //! `kubectl get tier` reads the status: channel, phase, ready replicas,
-//! delivery rate, success ratio, circuit state, degradation level, canary.
+//! delivery rate, success ratio, circuit state, degradation level, canary
+//! (and with `-o wide` the Ready condition's message). The scale
+//! subresource maps `spec.replicas` to `status.replicas` with
+//! `status.selector`, so `kubectl scale tier` and an HPA work on the tier.
 
 // kube's `printcolumn(...)` repeats `type_`/`json_path` once per column by design.
 #![allow(clippy::duplicated_attributes)]
@@ -14,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::DurationString;
 use super::conditions::{Conditions, conditions_schema};
+use super::pod_template::PodTemplate;
 use super::refs::{LocalRef, SecretKeyRef};
 
 /// A delivery path and how to run it.
@@ -38,6 +42,12 @@ use super::refs::{LocalRef, SecretKeyRef};
     printcolumn(name = "LEVEL", type_ = "string", json_path = ".status.degradationLevel"),
     printcolumn(name = "CANARY", type_ = "string", json_path = ".status.canary.summary"),
     printcolumn(name = "AGE", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(name = "MESSAGE", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].message", description = "The Ready condition's message", priority = 1),
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
     validation = Rule::new("size(self.metadata.name) <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')")
         .message("a tier name must be a DNS-1035 label (lowercase letters, digits and '-', at most 63 characters, starting with a letter): it names the tier's Service").reason(Reason::FieldValueInvalid),
     validation = Rule::new("!has(self.spec.fallbackTiers) || !(self.metadata.name in self.spec.fallbackTiers)")
@@ -101,6 +111,10 @@ pub struct DeliveryTierSpec {
     /// Compute resources for each agent pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Settings merged into the agent pods (scheduling, pull secrets,
+    /// security context, extra env and volumes), over the operator's defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_template: Option<PodTemplate>,
     /// Canary rollout of changes to what the pods run; without it pods roll at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutSpec>,
@@ -354,6 +368,16 @@ pub struct DeliveryTierStatus {
     /// Pods passing their readiness probe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_replicas: Option<i32>,
+    /// Agent pods the tier's Deployments ask for, both tracks (the scale
+    /// subresource's current replicas).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// Label selector of every agent pod of the tier, e.g.
+    /// `app.kubernetes.io/name=herald,herald.dev/tier=alerts` (the scale
+    /// subresource's selector, which an HorizontalPodAutoscaler reads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub selector: Option<String>,
     /// Delivered messages per second, e.g. `29.4/s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery_rate: Option<String>,

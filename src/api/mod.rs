@@ -14,6 +14,7 @@ pub mod crd;
 pub mod degradation_profile;
 pub mod delivery_tier;
 pub mod duration;
+pub mod pod_template;
 pub mod policy_status;
 pub mod rate_limit_policy;
 pub mod reference;

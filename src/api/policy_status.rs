@@ -46,6 +46,9 @@ pub struct PolicyStatus<K> {
     /// DeliveryTiers that reference this policy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub used_by: Vec<String>,
+    /// How many DeliveryTiers reference it (the TIERS column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier_count: Option<u32>,
     #[serde(skip)]
     #[schemars(skip)]
     kind: PhantomData<K>,
@@ -62,6 +65,7 @@ impl<K> PolicyStatus<K> {
             observed_generation,
             conditions,
             level_count,
+            tier_count: Some(u32::try_from(used_by.len()).unwrap_or(u32::MAX)),
             used_by,
             kind: PhantomData,
         }

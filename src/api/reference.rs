@@ -5,7 +5,9 @@
 //! Owns the rendering only: field docs, bounds, defaults and CEL rules stay
 //! on the types in this module's siblings, and `tests/reference_docs.rs`
 //! keeps the checked-in file equal to [`render_reference`]. Invariant: every
-//! property of every schema becomes exactly one table row, and the output
+//! property of every schema becomes exactly one table row (a field holding
+//! one of Kubernetes' pod types is one row naming the type; its fields are
+//! Kubernetes' to document), and the output
 //! depends on nothing but the schemas (no clock, no environment, sorted
 //! keys), so a drift test can compare it byte for byte.
 
@@ -17,6 +19,7 @@ use serde_json::Value;
 use super::agent::{AGENT_KIND, agent_document_schema};
 use super::crd;
 use super::duration::DURATION_PATTERN;
+use super::pod_template::kubernetes_field;
 
 /// How `docs/reference.md` is refreshed; printed in the file and by the test.
 pub const REFRESH_COMMAND: &str = "HERALD_UPDATE_DOCS=1 cargo test --test reference_docs";
@@ -198,7 +201,18 @@ fn rows(node: &Value, path: &str, out: &mut Vec<Row>) {
         .unwrap_or_default();
     for (name, child) in sorted_properties(node) {
         let child_path = format!("{path}.{name}");
-        out.push(row(child, &child_path, required.contains(&name)));
+        let mut r = row(child, &child_path, required.contains(&name));
+        // An embedded Kubernetes type is one row naming it; its fields are
+        // Kubernetes' to document.
+        if let Some((ty, explain)) = kubernetes_field(&child_path) {
+            let _ = write!(
+                r.description,
+                " Kubernetes `{ty}` (fields: `kubectl explain {explain}`)."
+            );
+            out.push(r);
+            continue;
+        }
+        out.push(r);
         descend(child, &child_path, out);
     }
 }
@@ -581,6 +595,7 @@ fn block_yaml(v: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::pod_template::inside_kubernetes_field;
     use proptest::prelude::*;
 
     fn crd_schema(kind: &str) -> Value {
@@ -655,7 +670,12 @@ mod tests {
     fn every_field_of_every_kind_is_one_row() {
         let doc = render_reference();
         for kind in crd::KINDS {
-            let want = spec_and_status_paths(&crd_schema(kind));
+            // Every field but those inside an embedded Kubernetes pod type,
+            // whose own row names the type.
+            let want: Vec<String> = spec_and_status_paths(&crd_schema(kind))
+                .into_iter()
+                .filter(|p| !inside_kubernetes_field(p))
+                .collect();
             assert!(want.len() > 10, "{kind}");
             assert_eq!(field_cells(section(&doc, kind)), want, "{kind}");
         }
@@ -728,8 +748,9 @@ mod tests {
 
     #[test]
     fn herald_descriptions_are_kept_whole() {
-        // Only the embedded Kubernetes `resources` type has texts longer
-        // than one paragraph; herald's own must never be cut.
+        // Only the embedded Kubernetes types (`resources`, and those of
+        // `podTemplate`'s fields) have texts longer than one paragraph;
+        // herald's own must never be cut.
         for kind in crd::KINDS {
             let mut paths = Vec::new();
             let schema = crd_schema(kind);
@@ -737,6 +758,7 @@ mod tests {
             while let Some((path, node)) = stack.pop() {
                 if let Some(d) = node.get("description").and_then(Value::as_str)
                     && !path.contains(".resources")
+                    && !inside_kubernetes_field(&path)
                     && d.contains("\n\n")
                 {
                     paths.push(path.clone());

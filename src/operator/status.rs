@@ -24,6 +24,7 @@ use super::canary::{RolloutState, analysis_condition};
 use super::condition::{CondStatus, ConditionSpec, eq_ignoring_time, stamp_all};
 use super::healing::{Dependency, DependencyHealth};
 use super::index::MissingRef;
+use super::names;
 
 /// Replica counts of one Deployment (from its status; spec for desired).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -233,6 +234,8 @@ pub fn tier_status(tier: &DeliveryTier, o: &Observed<'_>) -> DeliveryTierStatus 
         phase: Some(phase.to_owned()),
         ready: Some(format!("{}/{}", counts.ready, counts.desired)),
         ready_replicas: o.stable.map(|_| counts.ready),
+        replicas: Some(counts.desired),
+        selector: tier.metadata.name.as_deref().map(pod_selector),
         delivery_rate: health.map(|h| format_rate(h.delivery_rate)),
         success_ratio: health.and_then(|h| h.success_ratio).map(format_percent),
         p95_latency: health.and_then(|h| h.p95_ms).map(format_latency),
@@ -253,6 +256,16 @@ pub fn tier_status(tier: &DeliveryTier, o: &Observed<'_>) -> DeliveryTierStatus 
             .clone()
             .or_else(|| previous.and_then(|p| p.config_revision.clone())),
     }
+}
+
+/// The label selector of every agent pod of `tier`, both tracks, as the
+/// scale subresource's `status.selector` string (`k=v,k=v`, sorted).
+pub fn pod_selector(tier: &str) -> String {
+    names::tier_selector(tier)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Failed when the spec cannot be realised; Pending until an agent has
@@ -571,6 +584,7 @@ impl<K> StatusDiff for PolicyStatus<K> {
     fn changed_from(&self, old: &Self) -> bool {
         self.observed_generation != old.observed_generation
             || self.used_by != old.used_by
+            || self.tier_count != old.tier_count
             || self.level_count != old.level_count
             || !eq_ignoring_time(&self.conditions, &old.conditions)
     }

@@ -379,9 +379,16 @@ fn policy_status_lists_users_and_is_accepted() {
     assert_eq!(again, s);
     let fewer = rate_limit_policy_status(&p, vec!["a".into()], ts(99));
     assert!(fewer.changed_from(&s));
+    // The TIERS column counts them; zero is written, not left out.
+    assert_eq!((s.tier_count, fewer.tier_count), (Some(2), Some(1)));
+    let mut stale = s.clone();
+    stale.tier_count = None;
+    assert!(s.changed_from(&stale));
 
     let c = CircuitPolicy::new("circuit", Default::default());
-    assert!(circuit_policy_status(&c, vec![], ts(1)).used_by.is_empty());
+    let cs = circuit_policy_status(&c, vec![], ts(1));
+    assert!(cs.used_by.is_empty());
+    assert_eq!(cs.tier_count, Some(0));
     let d = DegradationProfile::new("dp", crate::api::DegradationProfileSpec::default());
     let ds = degradation_profile_status(&d, vec!["a".into()], ts(1));
     assert_eq!(ds.level_count, Some(4));
@@ -459,4 +466,33 @@ fn a_deployment_rolls_out_until_its_controller_says_it_is_done_or_stuck() {
             "{d:?}"
         );
     }
+}
+
+#[test]
+fn the_scale_subresource_reads_replicas_and_the_pod_selector() {
+    let s = tier_status(&tier(true), &observed(100, None));
+    assert_eq!(s.replicas, Some(3));
+    assert_eq!(
+        s.selector.as_deref(),
+        Some("app.kubernetes.io/name=herald,herald.dev/tier=alerts")
+    );
+    // Both tracks count.
+    let mut o = observed(100, None);
+    o.canary = Some(ReplicaCounts {
+        desired: 1,
+        ready: 1,
+        updated: 1,
+        rolling_out: false,
+    });
+    assert_eq!(tier_status(&tier(true), &o).replicas, Some(4));
+    // Before the Deployment exists, what the tier asks for.
+    o.stable = None;
+    o.canary = None;
+    assert_eq!(tier_status(&tier(true), &o).replicas, Some(3));
+}
+
+#[test]
+fn the_ready_message_is_the_wide_column() {
+    let s = tier_status(&tier(false), &observed(100, None));
+    assert_eq!(condition(&s, "Ready").message, "3/3 agents ready");
 }
