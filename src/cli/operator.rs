@@ -16,6 +16,7 @@ use herald::operator::controller::{self, RunConfig, RunError};
 use herald::operator::inputs::OperatorOptions;
 use herald::operator::leader::LeaseConfig;
 use herald::operator::metrics::{self, Metrics, Readiness};
+use herald::operator::pod_settings;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use tokio::sync::watch;
 
@@ -63,6 +64,11 @@ pub struct Args {
     /// imagePullPolicy of the agent containers (Kubernetes' default when unset).
     #[arg(long, value_parser = ["Always", "IfNotPresent", "Never"])]
     agent_image_pull_policy: Option<String>,
+    /// Settings of every agent pod, as JSON or YAML in the shape of a tier's
+    /// `spec.podTemplate` (pull secrets, scheduling, security context, extra
+    /// env and volumes); a tier's own settings override them field by field.
+    #[arg(long, env = "HERALD_AGENT_POD_DEFAULTS")]
+    agent_pod_defaults: Option<String>,
     /// StorageClass of the queue and spool claims (the cluster default when unset).
     #[arg(long)]
     storage_class: Option<String>,
@@ -114,8 +120,12 @@ impl Args {
         })
     }
 
-    fn options(&self) -> OperatorOptions {
+    fn options(&self) -> anyhow::Result<OperatorOptions> {
         let mut o = OperatorOptions::new(self.default_agent_image.clone());
+        if let Some(text) = &self.agent_pod_defaults {
+            o.pod_defaults = pod_settings::parse_defaults("--agent-pod-defaults", text)
+                .context("the agent pod defaults (operator.agent.podDefaults in the chart)")?;
+        }
         o.image_pull_policy = self.agent_image_pull_policy.clone();
         o.storage_class = self.storage_class.clone();
         o.queue_volume_size = Quantity(self.queue_volume_size.clone());
@@ -130,7 +140,7 @@ impl Args {
             o.agent_env
                 .push(("HERALD_LOG_FORMAT".to_owned(), "json".to_owned()));
         }
-        o
+        Ok(o)
     }
 
     fn identity(&self) -> String {
@@ -144,14 +154,20 @@ impl Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let settings = args.settings()?;
+    // Refused before anything starts: a typo must not run pods without it.
+    let options = args.options()?;
     super::logging::init_as(args.log_format == LogFormat::Json);
     // Dropped after the runtime: flushes the last reconcile spans.
     let _telemetry = herald::telemetry::init("herald-operator");
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
-    runtime.block_on(serve(args, settings))
+    runtime.block_on(serve(args, settings, options))
 }
 
-async fn serve(args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
+async fn serve(
+    args: Args,
+    settings: Settings,
+    options: OperatorOptions,
+) -> anyhow::Result<ExitCode> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to Kubernetes (in-cluster service account, or KUBECONFIG)")?;
@@ -166,7 +182,7 @@ async fn serve(args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
     let cfg = RunConfig {
         namespace: args.namespace.clone(),
         concurrency: args.concurrency,
-        options: args.options(),
+        options,
         settings,
         leader,
         instance: Some(identity),
@@ -247,7 +263,7 @@ mod tests {
         let s = a.settings().unwrap();
         assert_eq!(s.reconcile_timeout, Duration::from_secs(60));
         assert_eq!(s.resync, Duration::from_secs(600));
-        assert_eq!(a.options().spool_access_mode, "ReadWriteOnce");
+        assert_eq!(a.options().unwrap().spool_access_mode, "ReadWriteOnce");
     }
 
     #[test]
@@ -269,12 +285,35 @@ mod tests {
             Duration::from_secs(120)
         );
         assert_eq!(a.log_format, LogFormat::Text);
-        assert_eq!(a.options().default_image, "registry.example/herald:1.2");
+        assert_eq!(
+            a.options().unwrap().default_image,
+            "registry.example/herald:1.2"
+        );
         assert!(Cli::try_parse_from(["operator", "--concurrency=0"]).is_err());
         assert!(Cli::try_parse_from(["operator", "--log-format=xml"]).is_err());
         let zero = Cli::try_parse_from(["operator", "--resync=0s"])
             .unwrap()
             .args;
         assert!(zero.settings().is_err());
+    }
+
+    #[test]
+    fn agent_pod_defaults_are_parsed_at_start_and_a_typo_is_refused() {
+        let a = Cli::try_parse_from([
+            "operator",
+            r#"--agent-pod-defaults={"imagePullSecrets":[{"name":"regcred"}]}"#,
+        ])
+        .unwrap()
+        .args;
+        let o = a.options().unwrap();
+        assert_eq!(
+            o.pod_defaults.image_pull_secrets.unwrap()[0].name,
+            "regcred"
+        );
+        let typo = Cli::try_parse_from(["operator", r#"--agent-pod-defaults={"nodeSelecter":{}}"#])
+            .unwrap()
+            .args;
+        let err = format!("{:#}", typo.options().unwrap_err());
+        assert!(err.contains("nodeSelecter"), "{err}");
     }
 }

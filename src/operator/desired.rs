@@ -23,7 +23,13 @@
 //!   not roll pods.
 //! - **Replicas.** herald owns `spec.replicas` of both Deployments, from
 //!   `spec.replicas` and the canary plan. An HPA on the agent Deployment
-//!   would fight the apply; autoscaling belongs in the tier spec first.
+//!   would fight the apply; an HPA scales the tier instead, through its
+//!   scale subresource (`status.replicas`, `status.selector`).
+//! - **Pod settings.** The operator's defaults and the tier's
+//!   `spec.podTemplate` are merged ([`pod_settings`](super::pod_settings))
+//!   into both tracks' pods; their labels and annotations are part of the
+//!   pod revision, so changing them goes through a rollout like any
+//!   other pod change.
 //! - **PodDisruptionBudget.** `maxUnavailable: 1` over both tracks, with
 //!   `unhealthyPodEvictionPolicy: AlwaysAllow`. `minAvailable: replicas-1`
 //!   would need recomputing on every scale and, at one replica, becomes
@@ -76,6 +82,7 @@ use super::agent_config::{self, CONFIG_KEY, ConfigInput, secret_env, secret_uses
 use super::inputs::{DesiredError, OperatorOptions, ResolvedPolicies, Tracks};
 use super::names::{self, Track};
 use super::pod::{Volumes, claim_name, plan_volumes, pod_revision, pod_spec};
+use super::pod_settings;
 use super::reach;
 
 /// A kind of child object, for the deletion list.
@@ -156,18 +163,24 @@ pub fn desired_objects_with(
     })?;
 
     let m = Meta { name, ns, owner };
-    let pod_spec = pod_spec(name, spec, opts, &volumes, &secrets);
-    let pod_revision = pod_revision(&pod_spec, spec, &secrets, policies)?;
-    let template = |track| PodTemplateSpec {
-        metadata: Some(ObjectMeta {
-            labels: Some(names::pod_labels(name, track)),
-            annotations: Some(BTreeMap::from([(
-                names::ANNOTATION_POD_REVISION.to_owned(),
-                pod_revision.clone(),
-            )])),
-            ..ObjectMeta::default()
-        }),
-        spec: Some(pod_spec.clone()),
+    pod_settings::check_tier(spec.pod_template.as_ref())?;
+    let settings = pod_settings::merge(&opts.pod_defaults, spec.pod_template.as_ref());
+    let pod_spec = pod_spec(name, spec, opts, &volumes, &secrets, &settings)?;
+    let pod_revision = pod_revision(&pod_spec, &settings, spec, &secrets, policies)?;
+    let template = |track| {
+        let mut t = PodTemplateSpec {
+            metadata: Some(ObjectMeta {
+                labels: Some(names::pod_labels(name, track)),
+                annotations: Some(BTreeMap::from([(
+                    names::ANNOTATION_POD_REVISION.to_owned(),
+                    pod_revision.clone(),
+                )])),
+                ..ObjectMeta::default()
+            }),
+            spec: Some(pod_spec.clone()),
+        };
+        pod_settings::apply_metadata(&mut t, &settings);
+        t
     };
 
     let stable_template = tracks

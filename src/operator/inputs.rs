@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
+use crate::api::pod_template::PodTemplate;
 use crate::api::{
     CircuitPolicySpec, DegradationProfileSpec, DeliveryTierSpec, RateLimitPolicySpec,
 };
@@ -52,8 +53,9 @@ pub struct OperatorOptions {
     /// Access mode of the spool claim. A spool tier with more than one
     /// replica or a rollout needs `ReadWriteMany` storage.
     pub spool_access_mode: String,
-    /// UID and GID agent containers run as (the image's `nonroot` user).
-    pub run_as_user: i64,
+    /// Settings of every agent pod, under each tier's `spec.podTemplate`
+    /// (the chart's `operator.agent.podDefaults` and `imagePullSecrets`).
+    pub pod_defaults: PodTemplate,
     /// Plain variables every agent container gets, after herald's own
     /// (e.g. the operator's `OTEL_*` settings, see [`otel_env`]). Part of
     /// the pod spec, so changing them rolls the agents.
@@ -77,7 +79,8 @@ pub fn otel_env(vars: impl IntoIterator<Item = (String, String)>) -> Vec<(String
 }
 
 impl OperatorOptions {
-    /// Defaults around an image: 1Gi claims, ReadWriteOnce spool, UID 65532.
+    /// Defaults around an image: 1Gi claims, ReadWriteOnce spool, no pod
+    /// settings.
     pub fn new(default_image: impl Into<String>) -> Self {
         OperatorOptions {
             default_image: default_image.into(),
@@ -86,7 +89,7 @@ impl OperatorOptions {
             queue_volume_size: Quantity("1Gi".to_owned()),
             spool_volume_size: Quantity("1Gi".to_owned()),
             spool_access_mode: "ReadWriteOnce".to_owned(),
-            run_as_user: 65532,
+            pod_defaults: PodTemplate::default(),
             agent_env: Vec::new(),
         }
     }
@@ -145,6 +148,8 @@ pub enum DesiredError {
         field: &'static str,
         why: &'static str,
     },
+    #[error("{field}: {why}")]
+    InvalidPodTemplate { field: String, why: String },
     #[error("rendering the agent config: {0}")]
     Render(String),
 }

@@ -1,8 +1,8 @@
 //! The operator's decisions: what a DeliveryTier should look like in the
 //! cluster, how a canary moves, when a pod is restarted, what the status
 //! says, and the controller shell that acts on them. The decision files
-//! (index, secrets, inputs, reach, desired, pod, canary, healing, status,
-//! condition, names, hash, agent_config) are pure — no `kube::Client`, no tokio, no clock; the shell
+//! (index, secrets, inputs, reach, desired, pod, pod_settings, canary,
+//! healing, status, condition, names, hash, agent_config) are pure — no `kube::Client`, no tokio, no clock; the shell
 //! (`controller`, `context`, `leader`, `health_client`, `metrics`) reads the
 //! cluster and the time, calls them, and applies what they return.
 //!
@@ -41,6 +41,9 @@
 //!   which Secrets reach the agent.
 //! - [`desired`]: the typed child objects of a tier.
 //! - [`pod`]: the agent pod inside them, and its revision.
+//! - [`pod_settings`]: the user's pod settings (operator defaults and a
+//!   tier's `spec.podTemplate`) merged into that pod, and the operator's
+//!   defaults parsed at start.
 //! - [`canary`]: the rollout state machine.
 //! - [`healing`]: which unhealthy pods to restart, and when not to.
 //! - [`status`]: the tier's and the policies' status, and when it changed.
@@ -71,6 +74,7 @@ pub mod leader;
 pub mod metrics;
 pub mod names;
 pub mod pod;
+pub mod pod_settings;
 pub mod reach;
 pub mod secrets;
 pub mod status;

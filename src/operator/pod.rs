@@ -1,5 +1,6 @@
 //! The agent pod: container, probes, security context, environment,
-//! volumes, and the pod revision that hashes them.
+//! volumes, and the pod revision that hashes them (the user's pod settings
+//! merged in by [`pod_settings`](super::pod_settings)).
 //!
 //! Owns what runs inside an agent pod; `desired` wraps it in Deployments,
 //! and [`agent_config`](super::agent_config) decides which Secret keys the
@@ -20,12 +21,14 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::api::DeliveryTierSpec;
 use crate::api::delivery_tier::Channel;
+use crate::api::pod_template::PodTemplate;
 use crate::api::refs::SecretKeyRef;
 
 use super::agent_config::{self, CONFIG_DIR, CONFIG_PATH, embedded_queue_path};
 use super::hash::Fnv64;
 use super::inputs::{DesiredError, OperatorOptions, ResolvedPolicies};
 use super::names;
+use super::pod_settings;
 
 /// A claim to create and where pods mount it.
 pub(super) struct ClaimMount {
@@ -133,14 +136,16 @@ fn overlaps(a: &str, b: &str) -> bool {
 }
 
 /// The pod of `tier`; `secrets` are the variables and the Secret keys
-/// they carry ([`secret_env`](super::agent_config::secret_env)).
+/// they carry ([`secret_env`](super::agent_config::secret_env)); `settings`
+/// are the user's, merged in by [`pod_settings`](super::pod_settings).
 pub(super) fn pod_spec(
     tier: &str,
     spec: &DeliveryTierSpec,
     opts: &OperatorOptions,
     volumes: &Volumes,
     secrets: &[(String, &SecretKeyRef)],
-) -> PodSpec {
+    settings: &PodTemplate,
+) -> Result<PodSpec, DesiredError> {
     let field_env = |name: &str, path: String| EnvVar {
         name: name.to_owned(),
         value_from: Some(EnvVarSource {
@@ -287,23 +292,25 @@ pub(super) fn pod_spec(
         ..Container::default()
     };
 
-    PodSpec {
+    let mut pod = PodSpec {
         containers: vec![container],
         service_account_name: Some(names::agent_account_name(tier)),
         // The agent watches its ConfigMap through the API (hot reload within
         // seconds, where the kubelet's volume refresh takes a minute).
         automount_service_account_token: Some(true),
+        // No user or group: the image's numeric USER satisfies
+        // runAsNonRoot, and platforms that assign IDs (OpenShift) can.
         security_context: Some(PodSecurityContext {
             run_as_non_root: Some(true),
-            run_as_user: Some(opts.run_as_user),
-            run_as_group: Some(opts.run_as_user),
-            fs_group: Some(opts.run_as_user),
             seccomp_profile: Some(runtime_default()),
             ..PodSecurityContext::default()
         }),
         volumes: Some(pod_volumes),
         ..PodSpec::default()
-    }
+    };
+    let operator_env: Vec<String> = opts.agent_env.iter().map(|(k, _)| k.clone()).collect();
+    pod_settings::apply(&mut pod, settings, volumes, &operator_env)?;
+    Ok(pod)
 }
 
 pub(super) fn claim_name(tier: &str, volume: &str) -> String {
@@ -314,11 +321,13 @@ pub(super) fn claim_name(tier: &str, volume: &str) -> String {
     }
 }
 
-/// Hash of what the pods run: pod spec, store settings (read at start),
-/// and the versions of the Secrets the pods read from env (`secrets`, the
-/// same list the pod spec was built from).
+/// Hash of what the pods run: pod spec, the user's pod labels and
+/// annotations, store settings (read at start), and the versions of the
+/// Secrets the pods read from env (`secrets`, the same list the pod spec
+/// was built from).
 pub(super) fn pod_revision(
     pod: &PodSpec,
+    settings: &PodTemplate,
     spec: &DeliveryTierSpec,
     secrets: &[(String, &SecretKeyRef)],
     policies: &ResolvedPolicies,
@@ -326,6 +335,10 @@ pub(super) fn pod_revision(
     let render = |e: serde_json::Error| DesiredError::Render(e.to_string());
     let mut h = Fnv64::default();
     h.write_part(&serde_json::to_vec(pod).map_err(render)?);
+    // Only when set, so tiers without settings keep their revision.
+    if let Some(m) = &settings.metadata {
+        h.write_part(&serde_json::to_vec(m).map_err(render)?);
+    }
     h.write_part(&serde_json::to_vec(&spec.store).map_err(render)?);
     for (_, r) in secrets {
         h.write_part(r.name.as_bytes());

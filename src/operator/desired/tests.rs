@@ -278,7 +278,17 @@ fn agent_pods_run_the_agent_locked_down() {
         assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
         let psc = pod.security_context.as_ref().unwrap();
         assert_eq!(psc.run_as_non_root, Some(true));
-        assert_eq!(psc.run_as_user, Some(65532));
+        assert_eq!(
+            psc.seccomp_profile.as_ref().unwrap().type_,
+            "RuntimeDefault"
+        );
+        // No fixed user or group: the image's numeric USER satisfies
+        // runAsNonRoot, and OpenShift assigns its own range.
+        assert_eq!(
+            (psc.run_as_user, psc.run_as_group, psc.fs_group),
+            (None, None, None)
+        );
+        assert_eq!((sc.run_as_user, sc.run_as_group), (None, None));
         assert_eq!(c.resources, d_resources());
         assert_eq!(pod.service_account_name.as_deref(), Some("alerts-agent"));
         // Same container in both tracks: only labels differ.
@@ -1016,5 +1026,31 @@ fn agents_inherit_the_operators_tracing_settings_but_no_credentials() {
     assert_ne!(
         template_revision(&plain.stable),
         template_revision(&traced.stable)
+    );
+}
+
+#[test]
+fn pull_secrets_of_the_operator_defaults_reach_the_agent_deployments() {
+    let mut o = opts();
+    o.pod_defaults.image_pull_secrets =
+        Some(vec![k8s_openapi::api::core::v1::LocalObjectReference {
+            name: "regcred".into(),
+        }]);
+    let d = desired_objects(
+        &tier_from(spec_json("telegram", true, 3, true)),
+        &policies(),
+        &o,
+    )
+    .unwrap();
+    for dep in [&d.stable, d.canary.as_ref().unwrap()] {
+        let secrets = pod_spec_of(dep).image_pull_secrets.clone().unwrap();
+        assert_eq!(secrets.len(), 1);
+        assert_eq!(secrets[0].name, "regcred");
+    }
+    // Without defaults, none.
+    assert_eq!(
+        pod_spec_of(&build(&tier_from(spec_json("telegram", true, 3, true))).stable)
+            .image_pull_secrets,
+        None
     );
 }
