@@ -491,6 +491,110 @@ fn the_schema_refuses_typos_in_monitoring_values() {
     }
 }
 
+/// The operator's `HERALD_AGENT_POD_DEFAULTS`, as JSON.
+fn pod_defaults_env(docs: &[Doc]) -> Value {
+    let (_, c) = operator_container(docs);
+    let var = c
+        .env
+        .unwrap_or_default()
+        .into_iter()
+        .find(|e| e.name == "HERALD_AGENT_POD_DEFAULTS")
+        .and_then(|e| e.value)
+        .expect("HERALD_AGENT_POD_DEFAULTS on the operator");
+    serde_json::from_str(&var).unwrap()
+}
+
+/// `operator.agent.podDefaults` reaches the operator whole, after the
+/// chart's `imagePullSecrets`, and is settings the operator accepts.
+#[test]
+fn the_agent_pod_defaults_reach_the_operator() {
+    use herald::operator::pod_settings::parse_defaults;
+    // By default: the agent's files are writable on volumes, no fixed user.
+    let default = pod_defaults_env(render(Values::Default));
+    assert_eq!(
+        default,
+        serde_json::json!({"securityContext": {"fsGroup": 65532}})
+    );
+    parse_defaults("default values", &default.to_string()).unwrap();
+
+    let full = pod_defaults_env(render(Values::Full));
+    let values: Value = serde_saphyr::from_str(&read(&root().join(FULL_VALUES))).unwrap();
+    let mut want = values["operator"]["agent"]["podDefaults"].clone();
+    want["imagePullSecrets"] = serde_json::json!([
+        {"name": "registry-credentials"},
+        {"name": "agent-registry"},
+    ]);
+    assert_eq!(full, want);
+    let settings = parse_defaults("full values", &full.to_string()).unwrap();
+    for (field, set) in [
+        ("metadata", settings.metadata.is_some()),
+        ("nodeSelector", settings.node_selector.is_some()),
+        ("tolerations", settings.tolerations.is_some()),
+        ("affinity", settings.affinity.is_some()),
+        (
+            "topologySpreadConstraints",
+            settings.topology_spread_constraints.is_some(),
+        ),
+        ("priorityClassName", settings.priority_class_name.is_some()),
+        ("securityContext", settings.security_context.is_some()),
+        (
+            "containerSecurityContext",
+            settings.container_security_context.is_some(),
+        ),
+        ("env", settings.env.is_some()),
+        ("volumes", settings.volumes.is_some()),
+        ("volumeMounts", settings.volume_mounts.is_some()),
+    ] {
+        assert!(set, "{field} did not reach the operator");
+    }
+    assert_eq!(settings.image_pull_secrets.map(|s| s.len()), Some(2));
+}
+
+/// values.schema.json refuses a typo in each agent pod default.
+#[test]
+fn the_schema_refuses_typos_in_agent_pod_defaults() {
+    let d = "operator.agent.podDefaults";
+    for set in [
+        "operator.agent.podDefault.nodeSelector.a=b".to_owned(),
+        format!("{d}.metadata.label.a=b"),
+        format!("{d}.metadata.annotation.a=b"),
+        format!("{d}.labels.a=b"),
+        format!("{d}.imagePullSecret[0].name=x"),
+        format!("{d}.imagePullSecrets[0].nam=x"),
+        format!("{d}.nodeSelecter.a=b"),
+        format!("{d}.toleration[0].key=x"),
+        format!("{d}.afinity.x=y"),
+        format!("{d}.topologySpreadConstraint[0].maxSkew=1"),
+        format!("{d}.priorityClass=x"),
+        format!("{d}.securityContex.runAsUser=1"),
+        format!("{d}.containerSecurityContex.runAsUser=1"),
+        format!("{d}.envs[0].name=X"),
+        format!("{d}.env[0].value=x"),
+        format!("{d}.volume[0].name=x"),
+        format!("{d}.volumeMount[0].name=x"),
+        format!("{d}.volumeMounts[0].name=x"),
+    ] {
+        let out = Command::new(helm())
+            .args([
+                "template",
+                RELEASE,
+                "charts/herald",
+                "--namespace",
+                NAMESPACE,
+            ])
+            .args(["--set", &set])
+            .current_dir(root())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{set} rendered");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("values don't meet the specifications of the schema"),
+            "{set}: {err}"
+        );
+    }
+}
+
 /// The chart's copies are the sources, byte for byte.
 #[test]
 fn the_chart_copies_its_sources_exactly() {
