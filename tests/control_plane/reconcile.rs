@@ -215,6 +215,86 @@ fn get_prints_the_documented_columns_for_real_objects() {
     expected.extend(printer_columns("deliverytiers.herald.dev", true));
     let expected: Vec<&str> = expected.iter().flat_map(|c| c.split_whitespace()).collect();
     assert_eq!(header, expected, "{wide}");
+    assert_eq!(header.last(), Some(&"MESSAGE"), "{wide}");
+    // MESSAGE is the Ready condition's message.
+    for tier in SAMPLE_TIERS {
+        let message = c.kubectl_ok(&[
+            "get",
+            "tier",
+            tier,
+            "-n",
+            &ns,
+            "-o",
+            r#"jsonpath={.status.conditions[?(@.type=="Ready")].message}"#,
+        ]);
+        assert!(!message.is_empty(), "{tier} has no Ready message");
+        let row = wide
+            .lines()
+            .find(|l| l.starts_with(&format!("{tier} ")))
+            .unwrap_or_default();
+        assert!(row.trim_end().ends_with(message.trim()), "{tier}: {wide}");
+    }
+
+    // Policies: how many tiers use each, and whether it was accepted.
+    for (resource, name, tiers) in [
+        ("rlp", "alerts-bot-limits", 2),
+        ("cbp", "alerts-circuit", 2),
+        ("dgp", "alerts-degradation", 1),
+    ] {
+        let counted = wait_for(Duration::from_secs(30), || {
+            let p = c.get_json(&["get", resource, name, "-n", &ns])?;
+            (p["status"]["tierCount"].as_i64() == Some(tiers)).then_some(())
+        });
+        assert!(
+            counted.is_some(),
+            "{resource}/{name}: tierCount never {tiers}"
+        );
+        let out = c.kubectl_ok(&["get", resource, name, "-n", &ns]);
+        let mut lines = out.lines();
+        let header = lines.next().unwrap_or_default();
+        let row = lines.next().unwrap_or_default();
+        // Columns start where their header does (an empty cell is blank).
+        let at = |col: &str| {
+            let start = header.find(&format!(" {col} ")).map(|i| i + 1)?;
+            row.get(start..)?.split_whitespace().next()
+        };
+        let want = tiers.to_string();
+        assert_eq!(at("TIERS"), Some(want.as_str()), "{out}");
+        assert_eq!(at("ACCEPTED"), Some("True"), "{out}");
+    }
+}
+
+#[test]
+fn kubectl_scale_resizes_a_tier_through_its_scale_subresource() {
+    let c = cluster();
+    let ns = reconciled_sample(c, "scale");
+    let tier = "alerts-webhook";
+    c.kubectl_ok(&["scale", "tier", tier, "--replicas=3", "-n", &ns]);
+    let deployment = names::deployment_name(tier, Track::Stable);
+    let scaled = wait_for(Duration::from_secs(30), || {
+        let d = c.get_json(&["get", "deployment", &deployment, "-n", &ns])?;
+        (d["spec"]["replicas"].as_i64() == Some(3)).then_some(())
+    });
+    assert!(
+        scaled.is_some(),
+        "{ns}: {deployment} never asked for 3 pods"
+    );
+    // What an HPA reads: the replicas and the agent pods' selector.
+    let read = wait_for(Duration::from_secs(30), || {
+        let raw = c.kubectl_ok(&[
+            "get",
+            "--raw",
+            &format!("/apis/herald.dev/v1alpha1/namespaces/{ns}/deliverytiers/{tier}/scale"),
+        ]);
+        let scale: Value = serde_json::from_str(&raw).ok()?;
+        (scale["status"]["replicas"].as_i64() == Some(3)).then_some(scale)
+    })
+    .unwrap_or_else(|| panic!("{ns}: the scale subresource never read 3 replicas"));
+    assert_eq!(read["spec"]["replicas"], 3);
+    assert_eq!(
+        read["status"]["selector"],
+        format!("app.kubernetes.io/name=herald,herald.dev/tier={tier}")
+    );
 }
 
 /// The rate of the RateLimitPolicy as the agent config of `tier` holds it.
