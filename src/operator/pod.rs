@@ -309,7 +309,12 @@ pub(super) fn pod_spec(
         ..PodSpec::default()
     };
     let operator_env: Vec<String> = opts.agent_env.iter().map(|(k, _)| k.clone()).collect();
-    pod_settings::apply(&mut pod, settings, volumes, &operator_env)?;
+    let claims: Vec<(&str, &str)> = volumes
+        .claims
+        .iter()
+        .map(|c| (c.volume, c.mount_path.as_str()))
+        .collect();
+    pod_settings::apply(&mut pod, settings, &claims, &operator_env)?;
     Ok(pod)
 }
 

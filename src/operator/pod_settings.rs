@@ -36,7 +36,6 @@ use crate::api::pod_template::{PodTemplate, PodTemplateMetadata, Refusal, at_or_
 use crate::validate::structural::Checker;
 
 use super::inputs::DesiredError;
-use super::pod::Volumes;
 
 /// Where a tier's settings sit, for error paths.
 pub const TIER_FIELD: &str = "spec.podTemplate";
@@ -173,12 +172,13 @@ fn refused(r: &Refusal) -> DesiredError {
 }
 
 /// Merge `settings` into the pod herald built (agent container first) and
-/// check what needs the whole pod: mounts clear of the tier's claims, and
-/// naming a volume the pod has.
+/// check what needs the whole pod: mounts clear of the tier's claims
+/// (`claims`: each volume's name and mount path), and naming a volume the
+/// pod has.
 pub(super) fn apply(
     pod: &mut PodSpec,
     settings: &PodTemplate,
-    volumes: &Volumes,
+    claims: &[(&str, &str)],
     operator_env: &[String],
 ) -> Result<(), DesiredError> {
     let s = settings;
@@ -216,14 +216,15 @@ pub(super) fn apply(
     }
     for (i, m) in s.volume_mounts.iter().flatten().enumerate() {
         let field = || format!("{TIER_FIELD}.volumeMounts[{i}]");
-        if let Some(claim) = volumes.claims.iter().find(|cl| {
-            at_or_below(&m.mount_path, &cl.mount_path) || at_or_below(&cl.mount_path, &m.mount_path)
-        }) {
+        if let Some((volume, dir)) = claims
+            .iter()
+            .find(|(_, dir)| at_or_below(&m.mount_path, dir) || at_or_below(dir, &m.mount_path))
+        {
             return Err(DesiredError::InvalidPodTemplate {
                 field: format!("{}.mountPath", field()),
                 why: format!(
-                    "{} overlaps {}, where the tier's {} volume is mounted",
-                    m.mount_path, claim.mount_path, claim.volume
+                    "{} overlaps {dir}, where the tier's {volume} volume is mounted",
+                    m.mount_path
                 ),
             });
         }
