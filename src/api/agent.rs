@@ -6,6 +6,7 @@
 //!
 //! In a cluster the operator writes this document into the tier's ConfigMap.
 
+use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +45,9 @@ pub struct AgentSpec {
     /// Ingest limits.
     #[serde(default)]
     pub ingest: IngestSpec,
+    /// How the HTTP server treats connections: read timeouts and a cap.
+    #[serde(default)]
+    pub http: HttpSpec,
     /// A directory watched for message files; off when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 4096))]
@@ -152,6 +156,7 @@ impl Default for AgentSpec {
             admin_token_ref: None,
             bot_api: BotApiSpec::default(),
             ingest: IngestSpec::default(),
+            http: HttpSpec::default(),
             spool_source: None,
             retention: default_retention(),
             shutdown_grace: default_grace(),
@@ -233,6 +238,58 @@ impl Default for IngestSpec {
             max_body_bytes: default_max_body(),
         }
     }
+}
+
+/// The HTTP server's defences against slow and numerous clients.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("duration(self.headerReadTimeout) >= duration('100ms') && duration(self.headerReadTimeout) <= duration('10m')")
+        .message("headerReadTimeout must be between 100ms and 10m").field_path(".headerReadTimeout").reason(Reason::FieldValueInvalid),
+    validation = Rule::new("duration(self.bodyReadTimeout) >= duration('100ms') && duration(self.bodyReadTimeout) <= duration('1h')")
+        .message("bodyReadTimeout must be between 100ms and 1h").field_path(".bodyReadTimeout").reason(Reason::FieldValueInvalid),
+)]
+pub struct HttpSpec {
+    /// Time a client has to send a request's line and headers, counted from
+    /// when the agent starts waiting for them; also how long an idle
+    /// keep-alive connection is kept. A client that runs out of it is
+    /// disconnected without an answer. Applies to new connections after a
+    /// reload.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: DurationString,
+    /// Time a client has to send a request's whole body, counted from the
+    /// end of its headers; past it the request is answered 408 and the
+    /// connection closed. Applies to new requests after a reload.
+    #[serde(default = "default_body_read_timeout")]
+    pub body_read_timeout: DurationString,
+    /// Open connections served at once. At the cap the agent stops
+    /// accepting: new connections wait in the listen queue (the kernel's
+    /// backlog; past it they are refused by the kernel) until one closes,
+    /// while open connections keep working. Read at start; a reload that
+    /// changes it is refused.
+    #[serde(default = "default_max_connections")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_connections: u32,
+}
+
+impl Default for HttpSpec {
+    fn default() -> Self {
+        HttpSpec {
+            header_read_timeout: default_header_read_timeout(),
+            body_read_timeout: default_body_read_timeout(),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+fn default_header_read_timeout() -> DurationString {
+    DurationString::lit("10s")
+}
+fn default_body_read_timeout() -> DurationString {
+    DurationString::lit("30s")
+}
+fn default_max_connections() -> u32 {
+    10_000
 }
 
 fn default_listen() -> String {
