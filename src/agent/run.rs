@@ -184,12 +184,12 @@ async fn serve(
     }
     let router = crate::agent::http::router(state.clone());
     let drain_state = state.clone();
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+    let served = crate::agent::http::server::serve(listener, router, state.clone(), async move {
         let _ = stop.wait_for(|s| *s).await;
         // Refuse new messages at once; finish requests already inside.
         drain_state.draining.store(true, Ordering::Relaxed);
-    });
-    let served = server.await;
+    })
+    .await;
     let _ = aux_stop_tx.send(true);
     if let Some(t) = fleet_task {
         let _ = t.await;
