@@ -547,6 +547,24 @@ spec:
             ("  leaseTtl: 20s\n", "spec.leaseTtl"),
             ("  entryTier: other\n", "spec.entryTier"),
         ];
+        // The reference says so for each of them.
+        let schema = crate::api::agent::agent_document_schema();
+        for (_, field) in &restart_only {
+            let mut node = &schema;
+            for part in field.split('.') {
+                node = &node["properties"][part];
+            }
+            let text = node["description"]
+                .as_str()
+                .unwrap_or_default()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            assert!(
+                text.contains("a reload that changes it is refused"),
+                "{field}: {text}"
+            );
+        }
         for (change, field) in restart_only {
             let new = with_agent(change);
             let e = reloadable(&old, &new).expect_err(field).to_string();

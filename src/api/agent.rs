@@ -20,16 +20,19 @@ pub const AGENT_KIND: &str = "Agent";
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentSpec {
-    /// Address of the HTTP server (ingest, Bot API drop-in, health, metrics, admin).
+    /// Address of the HTTP server (ingest, Bot API drop-in, health, metrics,
+    /// admin). Read at start; a reload that changes it is refused.
     #[serde(default = "default_listen")]
     #[schemars(length(min = 1, max = 256))]
     pub listen: String,
     /// The tier messages enter when they name none; by default the tier with
-    /// the highest priority that is not another tier's fallback.
+    /// the highest priority that is not another tier's fallback. Its queue
+    /// is opened at start; a reload that changes it is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub entry_tier: Option<String>,
     /// Embedded queue file (used when the entry tier's store is embedded).
+    /// Read at start; a reload that changes it is refused.
     #[serde(default = "default_store_path")]
     #[schemars(length(min = 1, max = 4096))]
     pub store_path: String,
@@ -48,7 +51,7 @@ pub struct AgentSpec {
     /// How the HTTP server treats connections: read timeouts and a cap.
     #[serde(default)]
     pub http: HttpSpec,
-    /// A directory watched for message files; off when unset.
+    /// A directory watched for message files; off when unset. Read at start; a reload that changes it is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 4096))]
     pub spool_source: Option<String>,
@@ -56,6 +59,7 @@ pub struct AgentSpec {
     #[serde(default = "default_retention")]
     pub retention: DurationString,
     /// Time allowed on SIGTERM to finish in-flight sends before exiting.
+    /// Read at start; a reload that changes it is refused.
     #[serde(default = "default_grace")]
     pub shutdown_grace: DurationString,
     /// Prometheus metrics at `/metrics`.
@@ -64,9 +68,11 @@ pub struct AgentSpec {
     /// In a cluster: the ConfigMap this config came from, watched through
     /// the API so an edit is live within 2 s (the mounted file lags by up
     /// to a minute). Set by the operator; unset for standalone agents.
+    /// Read at start; a reload that changes it is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_map: Option<ConfigMapSource>,
     /// Environment variable holding this pod's track (`stable`/`canary`).
+    /// Read at start; a reload that changes it is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub track_env: Option<String>,
@@ -75,7 +81,7 @@ pub struct AgentSpec {
     pub partitions: Option<PartitionAssignment>,
     /// Redis store only: how long a queue partition stays with an agent
     /// that stopped renewing it (killed, frozen, cut off) before another
-    /// agent takes it over. Agents renew three times per period.
+    /// agent takes it over. Agents renew three times per period. Read at start; a reload that changes it is refused.
     #[serde(default = "default_lease_ttl")]
     pub lease_ttl: DurationString,
 }
@@ -127,11 +133,11 @@ impl PartitionRange {
     }
 }
 
-/// Metrics switch (read at start; a reload does not change it).
+/// Metrics switch (read at start; a reload that changes it is refused).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MetricsSpec {
-    /// Collect and serve metrics. Off only for measuring their cost.
+    /// Collect and serve metrics. Off only for measuring their cost. Read at start; a reload that changes it is refused.
     #[serde(default = "yes")]
     pub enabled: bool,
 }
@@ -225,7 +231,7 @@ pub struct IngestSpec {
     #[serde(default = "default_max_batch")]
     #[schemars(range(min = 1, max = 1000))]
     pub max_batch: u32,
-    /// Largest request body in bytes.
+    /// Largest request body in bytes. Read at start; a reload that changes it is refused.
     #[serde(default = "default_max_body")]
     #[schemars(range(min = 1024, max = 67108864))]
     pub max_body_bytes: u32,
