@@ -3,7 +3,10 @@
 //! into engine policy, with every secret looked up once.
 //!
 //! A reload builds a whole new [`AgentConfig`]; if anything is wrong the
-//! caller keeps the old one.
+//! caller keeps the old one. The config remembers where each document's
+//! fields were written ([`AgentConfig::place_of`]), so errors met later —
+//! a port in use, a store file that cannot be opened — name the file, line
+//! and field like the loader's own errors.
 
 use std::path::{Path, PathBuf};
 
@@ -12,6 +15,7 @@ use crate::api::AgentSpec;
 use crate::api::delivery_tier::Channel;
 use crate::policy::{ConfigSet, TierPolicy};
 pub use crate::sink::TierSecrets;
+use crate::validate::yaml::Document;
 use crate::validate::{Diagnostic, InputError, Object, validate_paths, validate_sources};
 
 /// Why a config could not be used.
@@ -25,6 +29,11 @@ pub enum ConfigError {
     Missing(String),
     #[error(transparent)]
     Secret(#[from] MissingSecret),
+    #[error(
+        "the new configuration changes {} which the agent reads only at start; restart the agent to apply it",
+        .0.join(", ")
+    )]
+    NeedsRestart(Vec<String>),
 }
 
 /// One tier, resolved, with its secrets.
@@ -43,6 +52,30 @@ pub struct AgentConfig {
     pub entry_tier: String,
     pub tiers: Vec<TierRuntime>,
     pub admin_token: Option<Secret>,
+    /// Where each document was written, for errors about its fields.
+    pub places: Places,
+}
+
+/// The documents of a config file with the position of each of their
+/// fields. Holds no secret values (documents only name secrets), and its
+/// `Debug` leaves the documents out.
+#[derive(Clone, Default)]
+pub struct Places(Vec<Place>);
+
+#[derive(Clone)]
+struct Place {
+    kind: String,
+    name: String,
+    file: String,
+    doc: Document,
+}
+
+impl std::fmt::Debug for Places {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|p| format!("{}/{}", p.kind, p.name)))
+            .finish()
+    }
 }
 
 impl AgentConfig {
@@ -149,12 +182,25 @@ impl AgentConfig {
             Some(r) => Some(secrets::resolve(&agent.secrets, r, env)?),
             None => None,
         };
+        let places = Places(
+            report
+                .objects
+                .iter()
+                .map(|o| Place {
+                    kind: o.kind.clone(),
+                    name: o.name.clone(),
+                    file: o.file.clone(),
+                    doc: o.doc.clone(),
+                })
+                .collect(),
+        );
         Ok(AgentConfig {
             source: path.to_path_buf(),
             agent,
             entry_tier,
             tiers,
             admin_token,
+            places,
         })
     }
 
@@ -170,6 +216,37 @@ impl AgentConfig {
                 .as_ref()
                 .is_some_and(|s| constant_time_eq(s.expose().as_bytes(), token.as_bytes()))
         })
+    }
+
+    /// `file:line:col: Kind/name: path` for the field `path` (such as
+    /// `spec.listen`) of the document `kind` named `name` (any name when
+    /// `None`: there is one Agent document at most). A field left out
+    /// points at its document; without the document, at the file.
+    pub fn place_of(&self, kind: &str, name: Option<&str>, path: &str) -> String {
+        let found = self
+            .places
+            .0
+            .iter()
+            .find(|p| p.kind == kind && name.is_none_or(|n| p.name == n));
+        match found {
+            Some(p) => {
+                let at = p.doc.position_of(path);
+                format!(
+                    "{}:{}:{}: {}/{}: {path}",
+                    p.file, at.line, at.col, p.kind, p.name
+                )
+            }
+            None => format!(
+                "{}: {kind}{}: {path} (not written; its default applies)",
+                self.source.display(),
+                name.map(|n| format!("/{n}")).unwrap_or_default()
+            ),
+        }
+    }
+
+    /// [`AgentConfig::place_of`] for a field of the Agent document.
+    pub fn agent_field(&self, path: &str) -> String {
+        self.place_of(crate::api::agent::AGENT_KIND, None, path)
     }
 
     pub fn tier_names(&self) -> Vec<String> {

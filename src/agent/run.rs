@@ -1,6 +1,11 @@
 //! Starting and stopping an agent: open the store, start the dispatch loop,
 //! serve HTTP, watch the config file, clean up old records, and on shutdown
 //! stop ingest, drain in-flight sends and exit.
+//!
+//! An error at start names the config file, line and field it comes from
+//! (`spec.listen` for a port in use, `spec.storePath` for a store file that
+//! cannot be opened). A reload that changes a field read only at start is
+//! refused naming the fields ([`restart_only_changes`] is the one list).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,6 +21,7 @@ use crate::agent::fleet;
 use crate::agent::metrics::Metrics;
 use crate::agent::state::{AppState, DispatchCmd};
 use crate::agent::store::{AgentStore, OpenError};
+use crate::api::agent::{AgentSpec, HttpSpec, IngestSpec, MetricsSpec};
 use crate::fleet::Fleet;
 use crate::policy::effective::restart_quiet;
 use crate::store::Store;
@@ -25,12 +31,19 @@ use crate::store::Store;
 pub enum AgentError {
     #[error("configuration: {0}")]
     Config(#[from] ConfigError),
-    #[error(transparent)]
-    Store(#[from] OpenError),
+    #[error("{at}: {source}")]
+    Store {
+        /// Where the failing setting was written: file, line, field.
+        at: String,
+        #[source]
+        source: OpenError,
+    },
     #[error("joining the agents on Redis: {0}")]
     Fleet(#[from] crate::fleet::shared_limiter::SharedError),
-    #[error("listen {addr}: {source}")]
+    #[error("{at}: cannot listen on {addr}: {source}")]
     Listen {
+        /// Where `listen` was written: file, line, field.
+        at: String,
         addr: String,
         #[source]
         source: std::io::Error,
@@ -62,6 +75,19 @@ impl RunningAgent {
     }
 }
 
+/// The setting a store error comes from: `storePath` for the embedded
+/// file and the spill, the entry tier's `spec.store` for Redis.
+fn store_field(config: &AgentConfig, e: &OpenError) -> String {
+    match e {
+        OpenError::Embedded { .. } | OpenError::Spill { .. } => {
+            config.agent_field("spec.storePath")
+        }
+        OpenError::Redis { tier, .. } | OpenError::MissingUrl { tier, .. } => {
+            config.place_of("DeliveryTier", Some(tier), "spec.store.redis")
+        }
+    }
+}
+
 /// Load `path` and start serving. `env` resolves secrets.
 pub async fn start(
     path: PathBuf,
@@ -70,10 +96,16 @@ pub async fn start(
     let config = Arc::new(AgentConfig::load(&path, env)?);
     let agent_id = crate::fleet::agent_id();
     let metrics = config.agent.metrics.enabled.then(Metrics::new);
-    let store = AgentStore::open(&config, &agent_id, metrics.clone()).await?;
+    let store_error = |source: OpenError| AgentError::Store {
+        at: store_field(&config, &source),
+        source,
+    };
+    let store = AgentStore::open(&config, &agent_id, metrics.clone())
+        .await
+        .map_err(store_error)?;
     let fleet = match (
         &store,
-        crate::agent::store::redis_options(&config, &agent_id)?,
+        crate::agent::store::redis_options(&config, &agent_id).map_err(store_error)?,
     ) {
         (AgentStore::Redis(redis, _), Some(options)) => Some(Arc::new(
             Fleet::join(
@@ -86,16 +118,15 @@ pub async fn start(
         )),
         _ => None,
     };
-    let listener = tokio::net::TcpListener::bind(&config.agent.listen)
-        .await
-        .map_err(|source| AgentError::Listen {
-            addr: config.agent.listen.clone(),
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| AgentError::Listen {
+    let listen_error = |source| AgentError::Listen {
+        at: config.agent_field("spec.listen"),
         addr: config.agent.listen.clone(),
         source,
-    })?;
+    };
+    let listener = tokio::net::TcpListener::bind(&config.agent.listen)
+        .await
+        .map_err(listen_error)?;
+    let addr = listener.local_addr().map_err(listen_error)?;
     let (tx, rx) = mpsc::channel(4096);
     let state = Arc::new(AppState {
         config: std::sync::RwLock::new(config.clone()),
@@ -184,12 +215,12 @@ async fn serve(
     }
     let router = crate::agent::http::router(state.clone());
     let drain_state = state.clone();
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+    let served = crate::agent::http::server::serve(listener, router, state.clone(), async move {
         let _ = stop.wait_for(|s| *s).await;
         // Refuse new messages at once; finish requests already inside.
         drain_state.draining.store(true, Ordering::Relaxed);
-    });
-    let served = server.await;
+    })
+    .await;
     let _ = aux_stop_tx.send(true);
     if let Some(t) = fleet_task {
         let _ = t.await;
@@ -270,7 +301,7 @@ const POD_NAMESPACE_ENV: &str = "HERALD_POD_NAMESPACE";
 /// Install a newly loaded config, or log why it was refused; either way
 /// the agent keeps running.
 fn apply(state: &Arc<AppState>, loaded: Result<AgentConfig, ConfigError>, origin: &str) {
-    match loaded.and_then(|c| same_store(&state.config(), &c).map(|()| c)) {
+    match loaded.and_then(|c| reloadable(&state.config(), &c).map(|()| c)) {
         Ok(c) => {
             let c = Arc::new(c);
             state.set_config(c.clone());
@@ -292,24 +323,100 @@ fn apply(state: &Arc<AppState>, loaded: Result<AgentConfig, ConfigError>, origin
     }
 }
 
-/// The queue an agent runs on is opened once: a reload that moves it (to
-/// another file, another Redis, the other kind) is refused, not half
-/// applied. Restart the agent to move its queue.
-fn same_store(old: &AgentConfig, new: &AgentConfig) -> Result<(), ConfigError> {
-    let store_of = |c: &AgentConfig| {
-        let tier = c.tier(&c.entry_tier).map(|t| t.policy.spec.store.clone());
-        let path = c.agent.store_path.clone();
-        let url = c
-            .tier(&c.entry_tier)
-            .and_then(|t| t.secrets.redis_url.as_ref().map(|u| u.expose().to_owned()));
-        (c.entry_tier.clone(), tier, path, url)
-    };
-    if store_of(old) == store_of(new) {
+/// A reload applies whole or not at all: one that changes a field the
+/// agent reads only at start is refused, naming the fields.
+fn reloadable(old: &AgentConfig, new: &AgentConfig) -> Result<(), ConfigError> {
+    let changed = restart_only_changes(old, new);
+    if changed.is_empty() {
         return Ok(());
     }
-    Err(ConfigError::Missing(
-        "the new configuration moves the queue (entry tier, spec.store, storePath or the Redis URL changed); restart the agent to move it".to_owned(),
-    ))
+    Err(ConfigError::NeedsRestart(changed))
+}
+
+/// The fields read only at start that differ between `old` and `new`.
+///
+/// Every field of the Agent document is named below, so a new one cannot
+/// be added without deciding whether a reload applies it. Besides those:
+/// the queue an agent runs on is opened once, so a reload that moves it
+/// (another entry tier, its `spec.store`, its Redis URL) is refused too.
+fn restart_only_changes(old: &AgentConfig, new: &AgentConfig) -> Vec<String> {
+    let AgentSpec {
+        listen,
+        entry_tier: _, // compared as resolved, below
+        store_path,
+        secrets: _,         // secrets are read again at each reload
+        admin_token_ref: _, // read again at each reload
+        bot_api: _,         // read per request
+        ingest:
+            IngestSpec {
+                max_batch: _, // read per request
+                max_body_bytes,
+            },
+        http:
+            HttpSpec {
+                header_read_timeout: _, // read per connection
+                body_read_timeout: _,   // read per request
+                max_connections,
+            },
+        spool_source,
+        retention: _, // read at each cleanup
+        shutdown_grace,
+        metrics: MetricsSpec { enabled: metrics },
+        config_map,
+        track_env,
+        partitions: _, // read at each rebalance
+        lease_ttl,
+    } = &new.agent;
+    let was = &old.agent;
+    let mut changed = Vec::new();
+    let mut check = |differs: bool, field: &str| {
+        if differs {
+            changed.push(field.to_owned());
+        }
+    };
+    check(*listen != was.listen, "spec.listen");
+    check(*store_path != was.store_path, "spec.storePath");
+    // The router's body limit for the native API is set at start.
+    check(
+        *max_body_bytes != was.ingest.max_body_bytes,
+        "spec.ingest.maxBodyBytes",
+    );
+    check(
+        *max_connections != was.http.max_connections,
+        "spec.http.maxConnections",
+    );
+    check(*spool_source != was.spool_source, "spec.spoolSource");
+    check(*shutdown_grace != was.shutdown_grace, "spec.shutdownGrace");
+    check(*metrics != was.metrics.enabled, "spec.metrics.enabled");
+    check(*config_map != was.config_map, "spec.configMap");
+    check(*track_env != was.track_env, "spec.trackEnv");
+    check(*lease_ttl != was.lease_ttl, "spec.leaseTtl");
+    check(
+        old.entry_tier != new.entry_tier,
+        "the entry tier (spec.entryTier)",
+    );
+    if old.entry_tier == new.entry_tier {
+        let entry = |c: &AgentConfig| c.tier(&c.entry_tier).cloned();
+        let (a, b) = (entry(old), entry(new));
+        let store = |t: &Option<crate::agent::config::TierRuntime>| {
+            t.as_ref().map(|t| t.policy.spec.store.clone())
+        };
+        // Never the URL itself: it may hold a password.
+        let url = |t: &Option<crate::agent::config::TierRuntime>| {
+            t.as_ref()
+                .and_then(|t| t.secrets.redis_url.as_ref().map(|u| u.expose().to_owned()))
+        };
+        let tier = &new.entry_tier;
+        check(
+            store(&a) != store(&b),
+            &format!("DeliveryTier/{tier} spec.store (the queue)"),
+        );
+        check(
+            url(&a) != url(&b),
+            &format!("the Redis URL of DeliveryTier/{tier} (the queue)"),
+        );
+    }
+    changed
 }
 
 /// Queue sizes only the store knows (dead letters), read from its counters.
@@ -377,13 +484,124 @@ spec:
     fn a_reload_that_moves_the_queue_is_refused() {
         let redis = "{type: redis, redis: {urlSecretRef: {name: redis, key: url}}}";
         let a = config(redis, "redis://127.0.0.1:1/");
-        assert!(same_store(&a, &config(redis, "redis://127.0.0.1:1/")).is_ok());
-        let e = same_store(&a, &config(redis, "redis://127.0.0.1:2/")).unwrap_err();
+        assert!(reloadable(&a, &config(redis, "redis://127.0.0.1:1/")).is_ok());
+        let e = reloadable(&a, &config(redis, "redis://127.0.0.1:2/")).unwrap_err();
         assert!(e.to_string().contains("restart the agent"), "{e}");
         assert!(
             !e.to_string().contains("127.0.0.1"),
             "the URL may hold a password: {e}"
         );
-        assert!(same_store(&a, &config("{type: embedded}", "")).is_err());
+        assert!(reloadable(&a, &config("{type: embedded}", "")).is_err());
+    }
+
+    /// A config with the Agent document's spec written as `agent`, and two
+    /// tiers (`bots` enters by default, `other` has a lower priority).
+    fn with_agent(agent: &str) -> AgentConfig {
+        let tier = |name: &str, priority: u32| {
+            format!(
+                "---
+apiVersion: herald.dev/v1alpha1
+kind: DeliveryTier
+metadata: {{name: {name}}}
+spec:
+  channel: webhook
+  webhook: {{url: 'http://127.0.0.1:9/hook'}}
+  priority: {priority}
+"
+            )
+        };
+        // `listen` and `storePath` as given, else these.
+        let base: String = ["  listen: 127.0.0.1:8080\n", "  storePath: q.redb\n"]
+            .into_iter()
+            .filter(|l| !l.split(':').next().is_some_and(|k| agent.contains(k)))
+            .collect();
+        let text = format!(
+            "apiVersion: herald.dev/v1alpha1
+kind: Agent
+metadata: {{name: a}}
+spec:
+{base}{agent}{}{}",
+            tier("bots", 200),
+            tier("other", 100)
+        );
+        AgentConfig::from_text(std::path::Path::new("agent.yaml"), &text, &|_| None).unwrap()
+    }
+
+    #[test]
+    fn a_reload_of_a_field_read_only_at_start_is_refused_naming_it() {
+        let old = with_agent("");
+        // Every restart-only field of restart_only_changes, changed alone.
+        let restart_only = [
+            ("  listen: 127.0.0.1:8081\n", "spec.listen"),
+            ("  storePath: other.redb\n", "spec.storePath"),
+            (
+                "  ingest: {maxBodyBytes: 4096}\n",
+                "spec.ingest.maxBodyBytes",
+            ),
+            ("  http: {maxConnections: 5}\n", "spec.http.maxConnections"),
+            ("  spoolSource: /tmp/in\n", "spec.spoolSource"),
+            ("  shutdownGrace: 3s\n", "spec.shutdownGrace"),
+            ("  metrics: {enabled: false}\n", "spec.metrics.enabled"),
+            ("  configMap: {name: c, key: k}\n", "spec.configMap"),
+            ("  trackEnv: TRACK\n", "spec.trackEnv"),
+            ("  leaseTtl: 20s\n", "spec.leaseTtl"),
+            ("  entryTier: other\n", "spec.entryTier"),
+        ];
+        // The reference says so for each of them.
+        let schema = crate::api::agent::agent_document_schema();
+        for (_, field) in &restart_only {
+            let mut node = &schema;
+            for part in field.split('.') {
+                node = &node["properties"][part];
+            }
+            let text = node["description"]
+                .as_str()
+                .unwrap_or_default()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            assert!(
+                text.contains("a reload that changes it is refused"),
+                "{field}: {text}"
+            );
+        }
+        for (change, field) in restart_only {
+            let new = with_agent(change);
+            let e = reloadable(&old, &new).expect_err(field).to_string();
+            assert!(e.contains(field) && e.contains("restart the agent"), "{e}");
+        }
+        // Fields a reload applies.
+        for live in [
+            "  retention: 1h\n",
+            "  botApi: {asyncAccept: true, waitForDelivery: 5s}\n",
+            "  ingest: {maxBatch: 10}\n",
+            "  http: {headerReadTimeout: 2s, bodyReadTimeout: 5s}\n",
+            "  secrets: {dir: /elsewhere}\n",
+            "  entryTier: bots\n",
+        ] {
+            let new = with_agent(live);
+            assert!(reloadable(&old, &new).is_ok(), "{live}");
+        }
+    }
+
+    #[test]
+    fn start_errors_name_the_file_line_and_field() {
+        let c = with_agent("  listen: 127.0.0.1:8080\n  storePath: q.redb\n");
+        assert_eq!(
+            c.agent_field("spec.listen"),
+            "agent.yaml:5:3: Agent/a: spec.listen"
+        );
+        assert_eq!(
+            c.agent_field("spec.storePath"),
+            "agent.yaml:6:3: Agent/a: spec.storePath"
+        );
+        let e = store_field(
+            &c,
+            &OpenError::Embedded {
+                path: "q.redb".into(),
+                source: crate::store::StoreError::Locked,
+            },
+        );
+        assert!(e.ends_with("spec.storePath"), "{e}");
     }
 }

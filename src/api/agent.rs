@@ -6,6 +6,7 @@
 //!
 //! In a cluster the operator writes this document into the tier's ConfigMap.
 
+use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -19,16 +20,19 @@ pub const AGENT_KIND: &str = "Agent";
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentSpec {
-    /// Address of the HTTP server (ingest, Bot API drop-in, health, metrics, admin).
+    /// Address of the HTTP server (ingest, Bot API drop-in, health, metrics,
+    /// admin). Read at start; a reload that changes it is refused.
     #[serde(default = "default_listen")]
     #[schemars(length(min = 1, max = 256))]
     pub listen: String,
     /// The tier messages enter when they name none; by default the tier with
-    /// the highest priority that is not another tier's fallback.
+    /// the highest priority that is not another tier's fallback. Its queue
+    /// is opened at start; a reload that changes it is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub entry_tier: Option<String>,
     /// Embedded queue file (used when the entry tier's store is embedded).
+    /// Read at start; a reload that changes it is refused.
     #[serde(default = "default_store_path")]
     #[schemars(length(min = 1, max = 4096))]
     pub store_path: String,
@@ -44,7 +48,10 @@ pub struct AgentSpec {
     /// Ingest limits.
     #[serde(default)]
     pub ingest: IngestSpec,
-    /// A directory watched for message files; off when unset.
+    /// How the HTTP server treats connections: read timeouts and a cap.
+    #[serde(default)]
+    pub http: HttpSpec,
+    /// A directory watched for message files; off when unset. Read at start; a reload that changes it is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 4096))]
     pub spool_source: Option<String>,
@@ -52,6 +59,7 @@ pub struct AgentSpec {
     #[serde(default = "default_retention")]
     pub retention: DurationString,
     /// Time allowed on SIGTERM to finish in-flight sends before exiting.
+    /// Read at start; a reload that changes it is refused.
     #[serde(default = "default_grace")]
     pub shutdown_grace: DurationString,
     /// Prometheus metrics at `/metrics`.
@@ -60,9 +68,11 @@ pub struct AgentSpec {
     /// In a cluster: the ConfigMap this config came from, watched through
     /// the API so an edit is live within 2 s (the mounted file lags by up
     /// to a minute). Set by the operator; unset for standalone agents.
+    /// Read at start; a reload that changes it is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_map: Option<ConfigMapSource>,
     /// Environment variable holding this pod's track (`stable`/`canary`).
+    /// Read at start; a reload that changes it is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub track_env: Option<String>,
@@ -71,7 +81,7 @@ pub struct AgentSpec {
     pub partitions: Option<PartitionAssignment>,
     /// Redis store only: how long a queue partition stays with an agent
     /// that stopped renewing it (killed, frozen, cut off) before another
-    /// agent takes it over. Agents renew three times per period.
+    /// agent takes it over. Agents renew three times per period. Read at start; a reload that changes it is refused.
     #[serde(default = "default_lease_ttl")]
     pub lease_ttl: DurationString,
 }
@@ -123,11 +133,11 @@ impl PartitionRange {
     }
 }
 
-/// Metrics switch (read at start; a reload does not change it).
+/// Metrics switch (read at start; a reload that changes it is refused).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MetricsSpec {
-    /// Collect and serve metrics. Off only for measuring their cost.
+    /// Collect and serve metrics. Off only for measuring their cost. Read at start; a reload that changes it is refused.
     #[serde(default = "yes")]
     pub enabled: bool,
 }
@@ -152,6 +162,7 @@ impl Default for AgentSpec {
             admin_token_ref: None,
             bot_api: BotApiSpec::default(),
             ingest: IngestSpec::default(),
+            http: HttpSpec::default(),
             spool_source: None,
             retention: default_retention(),
             shutdown_grace: default_grace(),
@@ -220,7 +231,7 @@ pub struct IngestSpec {
     #[serde(default = "default_max_batch")]
     #[schemars(range(min = 1, max = 1000))]
     pub max_batch: u32,
-    /// Largest request body in bytes.
+    /// Largest request body in bytes. Read at start; a reload that changes it is refused.
     #[serde(default = "default_max_body")]
     #[schemars(range(min = 1024, max = 67108864))]
     pub max_body_bytes: u32,
@@ -233,6 +244,58 @@ impl Default for IngestSpec {
             max_body_bytes: default_max_body(),
         }
     }
+}
+
+/// The HTTP server's defences against slow and numerous clients.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("duration(self.headerReadTimeout) >= duration('100ms') && duration(self.headerReadTimeout) <= duration('10m')")
+        .message("headerReadTimeout must be between 100ms and 10m").field_path(".headerReadTimeout").reason(Reason::FieldValueInvalid),
+    validation = Rule::new("duration(self.bodyReadTimeout) >= duration('100ms') && duration(self.bodyReadTimeout) <= duration('1h')")
+        .message("bodyReadTimeout must be between 100ms and 1h").field_path(".bodyReadTimeout").reason(Reason::FieldValueInvalid),
+)]
+pub struct HttpSpec {
+    /// Time a client has to send a request's line and headers, counted from
+    /// when the agent starts waiting for them; also how long an idle
+    /// keep-alive connection is kept. A client that runs out of it is
+    /// disconnected without an answer. Applies to new connections after a
+    /// reload.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: DurationString,
+    /// Time a client has to send a request's whole body, counted from the
+    /// end of its headers; past it the request is answered 408 and the
+    /// connection closed. Applies to new requests after a reload.
+    #[serde(default = "default_body_read_timeout")]
+    pub body_read_timeout: DurationString,
+    /// Open connections served at once. At the cap the agent stops
+    /// accepting: new connections wait in the listen queue (the kernel's
+    /// backlog; past it they are refused by the kernel) until one closes,
+    /// while open connections keep working. Read at start; a reload that
+    /// changes it is refused.
+    #[serde(default = "default_max_connections")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_connections: u32,
+}
+
+impl Default for HttpSpec {
+    fn default() -> Self {
+        HttpSpec {
+            header_read_timeout: default_header_read_timeout(),
+            body_read_timeout: default_body_read_timeout(),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+fn default_header_read_timeout() -> DurationString {
+    DurationString::lit("10s")
+}
+fn default_body_read_timeout() -> DurationString {
+    DurationString::lit("30s")
+}
+fn default_max_connections() -> u32 {
+    10_000
 }
 
 fn default_listen() -> String {

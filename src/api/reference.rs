@@ -170,6 +170,11 @@ fn render_agent(out: &mut String) {
          once per file, with a `metadata.name`; without it every field takes its\n\
          default. In a cluster the operator writes it into each tier's ConfigMap.\n\
          `herald validate` checks it with the same strictness as the kinds above.\n\n\
+         A reload (the file changed, or in a cluster its ConfigMap) applies\n\
+         whole or not at all: one that changes a field read only at start (the\n\
+         fields below that say so, and the entry tier's `spec.store`) is refused\n\
+         with an error naming the fields, and the old configuration keeps\n\
+         running; restart the agent to apply it.\n\n\
          ### spec\n\n"
     );
     if let Some(node) = schema.get("properties").and_then(|p| p.get("spec")) {

@@ -7,7 +7,10 @@
 //!
 //! Invariant: body parameters override query parameters of the same name;
 //! a body is never read past the configured size; a body with another content
-//! type is ignored, as the Bot API ignores it.
+//! type is ignored, as the Bot API ignores it. A name given more than once
+//! (twice in the query, in a form or JSON object, or in both query and
+//! body) is remembered as [`Params::repeated`], for callers that refuse the
+//! ambiguity (the agent's drop-in does).
 
 use std::collections::BTreeMap;
 
@@ -39,16 +42,30 @@ pub enum ParamError {
 
 /// The decoded parameters of one request.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Params(BTreeMap<String, Value>);
+pub struct Params {
+    values: BTreeMap<String, Value>,
+    /// The first name that was given more than once.
+    repeated: Option<String>,
+}
 
 impl Params {
     pub fn insert(&mut self, name: impl Into<String>, value: Value) {
-        self.0.insert(name.into(), value);
+        let name = name.into();
+        if self.values.contains_key(&name) && self.repeated.is_none() {
+            self.repeated = Some(name.clone());
+        }
+        self.values.insert(name, value);
+    }
+
+    /// The first parameter name the request gave more than once; the later
+    /// value is the one kept.
+    pub fn repeated(&self) -> Option<&str> {
+        self.repeated.as_deref()
     }
 
     /// A text parameter; `None` when absent or a file.
     pub fn text(&self, name: &str) -> Option<&str> {
-        match self.0.get(name) {
+        match self.values.get(name) {
             Some(Value::Text(t)) => Some(t),
             _ => None,
         }
@@ -57,7 +74,7 @@ impl Params {
     /// Whether a file parameter (`photo`, `document`) is given, as an upload
     /// or as a non-empty file id / URL.
     pub fn has_file(&self, name: &str) -> bool {
-        match self.0.get(name) {
+        match self.values.get(name) {
             Some(Value::File { .. }) => true,
             Some(Value::Text(t)) => !t.trim().is_empty(),
             None => false,
@@ -65,11 +82,11 @@ impl Params {
     }
 
     pub fn get(&self, name: &str) -> Option<&Value> {
-        self.0.get(name)
+        self.values.get(name)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&String, &Value)> {
-        self.0.iter()
+        self.values.iter()
     }
 
     fn extend_form(&mut self, encoded: &[u8]) {
@@ -82,8 +99,7 @@ impl Params {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(());
         }
-        let object: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(body).map_err(|_| ParamError::Json)?;
+        let Pairs(object) = serde_json::from_slice(body).map_err(|_| ParamError::Json)?;
         for (k, v) in object {
             let text = match v {
                 serde_json::Value::Null => continue,
@@ -95,6 +111,33 @@ impl Params {
             self.insert(k, Value::Text(text));
         }
         Ok(())
+    }
+}
+
+/// A JSON object's members in order, duplicates kept (a map would keep
+/// only the last of them).
+struct Pairs(Vec<(String, serde_json::Value)>);
+
+impl<'de> serde::Deserialize<'de> for Pairs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Pairs;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Pairs, A::Error> {
+                let mut out = Vec::new();
+                while let Some(pair) = map.next_entry()? {
+                    out.push(pair);
+                }
+                Ok(Pairs(out))
+            }
+        }
+        d.deserialize_map(Visit)
     }
 }
 

@@ -1,6 +1,8 @@
 //! The admin API under `/admin`, behind `Authorization: Bearer <token>`.
 //! Off (404) when no admin token is configured; a missing or wrong token is
-//! 401 and the answer never hints at the token.
+//! 401 and the answer never hints at the token. The scheme is matched
+//! without regard to case (`bearer` works), as RFC 7235 says. A bad query
+//! parameter is refused in herald's error shape, naming it.
 //!
 //! Routes: `POST /breaker/{tier}/reset`, `POST /degradation` (`{"level":..}`),
 //! `DELETE /degradation`, `GET /dlq`, `POST /dlq/retry`, `POST /dlq/purge`
@@ -10,7 +12,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -50,7 +52,7 @@ async fn authorize(State(state): State<Arc<AppState>>, req: Request, next: Next)
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(bearer_token)
         .unwrap_or("");
     if !constant_time_eq(presented.as_bytes(), token.expose().as_bytes()) {
         return error(
@@ -60,6 +62,14 @@ async fn authorize(State(state): State<Arc<AppState>>, req: Request, next: Next)
         );
     }
     next.run(req).await
+}
+
+/// The token of an `Authorization: Bearer <token>` value; the scheme's
+/// case does not matter.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim_start_matches(' ');
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 fn error(status: StatusCode, code: &'static str, message: &str) -> Response {
@@ -134,33 +144,49 @@ async fn clear_degradation(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct DeadQuery {
-    bot: Option<String>,
-    reason: Option<String>,
-    limit: Option<usize>,
-    after: Option<String>,
-}
-
-fn filter_of(q: DeadQuery) -> Result<DeadFilter, IngestError> {
-    let after = match q.after {
-        Some(a) => Some(
-            a.parse::<MessageId>()
-                .map_err(|_| IngestError::invalid("after", "not a message id"))?,
-        ),
-        None => None,
+/// `GET /dlq`'s query: `bot`, `reason`, `limit` (at most 1000 are
+/// listed), `after` (a message id), each at most once.
+fn filter_of(query: Option<&str>) -> Result<DeadFilter, IngestError> {
+    let mut filter = DeadFilter {
+        bot: None,
+        reason_contains: None,
+        limit: None,
+        after: None,
     };
-    Ok(DeadFilter {
-        bot: q.bot,
-        reason_contains: q.reason,
-        limit: Some(q.limit.unwrap_or(100).min(1000)),
-        after,
-    })
+    let mut seen: Vec<String> = Vec::new();
+    for (name, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if seen.iter().any(|s| *s == name) {
+            return Err(IngestError::invalid(
+                name.into_owned(),
+                "given more than once",
+            ));
+        }
+        seen.push(name.clone().into_owned());
+        match name.as_ref() {
+            "bot" => filter.bot = Some(value.into_owned()),
+            "reason" => filter.reason_contains = Some(value.into_owned()),
+            "limit" => {
+                let n = value.parse::<usize>().map_err(|_| {
+                    IngestError::invalid("limit", "must be a whole number from 0 to 1000")
+                })?;
+                filter.limit = Some(n);
+            }
+            "after" => {
+                filter.after = Some(
+                    value
+                        .parse::<MessageId>()
+                        .map_err(|_| IngestError::invalid("after", "not a message id"))?,
+                );
+            }
+            other => return Err(IngestError::unknown(other)),
+        }
+    }
+    filter.limit = Some(filter.limit.unwrap_or(100).min(1000));
+    Ok(filter)
 }
 
-async fn list_dead(State(state): State<Arc<AppState>>, Query(q): Query<DeadQuery>) -> Response {
-    let filter = match filter_of(q) {
+async fn list_dead(State(state): State<Arc<AppState>>, RawQuery(q): RawQuery) -> Response {
+    let filter = match filter_of(q.as_deref()) {
         Ok(f) => f,
         Err(e) => return e.into_response(),
     };
@@ -269,4 +295,32 @@ async fn report(State(state): State<Arc<AppState>>) -> Response {
         "store": stats.map(|s| json!({"pending": s.pending_by_priority, "in_flight": s.in_flight, "dead": s.dead, "delivered_retained": s.delivered_retained})),
     }))
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer xyz"), Some("xyz"));
+        assert_eq!(bearer_token("bearer xyz"), Some("xyz"));
+        assert_eq!(bearer_token("BEARER  xyz"), Some("xyz"));
+        assert_eq!(bearer_token("Basic xyz"), None);
+        assert_eq!(bearer_token("Bearer "), None);
+        assert_eq!(bearer_token("Bearerxyz"), None);
+    }
+
+    #[test]
+    fn bad_dlq_parameters_are_named() {
+        let field = |q: &str| filter_of(Some(q)).err().map(|e| e.field);
+        assert_eq!(field("limit=-1"), Some("limit".to_owned()));
+        assert_eq!(field("limit=x"), Some("limit".to_owned()));
+        assert_eq!(field("after=nope"), Some("after".to_owned()));
+        assert_eq!(field("colour=red"), Some("colour".to_owned()));
+        assert_eq!(field("bot=a&bot=b"), Some("bot".to_owned()));
+        let ok = filter_of(Some("limit=5000&bot=a&reason=x")).ok();
+        assert_eq!(ok.and_then(|f| f.limit), Some(1000));
+        assert_eq!(filter_of(None).ok().and_then(|f| f.limit), Some(100));
+    }
 }

@@ -7,7 +7,10 @@
 //! with `X-Herald-Async: 1` or `botApi.asyncAccept` it answers at
 //! acceptance with `{"ok":true,"result":{"herald_id":..}}`. Other methods
 //! pass straight through to the tier's API (they are not sends, so the send
-//! limits do not apply to them). An unknown token gets 401 like Telegram's.
+//! limits do not apply to them). An unknown token gets 401 like Telegram's;
+//! a method name that cannot be a Bot API method (anything but ASCII
+//! letters, digits and `_`) gets 404 without reaching the API; a parameter
+//! given more than once (query, form, multipart or JSON) gets 400 naming it.
 //!
 //! herald's own per-message settings come from headers: `X-Herald-Priority`,
 //! `X-Herald-Message-Type`, `Idempotency-Key`, `X-Correlation-Id`,
@@ -85,6 +88,13 @@ pub async fn handle(
         }
         return tg_error(StatusCode::UNAUTHORIZED, "Unauthorized".into(), "");
     };
+    if !is_method_name(&method) {
+        return tg_error(
+            StatusCode::NOT_FOUND,
+            "Not Found: method not found".into(),
+            "method",
+        );
+    }
     let tier_name = tier.policy.name.clone();
     let headers = req.headers().clone();
     let max_body = config.agent.ingest.max_body_bytes as usize;
@@ -112,6 +122,13 @@ pub async fn handle(
             );
         }
     };
+    if let Some(name) = params.repeated() {
+        return tg_error(
+            StatusCode::BAD_REQUEST,
+            format!("Bad Request: {name}: given more than once; send each parameter once"),
+            name,
+        );
+    }
     let mut map = Map::new();
     for (k, v) in params.iter() {
         match v {
@@ -136,6 +153,16 @@ pub async fn handle(
         Some(m) => send(&state, &headers, &tier_name, m, map).await,
         None => passthrough(&state, &tier_name, &method, map).await,
     }
+}
+
+/// Bot API method names are short words of ASCII letters, digits and `_`
+/// (`sendMessage`, `getUpdates`); anything else is no method, and must not
+/// be pasted into an upstream URL.
+fn is_method_name(method: &str) -> bool {
+    (1..=64).contains(&method.len())
+        && method
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -366,4 +393,29 @@ async fn passthrough(
             "",
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_bot_api_words_are_method_names() {
+        for ok in ["getMe", "sendMessage", "set_my_commands", "a1"] {
+            assert!(is_method_name(ok), "{ok}");
+        }
+        let long = "a".repeat(65);
+        for bad in [
+            "",
+            "../../admin/report",
+            "getMe?x=1",
+            "get Me",
+            "getMe/",
+            "getMé",
+            "get%4De",
+            long.as_str(),
+        ] {
+            assert!(!is_method_name(bad), "{bad}");
+        }
+    }
 }

@@ -1,11 +1,15 @@
 //! The agent's HTTP surface, one router: native ingest (`/v1/messages`),
 //! the Bot API drop-in (`/bot<token>/<method>`), health and metrics, and
-//! the admin API under `/admin` (bearer token).
+//! the admin API under `/admin` (bearer token). `server` is the accept
+//! loop in front of it (connection cap, header timeout), `edge` what every
+//! request passes through (body deadline, JSON for every refusal).
 
 pub mod admin;
 pub mod botapi;
+pub mod edge;
 pub mod native;
 pub mod ops;
+pub mod server;
 
 use std::sync::Arc;
 
@@ -29,5 +33,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/{bot_path}/{method}", any(botapi::handle))
         .fallback(ops::not_found)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            edge::layer,
+        ))
         .with_state(state)
 }

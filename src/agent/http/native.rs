@@ -1,5 +1,5 @@
 //! `POST /v1/messages` (one message or `{"messages": [...]}`) and
-//! `GET /v1/messages/{id}`.
+//! `GET /v1/messages/{id}` (404 for any well-formed UUID it does not hold).
 //!
 //! A batch is all-or-nothing: one bad message refuses the batch, naming
 //! `messages[i].field`, and nothing is stored. 202 means committed to disk.
@@ -256,14 +256,22 @@ pub async fn store_batch_then(
 }
 
 pub async fn status(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    let no_such = || {
+        IngestError::invalid("id", "no such message")
+            .with_status(StatusCode::NOT_FOUND, "not_found")
+            .into_response()
+    };
     let Ok(id) = id.parse::<MessageId>() else {
+        // herald issues only UUIDv7 ids, but any other UUID (v1, v4, nil)
+        // is a well-formed id of no message here, not a bad request.
+        if uuid::Uuid::parse_str(&id).is_ok() {
+            return no_such();
+        }
         return IngestError::invalid("id", "not a herald message id").into_response();
     };
     match state.store.get(id).await {
         Ok(Some(m)) => axum::Json(message_json(&m)).into_response(),
-        Ok(None) => IngestError::invalid("id", "no such message")
-            .with_status(StatusCode::NOT_FOUND, "not_found")
-            .into_response(),
+        Ok(None) => no_such(),
         Err(e) => {
             tracing::error!(error = %e, "store read failed");
             IngestError::invalid("", "the queue is unavailable")
