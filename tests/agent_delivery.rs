@@ -282,3 +282,40 @@ fn an_outage_fails_over_to_the_webhook_tier_and_recovers() {
     .1
     .contains("\"breaker\":\"closed\"")));
 }
+
+#[test]
+fn a_message_waits_out_an_api_outage_instead_of_being_dead_lettered() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // Nothing listens on `port` yet: every attempt is a refused connection.
+    // A short backoff, so the old give-up (after 3 attempts, within about a
+    // second) would come well inside the outage.
+    let policy = "---\napiVersion: herald.dev/v1alpha1\nkind: CircuitPolicy\nmetadata: {name: quick}\nspec:\n  retry: {initialDelay: 100ms, maxDelay: 1s, maxAttempts: 3}\n";
+    let a = agent_in(
+        dir.path(),
+        &config(
+            dir.path(),
+            port,
+            "  circuitPolicyRef: {name: quick}\n",
+            policy,
+        ),
+    );
+    let ids = send_many(&a.url, 1, 1);
+    let id = &ids[0];
+    let outage = std::time::Instant::now();
+    while outage.elapsed() < Duration::from_secs(15) {
+        let state = state_of(&a.url, id);
+        assert_ne!(state, "dead_lettered", "an outage ended the message");
+        assert_ne!(state, "delivered");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, details) = get(&format!("{}/healthz/details", a.url));
+    let _sb = sandbox(port, None);
+    assert!(
+        eventually(Duration::from_secs(60), || state_of(&a.url, id)
+            == "delivered"),
+        "not delivered after the API came back: {}; {details}",
+        state_of(&a.url, id)
+    );
+    assert_eq!(delivered_texts(port).len(), 1);
+}

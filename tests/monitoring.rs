@@ -456,6 +456,7 @@ fn families() -> &'static BTreeMap<String, Family> {
         add(&mut f, &m.dead_lettered);
         add(&mut f, &m.rate_limited);
         add(&mut f, &m.retries);
+        add(&mut f, &m.held);
         add(&mut f, &m.failovers);
         add(&mut f, &m.queue_depth);
         add(&mut f, &m.in_flight);

@@ -10,5 +10,7 @@ pub fn dispatch_config(c: &AgentConfig) -> DispatchConfig {
     let set = ConfigSet {
         tiers: c.tiers.iter().map(|t| t.policy.clone()).collect(),
     };
-    crate::policy::dispatch::dispatch_config(&set, &c.entry_tier)
+    let mut config = crate::policy::dispatch::dispatch_config(&set, &c.entry_tier);
+    config.max_age = c.agent.max_message_age.get();
+    config
 }

@@ -20,6 +20,7 @@ pub struct Metrics {
     pub dead_lettered: IntCounterVec,
     pub rate_limited: IntCounterVec,
     pub retries: IntCounterVec,
+    pub held: IntCounterVec,
     pub failovers: IntCounterVec,
     pub queue_depth: IntGaugeVec,
     pub in_flight: IntGauge,
@@ -177,6 +178,12 @@ impl Metrics {
                 &r,
                 "herald_retries_scheduled_total",
                 "Retries scheduled.",
+                &["tier"],
+            ),
+            held: counter(
+                &r,
+                "herald_messages_held_total",
+                "Messages held to wait out an outage: every tier they could take failed them with its own fault.",
                 &["tier"],
             ),
             failovers: counter(

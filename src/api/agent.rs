@@ -84,6 +84,15 @@ pub struct AgentSpec {
     /// agent takes it over. Agents renew three times per period. Read at start; a reload that changes it is refused.
     #[serde(default = "default_lease_ttl")]
     pub lease_ttl: DurationString,
+    /// How long a message may wait out outages. A message that every tier
+    /// failed with the tier's own fault (5xx, timeouts, refused
+    /// connections, TLS, a bad token) is held and tried again, never
+    /// dead-lettered for it, until it is this old; then it is dead-lettered
+    /// with the reason `max_age` (`0s`: at once, never held). Refusals of
+    /// the message itself (400, a chat that blocked the bot) dead-letter it
+    /// at once.
+    #[serde(default = "default_max_message_age")]
+    pub max_message_age: DurationString,
 }
 
 /// A ConfigMap key holding the agent's config file.
@@ -171,6 +180,7 @@ impl Default for AgentSpec {
             track_env: None,
             partitions: None,
             lease_ttl: default_lease_ttl(),
+            max_message_age: default_max_message_age(),
         }
     }
 }
@@ -315,6 +325,9 @@ fn default_retention() -> DurationString {
 }
 fn default_lease_ttl() -> DurationString {
     DurationString::lit("10s")
+}
+fn default_max_message_age() -> DurationString {
+    DurationString::lit("24h")
 }
 fn default_grace() -> DurationString {
     DurationString::lit("10s")

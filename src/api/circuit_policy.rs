@@ -181,7 +181,10 @@ pub struct RetrySpec {
     /// Randomisation of each delay, so that retries do not synchronise.
     #[serde(default)]
     pub jitter: Jitter,
-    /// Attempts in all, the first included; then the message is dead-lettered.
+    /// Attempts in all, the first included, before the message moves on to
+    /// the next tier. With no tier left, a message failed by outages (5xx,
+    /// timeouts, refused connections) is held and tried again until the
+    /// agent's `maxMessageAge`, not dead-lettered.
     #[serde(default = "default_max_attempts")]
     #[schemars(range(min = 1, max = 100))]
     pub max_attempts: u32,

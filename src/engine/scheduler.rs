@@ -420,6 +420,11 @@ impl<M: Copy + Eq + Hash> Scheduler<M> {
             .min_by_key(|&(class, pass)| (pass, class))
     }
 
+    /// When the message `id`, now out, was accepted.
+    pub fn out_enqueued_at(&self, id: M) -> Option<Instant> {
+        self.out.get(&id).map(|(_, slot)| slot.enqueued_at)
+    }
+
     /// The message was delivered, dead-lettered or handed to another path:
     /// forget it and let its chat's next message go.
     pub fn complete(&mut self, id: M) -> Result<Item<M>, NotOut> {

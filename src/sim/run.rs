@@ -506,7 +506,7 @@ impl Simulation {
                 self.settle(id, false);
             }
             Verdict::FailedOver { .. } => tier.failed_over += 1,
-            Verdict::RetryAt(_) | Verdict::Readdressed { .. } => {}
+            Verdict::RetryAt(_) | Verdict::Held(_) | Verdict::Readdressed { .. } => {}
         }
     }
 

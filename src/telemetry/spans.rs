@@ -97,6 +97,7 @@ pub fn verdict_label(v: &Verdict) -> &'static str {
     match v {
         Verdict::Delivered => "delivered",
         Verdict::RetryAt(_) => "retry",
+        Verdict::Held(_) => "held",
         Verdict::FailedOver { .. } => "failover",
         Verdict::DeadLetter { .. } => "dead_letter",
         Verdict::Readdressed { .. } => "readdressed",

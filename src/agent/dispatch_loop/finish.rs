@@ -164,9 +164,13 @@ impl DispatchLoop {
                 };
                 self.conclude(h, outcome, record);
             }
-            Verdict::RetryAt(at) => {
+            Verdict::RetryAt(at) | Verdict::Held(at) => {
                 if let Some(m) = m {
-                    m.retries.with_label_values(&[&tier_name]).inc();
+                    let counter = match verdict {
+                        Verdict::Held(_) => &m.held,
+                        _ => &m.retries,
+                    };
+                    counter.with_label_values(&[&tier_name]).inc();
                 }
                 let next_ms = now_ms() + at.since(now).as_millis() as u64;
                 h.msg.attempts.push(attempt.clone());

@@ -72,6 +72,7 @@ impl DispatchLoop {
                 "rate_limited": t.counters.rate_limited,
                 "failed_over": t.counters.failed_over,
                 "dead_lettered": t.counters.dead_lettered,
+                "held": t.counters.held,
             })).collect::<Vec<_>>(),
         })
     }

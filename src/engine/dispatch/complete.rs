@@ -21,9 +21,16 @@
 //!   the message moves on.
 //!
 //! "Moves on" requeues the message at the head of its chat at once, with the
-//! tier it left excluded for good; when no tier is left for it (none not
-//! excluded, stopped or marked unreachable for the chat), it is dead-lettered
-//! with the last tier's reason. Breakers count only what the taxonomy says
+//! tier it left excluded; when no tier is left for it (none not excluded,
+//! stopped or marked unreachable for the chat), what happens depends on
+//! whose fault the last failure was. The chat's or the message's
+//! (unreachable): dead-lettered with the last tier's reason. The tier's (an
+//! outage: retries spent on transient errors, TLS, a stopped tier): the
+//! message is held — it waits a hold period, its exclusions are cleared and
+//! it starts over on the best tier — and is dead-lettered only once it is
+//! older than the configured maximum age. An outage never spends a
+//! message's life: `maxAttempts` is how long one tier keeps a message
+//! before passing it on. Breakers count only what the taxonomy says
 //! counts; an answer that blames the message or the chat (400, 403, 429) is
 //! a sign of life for the tier. Health and EWMA count the same failures;
 //! a 429 counts for neither.
@@ -36,7 +43,7 @@ use std::time::Duration;
 
 use crate::engine::breaker::{Admission, BreakerState, CallOutcome};
 use crate::engine::limiter::PauseScope;
-use crate::engine::retry::{RetryDecision, RetryInput, RetryPolicy};
+use crate::engine::retry::{Jitter, RetryDecision, RetryInput, RetryPolicy};
 use crate::engine::selector::{self, TierView};
 use crate::engine::taxonomy::{Action, Class, Classification, Outcome, classify};
 use crate::engine::{Instant, SplitMix64};
@@ -45,6 +52,13 @@ use super::aside::BlockKey;
 use super::config::MAX_TIERS;
 use super::types::{DeadLetterReason, Event, LastFailure, MessageError, Verdict};
 use super::{Dispatcher, InFlight, NEVER};
+
+/// Longest wait between the tries of a message held through an outage,
+/// unless the tier's own backoff is longer.
+const MAX_HOLD: Duration = Duration::from_secs(60);
+/// Shortest wait of a hold: a tier whose backoff tops out lower would
+/// otherwise be tried in a tight loop through a long outage.
+const MIN_HOLD: Duration = Duration::from_secs(1);
 
 impl Dispatcher {
     /// Reports how the attempt of `id` went, `latency` after it was sent
@@ -328,8 +342,52 @@ impl Dispatcher {
                 let _ = self.scheduler.requeue(id, None);
                 Verdict::FailedOver { to }
             }
+            None if last.is_tier_fault() => self.hold(now, id, tier, last),
             None => self.dead_letter(id, tier, DeadLetterReason::NoTierLeft { last }),
         }
+    }
+
+    /// Every tier the message could take has failed it with the tier's own
+    /// fault (an outage, a stopped tier): the message waits and starts over
+    /// on all tiers, best first, instead of being dead-lettered; only its
+    /// maximum age ends the wait. Each hold doubles the wait, from the
+    /// tier's longest backoff up to [`MAX_HOLD`] (or that backoff, if
+    /// longer), so a long outage costs a message one attempt per tier and
+    /// hold period, and a recovered API is tried again within one period.
+    fn hold(&mut self, now: Instant, id: u64, tier: Option<usize>, last: LastFailure) -> Verdict {
+        let age = self
+            .scheduler
+            .out_enqueued_at(id)
+            .map_or(Duration::ZERO, |at| now.since(at));
+        if age >= self.settings.max_age {
+            return self.dead_letter(id, tier, DeadLetterReason::Expired { last });
+        }
+        let policy = tier.map_or_else(RetryPolicy::default, |i| self.tiers[i].cfg.retry);
+        let Some(meta) = self.metas.get_mut(id) else {
+            return self.dead_letter(id, tier, DeadLetterReason::NoTierLeft { last });
+        };
+        let longest = policy.max_delay.max(MAX_HOLD);
+        let previous = Duration::from_millis(u64::from(meta.prev_delay_ms));
+        let period = previous
+            .saturating_mul(2)
+            .clamp(policy.max_delay.max(MIN_HOLD), longest);
+        let wait = match policy.jitter {
+            Jitter::None => period,
+            _ => {
+                let half = period / 2;
+                let nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
+                half + Duration::from_nanos(self.rng.below(nanos.saturating_add(1)))
+            }
+        };
+        meta.excluded = 0;
+        meta.pinned = 0;
+        meta.prev_delay_ms = u32::try_from(period.as_millis()).unwrap_or(u32::MAX);
+        if let Some(i) = tier {
+            self.tiers[i].counters.held += 1;
+        }
+        let at = now + wait;
+        let _ = self.scheduler.requeue(id, Some(at));
+        Verdict::Held(at)
     }
 
     /// The tier a message with these exclusions would move to: any tier not

@@ -27,6 +27,10 @@ use crate::engine::selector::SelectorConfig;
 /// names, so a chain of a few tiers fits with room to spare).
 pub const MAX_TIERS: usize = 16;
 
+/// How long a message may wait out outages before it is dead-lettered,
+/// unless the config says otherwise.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
 /// What kind of sink a tier sends to; decides which limits apply per chat.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Sink {
@@ -117,6 +121,10 @@ pub struct DispatchConfig {
     /// `correlation_window` raises one escalation.
     pub correlation_window: Duration,
     pub correlation_chats: usize,
+    /// A message held through an outage (every tier it could take failed
+    /// it with the tier's fault) is dead-lettered once it is this old; zero
+    /// dead-letters it at once instead of holding it.
+    pub max_age: Duration,
 }
 
 impl DispatchConfig {
@@ -134,6 +142,7 @@ impl DispatchConfig {
             unreachable_ttl: Duration::from_secs(3600),
             correlation_window: Duration::from_secs(60),
             correlation_chats: 5,
+            max_age: DEFAULT_MAX_AGE,
         }
     }
 

@@ -47,6 +47,8 @@ mod tier;
 pub mod types;
 
 #[cfg(test)]
+mod outage_tests;
+#[cfg(test)]
 mod proptests;
 #[cfg(test)]
 mod tests;
@@ -128,6 +130,7 @@ struct Settings {
     selector: SelectorConfig,
     max_in_flight: u32,
     unreachable_ttl: Duration,
+    max_age: Duration,
 }
 
 /// The dispatch pipeline of one agent: see the module docs.
@@ -175,6 +178,7 @@ impl Dispatcher {
                 selector: config.selector.clone(),
                 max_in_flight: config.max_in_flight,
                 unreachable_ttl: config.unreachable_ttl,
+                max_age: config.max_age,
             },
             next_key: 0,
             breakers: BreakerSet::new(config.chat_breaker, config.chat_breaker),

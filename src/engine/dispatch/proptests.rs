@@ -298,4 +298,26 @@ proptest! {
         let ids: HashSet<u64> = rec.finals.keys().copied().collect();
         prop_assert_eq!(ids.len(), msgs.len());
     }
+
+    /// An outage never ends a message: under a failure-heavy mix, every
+    /// dead letter is the message's or its chat's fault (a refusal, a chat
+    /// no tier reaches); what the tiers failed with their own fault (5xx,
+    /// timeouts, refused connections, TLS, a bad token) was held instead.
+    #[test]
+    fn only_the_message_or_its_chat_dead_letters_it(seed in any::<u64>(), msgs in workload()) {
+        let rec = run(seed, &msgs, true, true)?;
+        for v in rec.finals.values() {
+            if let Verdict::DeadLetter { reason } = v {
+                prop_assert!(
+                    matches!(
+                        reason,
+                        DeadLetterReason::Refused { .. }
+                            | DeadLetterReason::NoTierLeft { last: LastFailure::Unreachable { .. } }
+                    ),
+                    "dead-lettered for a tier's fault: {:?}",
+                    reason
+                );
+            }
+        }
+    }
 }

@@ -51,6 +51,7 @@ impl Dispatcher {
             chat_breaker,
             max_in_flight,
             unreachable_ttl,
+            max_age,
             correlation_window,
             correlation_chats,
             ..
@@ -108,6 +109,7 @@ impl Dispatcher {
             selector,
             max_in_flight,
             unreachable_ttl,
+            max_age,
         };
         self.correlator.window = correlation_window;
         self.correlator.chats_threshold = correlation_chats;

@@ -100,6 +100,10 @@ pub enum Verdict {
     /// Queued again, not eligible before this instant: a backoff, or a 429's
     /// `retry_after` (which pauses the whole tier and uses no attempt).
     RetryAt(Instant),
+    /// Every tier the message could take failed it with the tier's own fault:
+    /// queued again, not eligible before this instant, to wait out the
+    /// outage on every tier (see `complete`'s hold). Store it like a retry.
+    Held(Instant),
     /// Queued again at once for another tier; `to` is the tier it would take
     /// now. The tier it left is not used for this message again.
     FailedOver { to: usize },
@@ -119,6 +123,9 @@ pub enum DeadLetterReason {
     /// No tier is left that could take it; `last` says why the last tier
     /// failed it.
     NoTierLeft { last: LastFailure },
+    /// The message waited out outages until it reached the configured
+    /// maximum age; `last` says how its last tier failed it.
+    Expired { last: LastFailure },
 }
 
 /// The last tier's failure behind [`DeadLetterReason::NoTierLeft`].
@@ -133,6 +140,18 @@ pub enum LastFailure {
     TierFailed { reason: &'static str },
 }
 
+impl LastFailure {
+    /// The tier failed the message with the tier's own fault (an outage, a
+    /// TLS failure, a stopped tier), not the message's or the chat's: such
+    /// a failure holds the message instead of dead-lettering it.
+    pub const fn is_tier_fault(self) -> bool {
+        matches!(
+            self,
+            LastFailure::RetriesExhausted(_) | LastFailure::TierFailed { .. }
+        )
+    }
+}
+
 impl DeadLetterReason {
     /// A fixed label for metrics and reports.
     pub const fn label(self) -> &'static str {
@@ -142,6 +161,7 @@ impl DeadLetterReason {
                 LastFailure::RetriesExhausted(g) => g.as_str(),
                 LastFailure::Unreachable { reason } | LastFailure::TierFailed { reason } => reason,
             },
+            DeadLetterReason::Expired { .. } => "max_age",
         }
     }
 }
@@ -164,6 +184,19 @@ impl fmt::Display for DeadLetterReason {
                 }
                 LastFailure::TierFailed { reason } => write!(f, "no tier left: {reason}"),
             },
+            DeadLetterReason::Expired { last } => {
+                write!(
+                    f,
+                    "reached its maximum age while no tier could take it (last: "
+                )?;
+                match last {
+                    LastFailure::RetriesExhausted(g) => write!(f, "{}", g.as_str())?,
+                    LastFailure::Unreachable { reason } | LastFailure::TierFailed { reason } => {
+                        write!(f, "{reason}")?
+                    }
+                }
+                write!(f, ")")
+            }
         }
     }
 }
@@ -218,6 +251,9 @@ pub struct TierCounters {
     pub failed_over: u64,
     /// Messages given up after an attempt on this tier.
     pub dead_lettered: u64,
+    /// Messages this tier failed with its own fault when no tier was left
+    /// for them: held to wait out the outage instead of dead-lettered.
+    pub held: u64,
 }
 
 /// One tier in a [`Snapshot`].
