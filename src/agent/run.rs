@@ -366,6 +366,7 @@ fn restart_only_changes(old: &AgentConfig, new: &AgentConfig) -> Vec<String> {
         track_env,
         partitions: _, // read at each rebalance
         lease_ttl,
+        max_message_age: _, // applied with the dispatch config at each reload
     } = &new.agent;
     let was = &old.agent;
     let mut changed = Vec::new();
