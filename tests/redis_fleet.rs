@@ -528,6 +528,38 @@ fn redis_killed_and_restarted_on_its_data_loses_nothing() {
     assert!(fleet.wait_delivered(720, Duration::from_secs(60)));
 }
 
+/// Redis restarted on its data three times within the lease TTL while the
+/// fleet drains a backlog at the bot's limit: the agents go to their local
+/// shares and back to the shared limiter, reconnecting at different times,
+/// and the API never sees more than the limit in a second.
+#[test]
+#[ignore = "not yet met: 0-1 per-bot and 0-4 per-chat 429s per run of three restarts remain (issue 18)"]
+fn redis_restarts_within_the_lease_ttl_keep_the_limit() {
+    let mut fleet = Fleet::start(3, Persistence::AofEverySec);
+    assert!(
+        eventually(Duration::from_secs(30), || fleet.settled(3)),
+        "the fleet did not settle: {:?}",
+        fleet.details()
+    );
+    fleet.send(1_500, 150, 0);
+    assert!(fleet.wait_delivered(100, Duration::from_secs(60)));
+    for _ in 0..3 {
+        fleet.redis.kill().unwrap();
+        std::thread::sleep(LEASE_TTL / 2);
+        fleet.redis.restart().unwrap();
+        // Past the settling time (lease TTL + 2 s), sending at full rate.
+        std::thread::sleep(LEASE_TTL + Duration::from_secs(4));
+    }
+    assert!(
+        fleet.wait_delivered(1_500, Duration::from_secs(180)),
+        "not all delivered: {}",
+        fleet.counters()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    fleet.check_limits();
+    fleet.check_all_arrived_in_order(1_500);
+}
+
 /// A bot calling `sendMessage` through one agent gets Telegram's answer
 /// although another agent may hold the chat's partition and send it: the
 /// waiting call follows the message in Redis, not only its own dispatcher.

@@ -253,7 +253,7 @@ impl Metrics {
             limiter_mode: gauge(
                 &r,
                 "herald_limiter_mode",
-                "1 for the limiter each tier uses now: shared (Redis), local-share or paused.",
+                "1 for the limiter each tier uses now: shared (Redis), settling, local-share or paused.",
                 &["tier", "mode"],
             ),
             shared_refusals: counter(

@@ -44,6 +44,12 @@ pub struct RedisLink {
     last_known_live: u32,
     failures: u32,
     backoff: RetryPolicy,
+    /// How long a reconnected link settles (see
+    /// [`crate::policy::effective::LimiterMode::Settling`]).
+    settle: Duration,
+    /// Until when the link settles; `None` before the first connection,
+    /// which follows no local-share sends and needs no settling.
+    settle_until: Option<Instant>,
 }
 
 impl RedisLink {
@@ -70,7 +76,15 @@ impl RedisLink {
             last_known_live: expected_replicas.max(1),
             failures: 0,
             backoff: RedisLink::DEFAULT_BACKOFF,
+            settle: Duration::ZERO,
+            settle_until: None,
         }
+    }
+
+    /// How long the link settles after it returns: the lease TTL plus
+    /// [`crate::policy::effective::SETTLE_MARGIN`], for the fleet's links.
+    pub fn with_settle(self, settle: Duration) -> RedisLink {
+        RedisLink { settle, ..self }
     }
 
     /// Another backoff (only strategy, delays and jitter are used).
@@ -100,24 +114,33 @@ impl RedisLink {
         self.last_known_live.max(self.floor)
     }
 
-    /// What a tier's limits need to know of the link (see
+    /// What a tier's limits need to know of the link at `now` (see
     /// [`crate::policy::effective::TierLimits::now`]).
-    pub fn for_limits(&self) -> Link {
+    pub fn for_limits(&self, now: Instant) -> Link {
+        let connected = self.state == LinkState::Connected;
         Link {
-            connected: self.state == LinkState::Connected,
+            connected,
             divisor: self.divisor(),
+            settling: connected && self.settle_until.is_some_and(|until| now < until),
         }
     }
 
-    /// A call to Redis succeeded.
-    pub fn connected(&mut self) {
+    /// A call to Redis succeeded at `now`. Coming back from a loss, the
+    /// link settles: other agents may still be on their local shares.
+    pub fn connected(&mut self, now: Instant) {
+        if self.state != LinkState::Connected {
+            // The first connection follows no local-share sends, unless
+            // the agent started while Redis was away.
+            let came_back = self.settle_until.is_some() || self.failures > 0;
+            self.settle_until = Some(if came_back { now + self.settle } else { now });
+        }
         self.state = LinkState::Connected;
         self.failures = 0;
     }
 
-    /// A heartbeat answered `live` agents (this one included).
-    pub fn observed_live(&mut self, live: u32) {
-        self.connected();
+    /// A heartbeat at `now` answered `live` agents (this one included).
+    pub fn observed_live(&mut self, live: u32, now: Instant) {
+        self.connected(now);
         self.last_known_live = live.max(1);
     }
 
@@ -166,10 +189,13 @@ mod tests {
     use crate::api::rate_limit_policy::{LimiterBackend, LimiterFallback};
     use crate::policy::effective::{LimiterMode, tier_mode};
 
-    /// The mode a Redis-backed tier with `fallback` takes on this link.
+    /// Long after any settling the tests set up.
+    const T_LATE: Instant = Instant::from_secs(1_000_000);
+
+    /// The mode a Redis-backed tier with `fallback` takes on this link,
+    /// once any settling is over.
     fn mode(link: &RedisLink, fallback: LimiterFallback) -> LimiterMode {
-        let l = link.for_limits();
-        tier_mode(LimiterBackend::Redis, fallback, l.connected, l.divisor)
+        tier_mode(LimiterBackend::Redis, fallback, link.for_limits(T_LATE))
     }
 
     proptest! {
@@ -190,8 +216,8 @@ mod tests {
             for (kind, dt_ms, live) in events {
                 now = now + Duration::from_millis(dt_ms);
                 match kind {
-                    0 => link.connected(),
-                    1 => link.observed_live(live),
+                    0 => link.connected(now),
+                    1 => link.observed_live(live, now),
                     2 => {
                         let at = link.failed(now, &mut rng);
                         prop_assert!(at >= now && at <= now + RedisLink::DEFAULT_BACKOFF.max_delay);
@@ -226,7 +252,7 @@ mod tests {
             mode(&link, LimiterFallback::LocalShare),
             LimiterMode::LocalShare { divisor: 3 }
         );
-        link.observed_live(5);
+        link.observed_live(5, t0);
         assert_eq!(
             mode(&link, LimiterFallback::LocalShare),
             LimiterMode::Shared
@@ -259,12 +285,47 @@ mod tests {
             panic!("{:?}", link.state())
         };
         assert_eq!((since, attempt), (t0, 10));
-        link.connected();
+        link.connected(now);
         assert_eq!(link.state(), LinkState::Connected);
         // The count restarts after a success.
         let at = link.failed(now, &mut rng);
         assert_eq!(at.since(now), Duration::from_millis(100));
         let paused = RedisLink::new(1, t0);
         assert_eq!(mode(&paused, LimiterFallback::Pause).as_str(), "paused");
+    }
+
+    #[test]
+    fn a_link_that_comes_back_settles_and_a_first_connection_does_not() {
+        let t0 = Instant::from_secs(10);
+        let settle = Duration::from_secs(12);
+        let settling = |link: &RedisLink, at: Instant| link.for_limits(at).settling;
+        let mut link = RedisLink::new(3, t0).with_settle(settle);
+        link.observed_live(3, t0);
+        assert!(!settling(&link, t0));
+        let mut rng = SplitMix64::new(1);
+        let lost = t0 + Duration::from_secs(60);
+        link.failed(lost, &mut rng);
+        assert!(!settling(&link, lost), "a lost link does not settle");
+        let back = lost + Duration::from_secs(5);
+        link.observed_live(3, back);
+        assert!(settling(&link, back));
+        assert!(settling(&link, back + settle - Duration::from_nanos(1)));
+        assert!(!settling(&link, back + settle));
+        // Heartbeats while connected do not restart the settling time.
+        link.observed_live(3, back + Duration::from_secs(4));
+        assert!(!settling(&link, back + settle));
+        // An agent that started while Redis was away was on its share.
+        let mut late = RedisLink::new(3, t0).with_settle(settle);
+        late.failed(t0, &mut rng);
+        late.observed_live(3, t0 + Duration::from_secs(2));
+        assert!(settling(&late, t0 + Duration::from_secs(3)));
+        assert_eq!(
+            tier_mode(
+                LimiterBackend::Redis,
+                LimiterFallback::LocalShare,
+                late.for_limits(t0 + Duration::from_secs(3))
+            ),
+            LimiterMode::Settling { divisor: 3 }
+        );
     }
 }

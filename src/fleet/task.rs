@@ -25,7 +25,7 @@ use tokio::sync::watch;
 
 use crate::clock::now_ms;
 use crate::engine::{Instant, SplitMix64};
-use crate::policy::effective::Link;
+use crate::policy::effective::{Link, SETTLE_MARGIN};
 use crate::store::StoredMessage;
 use crate::store::redis::RedisStore;
 
@@ -132,12 +132,13 @@ impl Fleet {
             ConnectOptions::default(),
         )?;
         let replicas = options.replicas.max(1);
+        let settle = store.lease_ttl() + SETTLE_MARGIN;
         let epoch = std::time::Instant::now();
         Ok(Fleet {
             store,
             limiter,
             membership,
-            link: Mutex::new(RedisLink::new(replicas, Instant::ZERO)),
+            link: Mutex::new(RedisLink::new(replicas, Instant::ZERO).with_settle(settle)),
             rng: Mutex::new(SplitMix64::new(now_ms())),
             epoch,
             live: AtomicU32::new(0),
@@ -182,7 +183,8 @@ impl Fleet {
     /// Whether Redis answers and how many agents share a limit, read
     /// together: what [`crate::policy::effective::TierLimits::now`] needs.
     pub fn link(&self) -> Link {
-        self.with_link(|l| l.for_limits())
+        let now = self.now();
+        self.with_link(|l| l.for_limits(now))
     }
 
     /// Live agents at the last heartbeat (0 before the first).
@@ -285,7 +287,8 @@ async fn rebalance(dispatch: &impl Dispatch, fleet: &Fleet, quiet: Duration) {
         }
     };
     let count = u32::try_from(live.len()).unwrap_or(u32::MAX);
-    fleet.with_link(|l| l.observed_live(count));
+    let now = fleet.now();
+    fleet.with_link(|l| l.observed_live(count, now));
     fleet.live.store(count, Ordering::Relaxed);
     let ids: Vec<AgentId> = live.iter().map(|a| a.id.clone()).collect();
     let canary = dispatch

@@ -30,6 +30,14 @@ use crate::engine::limiter::{Guard, Limit, Limits};
 pub enum LimiterMode {
     /// The fleet's shared limiter in Redis, for the bot-wide keys.
     Shared,
+    /// Just back from a lost link: the shared limiter, and this agent's
+    /// local share of `divisor` as well. Other agents may still be on their
+    /// local shares, which Redis never sees; while each agent keeps to its
+    /// share the fleet stays within the limit whatever mix of modes it is
+    /// in. Lasts the lease TTL after the link returned: by then every other
+    /// agent has reconnected too, or its leases have lapsed and it sends
+    /// nothing.
+    Settling { divisor: u32 },
     /// The local engine limiter with [`local_share_limits`] of `divisor`.
     LocalShare { divisor: u32 },
     /// Nothing may be sent.
@@ -41,6 +49,7 @@ impl LimiterMode {
     pub const fn as_str(self) -> &'static str {
         match self {
             LimiterMode::Shared => "shared",
+            LimiterMode::Settling { .. } => "settling",
             LimiterMode::LocalShare { .. } => "local-share",
             LimiterMode::Paused => "paused",
         }
@@ -54,19 +63,24 @@ pub struct Link {
     pub connected: bool,
     /// Agents assumed to share each bot-wide limit.
     pub divisor: u32,
+    /// Connected again after a loss, within the settling time.
+    pub settling: bool,
 }
 
 /// The limiter a tier uses now: the shared one while Redis answers and the
 /// tier's policy asks for it; otherwise the local engine limiter with this
 /// agent's share of every bot-wide limit, so that the agents together stay
 /// within it — or nothing at all, when the policy says `pause`.
-pub fn tier_mode(
-    backend: LimiterBackend,
-    fallback: LimiterFallback,
-    connected: bool,
-    divisor: u32,
-) -> LimiterMode {
+pub fn tier_mode(backend: LimiterBackend, fallback: LimiterFallback, link: Link) -> LimiterMode {
+    let Link {
+        connected,
+        divisor,
+        settling,
+    } = link;
     match (backend, connected, fallback) {
+        (LimiterBackend::Redis, true, _) if settling => LimiterMode::Settling {
+            divisor: divisor.max(1),
+        },
         (LimiterBackend::Redis, true, _) => LimiterMode::Shared,
         (LimiterBackend::Redis, false, LimiterFallback::Pause) => LimiterMode::Paused,
         _ => LimiterMode::LocalShare {
@@ -119,7 +133,7 @@ impl TierLimits {
         link: Option<Link>,
     ) -> TierLimits {
         let mode = match link {
-            Some(l) => tier_mode(backend, fallback, l.connected, l.divisor),
+            Some(l) => tier_mode(backend, fallback, l),
             None => LimiterMode::LocalShare { divisor: 1 },
         };
         TierLimits::in_mode(configured, mode)
@@ -128,7 +142,9 @@ impl TierLimits {
     /// `configured` under a given mode.
     pub fn in_mode(configured: Limits, mode: LimiterMode) -> TierLimits {
         let local = match mode {
-            LimiterMode::LocalShare { divisor } if divisor > 1 => {
+            LimiterMode::LocalShare { divisor } | LimiterMode::Settling { divisor }
+                if divisor > 1 =>
+            {
                 let share = local_share_limits(&configured, divisor);
                 if share.validate().is_ok() {
                     share
@@ -150,13 +166,22 @@ impl TierLimits {
         match self.mode {
             LimiterMode::LocalShare { .. } => Gate::Open,
             LimiterMode::Paused => Gate::Paused,
-            LimiterMode::Shared => Gate::Shared(Box::new(SharedLimits {
-                limits: fleet_guarded(self.configured),
-                delay: SendDelay::for_limits(&self.configured),
-            })),
+            LimiterMode::Shared | LimiterMode::Settling { .. } => {
+                Gate::Shared(Box::new(SharedLimits {
+                    limits: fleet_guarded(self.configured),
+                    delay: SendDelay::for_limits(&self.configured),
+                }))
+            }
         }
     }
 }
+
+/// How long after the link returns an agent stays [`LimiterMode::Settling`]
+/// beyond the lease TTL: two periods of Telegram's bot-wide limit, so that
+/// the last local-only send of an agent that never reconnected (its leases
+/// lapse within the lease TTL) has left every one-second window before any
+/// agent sends above its share again.
+pub const SETTLE_MARGIN: Duration = Duration::from_secs(2);
 
 /// One full cell of a limit: its emission interval plus its burst
 /// tolerance. After that long without a send, the key is as fresh as a
@@ -182,16 +207,35 @@ pub fn restart_quiet<'a>(tiers: impl IntoIterator<Item = &'a Limits>) -> Duratio
         .min(Duration::from_secs(600))
 }
 
-/// How long to wait before sending when tiers changed mode. Sends admitted
-/// under the old mode are invisible to the new one (Redis never saw the
-/// local ones; the local cells never saw the other agents'): one full
-/// bot-wide cell of each tier that changed.
+/// How long to wait before sending when tiers changed mode, the longest of
+/// the tiers that changed:
+/// - from shared decisions to a local share (or a pause): one whole period
+///   of the bot-wide key. The local cells never saw the other agents'
+///   sends, so this agent's share starts only when every window holding
+///   them has passed;
+/// - between a local share and settling, and from settling to shared:
+///   nothing. The local limiter keeps this agent to its share across the
+///   change, and settling agents' sends are in Redis too;
+/// - any other change: one full bot-wide cell (a fresh limiter's burst).
 pub fn switch_quiet(before: &[TierLimits], after: &[TierLimits]) -> Duration {
     before
         .iter()
         .zip(after)
-        .filter(|(old, new)| old.mode != new.mode)
-        .map(|(old, _)| full_cell(&old.configured.global))
+        .map(|(old, new)| {
+            let global = &old.configured.global;
+            match (old.mode, new.mode) {
+                (a, b) if a == b => Duration::ZERO,
+                (LimiterMode::Shared, LimiterMode::LocalShare { .. } | LimiterMode::Paused) => {
+                    full_cell(global).max(global.period)
+                }
+                (LimiterMode::LocalShare { .. }, LimiterMode::Settling { .. })
+                | (
+                    LimiterMode::Settling { .. },
+                    LimiterMode::LocalShare { .. } | LimiterMode::Shared,
+                ) => Duration::ZERO,
+                _ => full_cell(global),
+            }
+        })
         .max()
         .unwrap_or_default()
 }
@@ -320,22 +364,50 @@ mod tests {
     use crate::engine::limiter::{Decision, Key, Limiter};
     use crate::engine::{Instant, SplitMix64};
 
+    fn link(connected: bool, settling: bool, divisor: u32) -> Link {
+        Link {
+            connected,
+            divisor,
+            settling,
+        }
+    }
+
+    fn up(divisor: u32) -> Link {
+        link(true, false, divisor)
+    }
+
+    fn down(divisor: u32) -> Link {
+        link(false, false, divisor)
+    }
+
     #[test]
     fn tiers_share_through_redis_only_when_asked_and_reachable() {
         use LimiterBackend::{Local, Redis};
         use LimiterFallback::{LocalShare, Pause};
-        assert_eq!(tier_mode(Redis, LocalShare, true, 3), LimiterMode::Shared);
-        assert_eq!(tier_mode(Redis, Pause, true, 3), LimiterMode::Shared);
+        assert_eq!(tier_mode(Redis, LocalShare, up(3)), LimiterMode::Shared);
+        assert_eq!(tier_mode(Redis, Pause, up(3)), LimiterMode::Shared);
         assert_eq!(
-            tier_mode(Redis, LocalShare, false, 3),
+            tier_mode(Redis, LocalShare, down(3)),
             LimiterMode::LocalShare { divisor: 3 }
         );
-        assert_eq!(tier_mode(Redis, Pause, false, 3), LimiterMode::Paused);
+        assert_eq!(tier_mode(Redis, Pause, down(3)), LimiterMode::Paused);
+        // Back from a loss: shared decisions, and this agent's share too.
+        for fallback in [LocalShare, Pause] {
+            assert_eq!(
+                tier_mode(Redis, fallback, link(true, true, 3)),
+                LimiterMode::Settling { divisor: 3 }
+            );
+        }
+        // Settling means nothing while the link is down.
+        assert_eq!(
+            tier_mode(Redis, LocalShare, link(false, true, 3)),
+            LimiterMode::LocalShare { divisor: 3 }
+        );
         // A local limiter on a shared queue takes its share even with Redis up.
         for connected in [true, false] {
             for fallback in [LocalShare, Pause] {
                 assert_eq!(
-                    tier_mode(Local, fallback, connected, 0),
+                    tier_mode(Local, fallback, link(connected, connected, 0)),
                     LimiterMode::LocalShare { divisor: 1 }
                 );
             }
@@ -347,14 +419,9 @@ mod tests {
         use LimiterBackend::{Local, Redis};
         use LimiterFallback::{LocalShare, Pause};
         let limits = crate::policy::limits(&RateLimitPolicySpec::default());
-        let up = Some(Link {
-            connected: true,
-            divisor: 3,
-        });
-        let down = Some(Link {
-            connected: false,
-            divisor: 3,
-        });
+        let settling = Some(link(true, true, 3));
+        let up = Some(up(3));
+        let down = Some(down(3));
         // Alone (the embedded store): the whole limit, nothing to ask.
         let alone = TierLimits::now(limits, Redis, Pause, None);
         assert_eq!(alone.mode, LimiterMode::LocalShare { divisor: 1 });
@@ -370,6 +437,11 @@ mod tests {
                 delay: SendDelay::for_limits(&limits),
             }))
         );
+        // Settling: the fleet decides, and the local limiter keeps this
+        // agent to its share meanwhile.
+        let settle = TierLimits::now(limits, Redis, LocalShare, settling);
+        assert_eq!(settle.local, local_share_limits(&limits, 3));
+        assert_eq!(settle.gate(), shared.gate());
         // Redis lost: a third of each bot-wide key, or nothing at all.
         let share = TierLimits::now(limits, Redis, LocalShare, down);
         assert_eq!(share.local, local_share_limits(&limits, 3));
@@ -388,7 +460,7 @@ mod tests {
     }
 
     #[test]
-    fn quiet_periods_last_one_full_cell() {
+    fn quiet_periods_cover_what_the_new_limiter_never_saw() {
         let limits = crate::policy::limits(&RateLimitPolicySpec::default());
         // Telegram's defaults: the group key (20 a minute) is the slowest.
         assert_eq!(
@@ -402,14 +474,23 @@ mod tests {
         slow.global = Limit::per_second(1, 1);
         slow.global.period = Duration::from_secs(3_600);
         assert_eq!(restart_quiet([&slow]), Duration::from_secs(600));
-        // A mode change waits one bot-wide cell of the tiers that changed.
+        // Leaving shared decisions for a local share waits out the
+        // bot-wide key's whole period; a local share going back to shared
+        // decisions one full cell; settling's changes nothing.
         let shared = TierLimits::in_mode(limits, LimiterMode::Shared);
         let share = TierLimits::in_mode(limits, LimiterMode::LocalShare { divisor: 2 });
+        let settling = TierLimits::in_mode(limits, LimiterMode::Settling { divisor: 2 });
+        let paused = TierLimits::in_mode(limits, LimiterMode::Paused);
         assert_eq!(switch_quiet(&[shared], &[shared]), Duration::ZERO);
         assert_eq!(
             switch_quiet(&[shared, shared], &[shared, share]),
-            full_cell(&limits.global)
+            Duration::from_secs(1)
         );
+        assert_eq!(switch_quiet(&[shared], &[paused]), Duration::from_secs(1));
+        assert_eq!(switch_quiet(&[share], &[shared]), full_cell(&limits.global));
+        assert_eq!(switch_quiet(&[share], &[settling]), Duration::ZERO);
+        assert_eq!(switch_quiet(&[settling], &[shared]), Duration::ZERO);
+        assert_eq!(switch_quiet(&[settling], &[share]), Duration::ZERO);
     }
 
     #[test]
@@ -484,6 +565,143 @@ mod tests {
                 prop_assert!(shares <= whole, "n {} window {}: shares {} > whole {}", n, w, shares, whole);
             }
         }
+    }
+
+    /// Most sends of `sends` (sorted, ns) in any closed window of `w` ns.
+    fn most_in_window(sends: &[u64], w: u64) -> usize {
+        let mut best = 0;
+        let mut lo = 0;
+        for hi in 0..sends.len() {
+            while sends[hi] - sends[lo] > w {
+                lo += 1;
+            }
+            best = best.max(hi - lo + 1);
+        }
+        best
+    }
+
+    /// A Redis outage shorter than the lease TTL, on `n` greedy agents that
+    /// reconnect up to `stagger_ms` apart (the link's jittered backoff):
+    /// every send an agent makes, in ns, merged and sorted. `settle`: the
+    /// agents pass through [`LimiterMode::Settling`] when the link returns,
+    /// as the fleet's links do; otherwise they go straight back to
+    /// [`LimiterMode::Shared`].
+    fn outage_sends(seed: u64, n: u32, outage_ms: u64, stagger_ms: u64, settle: bool) -> Vec<u64> {
+        const LEASE_TTL: Duration = Duration::from_secs(10);
+        let ms = |v: u64| Instant::from_nanos(v * 1_000_000);
+        let configured = Limits::default();
+        let mut rng = SplitMix64::new(seed);
+        let outage = ms(3_000);
+        let back = outage + Duration::from_millis(outage_ms);
+        let end = back + LEASE_TTL + SETTLE_MARGIN + Duration::from_secs(3);
+        let mut redis = Limiter::new();
+        let mut sends = Vec::new();
+        let mut agents: Vec<(Limiter, Instant, Instant, Option<LimiterMode>)> = (0..n)
+            .map(|_| {
+                let reconnect = back + Duration::from_millis(rng.below(stagger_ms + 1));
+                let start = ms(rng.below(30));
+                (Limiter::new(), reconnect, start, None)
+            })
+            .collect();
+        // Time-ordered greedy attempts of every agent.
+        loop {
+            let Some((i, _)) = agents
+                .iter()
+                .enumerate()
+                .filter(|(_, a)| a.2 < end)
+                .min_by_key(|(_, a)| a.2)
+            else {
+                break;
+            };
+            let (local, reconnect, now, last_mode) = &mut agents[i];
+            let t = *now;
+            *now = t + Duration::from_nanos(500_000 + rng.below(2_500_000));
+            let link = Link {
+                connected: t < outage || t >= *reconnect,
+                divisor: n,
+                settling: settle && t >= *reconnect && t < *reconnect + LEASE_TTL + SETTLE_MARGIN,
+            };
+            let tier = TierLimits::now(
+                configured,
+                LimiterBackend::Redis,
+                LimiterFallback::LocalShare,
+                Some(link),
+            );
+            if *last_mode != Some(tier.mode) {
+                if let Some(before) = *last_mode {
+                    let quiet = switch_quiet(&[TierLimits::in_mode(configured, before)], &[tier]);
+                    *now = (t + quiet).max(*now);
+                }
+                *last_mode = Some(tier.mode);
+                continue;
+            }
+            let local_check = [(Key::Global, &tier.local.global)];
+            let admitted = match tier.gate() {
+                Gate::Paused => false,
+                Gate::Open => local.check(t, &local_check) == Decision::Admit,
+                Gate::Shared(shared) => {
+                    let shared_check = [(Key::Global, &shared.limits.global)];
+                    if local.peek(t, &local_check) == Decision::Admit
+                        && redis.peek(t, &shared_check) == Decision::Admit
+                    {
+                        local.check(t, &local_check);
+                        redis.check(t, &shared_check);
+                        true
+                    } else {
+                        false
+                    }
+                }
+            };
+            // An agent whose link stayed down past the lease TTL has lost
+            // its partitions: it has nothing to send.
+            let leased = *reconnect < outage + LEASE_TTL || t < outage + LEASE_TTL;
+            if admitted && leased {
+                sends.push(t.as_nanos());
+            }
+        }
+        sends.sort_unstable();
+        sends
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Whatever the outage's length and however far apart the agents
+        /// reconnect, no one-second window holds more than the bot-wide
+        /// limit while the fleet goes from shared to local shares and back.
+        #[test]
+        fn the_fleet_keeps_the_limit_across_a_redis_outage(
+            seed in any::<u64>(),
+            n in 2u32..5,
+            outage_ms in 200u64..8_000,
+            stagger_ms in 0u64..4_000,
+        ) {
+            let sends = outage_sends(seed, n, outage_ms, stagger_ms, true);
+            let limit = Limits::default().global;
+            let second = duration_nanos(limit.period);
+            prop_assert!(
+                most_in_window(&sends, second) <= limit.rate as usize,
+                "{} sends in one second", most_in_window(&sends, second)
+            );
+            // Nearly the whole rate is used before and after the outage.
+            prop_assert!(sends.len() as u64 >= u64::from(limit.rate) * 3 * 9 / 10);
+        }
+    }
+
+    /// The test above has teeth: going straight back to shared decisions,
+    /// an agent that reconnects first sends at the whole rate while the
+    /// others still send their local shares, which Redis never sees.
+    #[test]
+    fn without_settling_a_staggered_return_breaks_the_limit() {
+        let limit = Limits::default().global;
+        let second = duration_nanos(limit.period);
+        let broken = (0..20)
+            .filter(|&seed| {
+                let sends = outage_sends(seed, 3, 5_000, 2_000, false);
+                most_in_window(&sends, second) > limit.rate as usize
+            })
+            .count();
+        assert!(broken >= 10, "only {broken} of 20 runs broke the limit");
     }
 
     /// Simulated: `n` agents with local shares, random phases and greedy

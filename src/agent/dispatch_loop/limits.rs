@@ -66,7 +66,7 @@ impl DispatchLoop {
         };
         for (i, limits) in self.limits.iter().enumerate() {
             let tier = self.d.tier_name(i).unwrap_or_default();
-            for name in ["shared", "local-share", "paused"] {
+            for name in ["shared", "settling", "local-share", "paused"] {
                 m.limiter_mode
                     .with_label_values(&[tier, name])
                     .set(i64::from(limits.mode.as_str() == name));
