@@ -604,15 +604,12 @@ mod tests {
             })
             .collect();
         // Time-ordered greedy attempts of every agent.
-        loop {
-            let Some((i, _)) = agents
-                .iter()
-                .enumerate()
-                .filter(|(_, a)| a.2 < end)
-                .min_by_key(|(_, a)| a.2)
-            else {
-                break;
-            };
+        while let Some((i, _)) = agents
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| a.2 < end)
+            .min_by_key(|(_, a)| a.2)
+        {
             let (local, reconnect, now, last_mode) = &mut agents[i];
             let t = *now;
             *now = t + Duration::from_nanos(500_000 + rng.below(2_500_000));
