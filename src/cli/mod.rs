@@ -2,6 +2,7 @@
 
 mod bench;
 mod client;
+mod completion;
 mod crd;
 mod demo;
 mod logging;
@@ -57,6 +58,8 @@ enum Command {
     Breaker(client::BreakerArgs),
     /// Pin or release a running agent's degradation level (admin token).
     Degrade(client::DegradeArgs),
+    /// Print a shell completion script: `herald completion bash > /etc/bash_completion.d/herald`.
+    Completion(completion::Args),
 }
 
 /// Run a parsed command; the exit code is the command's verdict.
@@ -76,6 +79,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dlq(a) => client::dlq(a),
         Command::Breaker(a) => client::breaker(a),
         Command::Degrade(a) => client::degrade(a),
+        Command::Completion(a) => completion::run(a),
     }
 }
 
