@@ -310,8 +310,20 @@ fn a_policy_edit_reaches_every_referencing_tier_and_a_second_apply_writes_nothin
     let ns = reconciled_sample(c, "policy-edit");
     // Both alerts-telegram and alerts-webhook use alerts-bot-limits.
     let users = ["alerts-telegram", "alerts-webhook"];
+    // A tier's status can be current before its ConfigMap holds the policy:
+    // a pass that ran before the policy existed is current too, and the
+    // policy's arrival brings another pass. Start from the settled state.
     for tier in users {
-        assert!(config_map_text(c, &ns, tier).contains("rate: 30"), "{tier}");
+        let settled = wait_for(Duration::from_secs(30), || {
+            config_map_text(c, &ns, tier)
+                .contains("rate: 30")
+                .then_some(())
+        });
+        assert!(
+            settled.is_some(),
+            "{tier}: {}",
+            config_map_text(c, &ns, tier)
+        );
     }
     let before = objects(c, &ns);
 
