@@ -528,6 +528,31 @@ fn redis_killed_and_restarted_on_its_data_loses_nothing() {
     assert!(fleet.wait_delivered(720, Duration::from_secs(60)));
 }
 
+/// Redis killed while the fleet sends and restarted on its data after every
+/// lease ran out: the agents keep sending from their partitions until their
+/// leases end, cannot record those deliveries until Redis is back, and by
+/// then others may take the partitions. A delivery is a fact, not a claim
+/// on the partition: each message reaches the API exactly once.
+#[test]
+fn redis_down_longer_than_the_lease_ttl_delivers_each_message_once() {
+    let mut fleet = Fleet::start(3, Persistence::AofEverySec);
+    fleet.send(900, 90, 0);
+    assert!(fleet.wait_delivered(60, Duration::from_secs(60)));
+    fleet.redis.kill().unwrap();
+    std::thread::sleep(LEASE_TTL * 2 + Duration::from_secs(1));
+    fleet.redis.restart().unwrap();
+    assert!(
+        fleet.wait_delivered(900, Duration::from_secs(180)),
+        "not all delivered after Redis restarted: {}",
+        fleet.counters()
+    );
+    // Time for a late duplicate to show.
+    std::thread::sleep(Duration::from_secs(LEASE_TTL.as_secs() + 3));
+    fleet.check_each_arrived_once(0..900, 90);
+    fleet.check_all_arrived_in_order(900);
+    fleet.check_limits();
+}
+
 /// Redis restarted on its data three times within the lease TTL while the
 /// fleet drains a backlog at the bot's limit: the agents go to their local
 /// shares and back to the shared limiter, reconnecting at different times,

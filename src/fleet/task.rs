@@ -11,8 +11,9 @@
 //! agent's dispatch loop, reached through [`Dispatch`]).
 //!
 //! Invariant: a message reaches this agent's dispatcher only from a
-//! partition it holds the lease of, first through `pending_in` right after
-//! the lease was taken, then through the feed.
+//! partition it holds the lease of, first through `pending_in` once the
+//! lease was taken (and, for a partition taken over from a holder whose
+//! lease ran out, its handover grace passed), then through the feed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -98,6 +99,9 @@ pub struct Fleet {
     /// Partitions taken lately, with the wall-clock ms until which their
     /// messages wait (see [`hold_back`]): the load's and the feed's alike.
     quiet: Mutex<BTreeMap<u32, u64>>,
+    /// Partitions taken over from a holder whose lease ran out, with when
+    /// their load is due ([`RedisStore::load_wait`]).
+    due_loads: Mutex<BTreeMap<u32, tokio::time::Instant>>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -144,6 +148,7 @@ impl Fleet {
             live: AtomicU32::new(0),
             held: AtomicU32::new(0),
             quiet: Mutex::new(BTreeMap::new()),
+            due_loads: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -205,6 +210,10 @@ impl Fleet {
         quiet.get(&partition).copied().filter(|u| *u > now_ms())
     }
 
+    fn due_loads(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, tokio::time::Instant>> {
+        self.due_loads.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Partitions this agent holds.
     pub fn held(&self) -> u32 {
         self.held.load(Ordering::Relaxed)
@@ -237,7 +246,9 @@ pub async fn run<D: Dispatch>(
             rebalance(dispatch.as_ref(), &fleet, quiet).await;
             next_beat = tokio::time::Instant::now() + round;
         }
-        let wait = next_beat
+        let next_load = load_due(dispatch.as_ref(), &fleet, quiet).await;
+        let wake = next_load.map_or(next_beat, |at| at.min(next_beat));
+        let wait = wake
             .saturating_duration_since(tokio::time::Instant::now())
             .min(Duration::from_millis(500));
         tokio::select! {
@@ -321,17 +332,19 @@ async fn rebalance(dispatch: &impl Dispatch, fleet: &Fleet, quiet: Duration) {
     }
     for &p in owned.difference(&held) {
         match fleet.store.acquire(p).await {
-            Ok(Some(_)) => match fleet.store.pending_in(p).await {
-                Ok(msgs) => {
-                    tracing::info!(partition = p, messages = msgs.len(), "partition taken");
-                    let until = now_ms() + millis(quiet);
-                    fleet.set_quiet(p, until);
-                    dispatch.enqueue(hold_back(msgs, until)).await;
+            Ok(Some(_)) => match fleet.store.load_wait(p) {
+                Some(wait) if !wait.is_zero() => {
+                    tracing::info!(
+                        partition = p,
+                        wait_ms = millis(wait),
+                        "partition taken over from a holder whose lease ran out; \
+                         loading it once that holder could record its last sends"
+                    );
+                    fleet
+                        .due_loads()
+                        .insert(p, tokio::time::Instant::now() + wait);
                 }
-                Err(e) => {
-                    tracing::warn!(partition = p, error = %e, "could not load a partition");
-                    let _ = fleet.store.release(p).await;
-                }
+                _ => load(dispatch, fleet, p, quiet).await,
             },
             // Its previous holder's lease is still live: next round.
             Ok(None) => {}
@@ -344,6 +357,46 @@ async fn rebalance(dispatch: &impl Dispatch, fleet: &Fleet, quiet: Duration) {
     let now_held = u32::try_from(fleet.store.held().len()).unwrap_or(u32::MAX);
     fleet.held.store(now_held, Ordering::Relaxed);
     dispatch.observed(count, now_held);
+}
+
+/// Loads a partition just taken and hands its messages to the dispatcher.
+async fn load(dispatch: &impl Dispatch, fleet: &Fleet, p: u32, quiet: Duration) {
+    fleet.due_loads().remove(&p);
+    match fleet.store.pending_in(p).await {
+        Ok(msgs) => {
+            tracing::info!(partition = p, messages = msgs.len(), "partition taken");
+            let until = now_ms() + millis(quiet);
+            fleet.set_quiet(p, until);
+            dispatch.enqueue(hold_back(msgs, until)).await;
+        }
+        Err(e) => {
+            tracing::warn!(partition = p, error = %e, "could not load a partition");
+            let _ = fleet.store.release(p).await;
+        }
+    }
+}
+
+/// Loads the partitions whose handover grace has passed (forgetting those
+/// no longer held); answers when the next one is due.
+async fn load_due(
+    dispatch: &impl Dispatch,
+    fleet: &Fleet,
+    quiet: Duration,
+) -> Option<tokio::time::Instant> {
+    let now = tokio::time::Instant::now();
+    let due: Vec<u32> = {
+        let mut loads = fleet.due_loads();
+        loads.retain(|p, _| fleet.store.may_send(*p));
+        loads
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(p, _)| *p)
+            .collect()
+    };
+    for p in due {
+        load(dispatch, fleet, p, quiet).await;
+    }
+    fleet.due_loads().values().min().copied()
 }
 
 /// A partition's previous holder may have sent to its chats a moment ago,

@@ -254,6 +254,10 @@ impl DispatchLoop {
 /// a network blip), so a finished attempt is not forgotten; gives up on
 /// any other error, which retrying cannot fix. Bounded: after 15 minutes
 /// the message is left to whoever loads its partition next.
+///
+/// Retries at least every second: an agent that takes over a partition of
+/// this one's after Redis came back waits only the handover grace
+/// ([`crate::store::redis::HANDOVER_GRACE`]) for these writes to land.
 async fn durably<F, Fut>(what: &'static str, mut write: F)
 where
     F: FnMut() -> Fut,
@@ -267,7 +271,7 @@ where
             Err(StoreError::Unavailable(why)) if started.elapsed() < Duration::from_secs(900) => {
                 tracing::warn!(error = %why, "could not record {what} yet; retrying");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                delay = (delay * 2).min(Duration::from_secs(1));
             }
             Err(e) => {
                 tracing::error!(error = %e, "could not record {what}");

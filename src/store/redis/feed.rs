@@ -113,6 +113,8 @@ impl RedisStore {
         {
             held.cursor = cursor;
         }
+        // An outcome this handle has not written yet: its send happened.
+        found.retain(|m| !self.is_unsettled(m.id));
         for m in &mut found {
             if m.state == MessageState::InFlight {
                 self.change(m.id, Fence::Holder, |now| Ok(requeue_interrupted(now)))
@@ -200,7 +202,7 @@ impl RedisStore {
                 }
                 let m = record::decode(id, &rec)
                     .map_err(|source| StoreError::Corrupt { id, source })?;
-                if m.state.is_open() {
+                if m.state.is_open() && !self.is_unsettled(m.id) {
                     out.push((partition, as_loaded(m)));
                 }
             }

@@ -9,7 +9,7 @@ use ::redis::Value;
 use super::keys::id_hex;
 use super::server::Persistence;
 use super::tests::{PARTITIONS, accept_one, attempt, connect, options, start, take_all};
-use super::{RedisOptions, RedisStore};
+use super::{HANDOVER_GRACE, RedisOptions, RedisStore};
 use crate::store::record::tests::sample_new;
 use crate::store::{
     ChatRef, DeadSelection, MessageId, MessageState, NewMessage, Store, StoreError,
@@ -132,19 +132,10 @@ async fn a_stale_holder_is_fenced_and_changes_nothing() {
 
     let fenced = Err(StoreError::Fenced { partition });
     assert_eq!(
-        a.record_delivered(ids[0], "p".into(), None, 3).await,
-        fenced
-    );
-    assert_eq!(
         a.record_retry(ids[0], attempt(3, "transient"), 9).await,
         fenced
     );
     assert_eq!(a.mark_in_flight(ids[1], "p".into(), 3).await, fenced);
-    assert_eq!(
-        a.record_dead_letter(ids[1], attempt(3, "permanent"), "x".into())
-            .await,
-        fenced
-    );
     assert_eq!(a.readdress(ids[1], ChatRef::Id(5)).await, fenced);
     assert_eq!(
         a.pending_in(partition).await,
@@ -155,15 +146,94 @@ async fn a_stale_holder_is_fenced_and_changes_nothing() {
     assert_eq!(a.get(ids[1]).await.unwrap().unwrap(), before[1]);
     assert_eq!(a.stats().await.unwrap(), stats);
 
-    // The new holder picks up the interrupted send as pending and finishes it.
+    // A final outcome is a fact, not a claim on the partition: a send the
+    // stale holder made before its lease ended is recorded all the same.
+    a.record_delivered(ids[0], "p".into(), None, 3)
+        .await
+        .unwrap();
+    a.record_dead_letter(ids[1], attempt(3, "permanent"), "x".into())
+        .await
+        .unwrap();
+    assert_eq!(
+        a.get(ids[0]).await.unwrap().unwrap().state,
+        MessageState::Delivered
+    );
+    assert_eq!(
+        a.get(ids[1]).await.unwrap().unwrap().state,
+        MessageState::DeadLettered
+    );
+
+    // The new holder loads only what is still open, and a repeated report
+    // of the delivery changes nothing.
     let loaded = b.pending_in(partition).await.unwrap();
-    assert_eq!(loaded.iter().map(|m| m.id).collect::<Vec<_>>(), ids);
+    assert_eq!(loaded.iter().map(|m| m.id).collect::<Vec<_>>(), [ids[2]]);
     assert!(loaded.iter().all(|m| m.state == MessageState::Pending));
     b.record_delivered(ids[0], "p".into(), None, 4)
         .await
         .unwrap();
+    b.record_delivered(ids[2], "p".into(), None, 4)
+        .await
+        .unwrap();
     let stats = b.stats().await.unwrap();
-    assert_eq!((stats.in_flight, stats.delivered_retained), (0, 1));
+    assert_eq!((stats.in_flight, stats.delivered_retained), (0, 2));
+}
+
+#[tokio::test]
+async fn a_partition_taken_from_a_lapsed_holder_waits_the_handover_grace() {
+    let server = start(Persistence::None);
+    let a = short_lease(&server, "a").await;
+    let b = short_lease(&server, "b").await;
+    a.acquire(0).await.unwrap().unwrap();
+    assert_eq!(a.load_wait(0), Some(Duration::ZERO));
+    assert_eq!(b.load_wait(0), None);
+    let_leases_expire().await;
+    b.acquire(0).await.unwrap().expect("expired lease");
+    let wait = b.load_wait(0).unwrap();
+    assert!(
+        wait > HANDOVER_GRACE - Duration::from_secs(1) && wait <= HANDOVER_GRACE,
+        "{wait:?}"
+    );
+    // Handing it on does not end the grace: the lapsed holder's writes
+    // may still be on their way.
+    b.release(0).await.unwrap();
+    a.acquire(0).await.unwrap().expect("released partition");
+    assert!(a.load_wait(0).unwrap() > Duration::ZERO);
+
+    // A partition released on purpose is loaded at once.
+    a.acquire(1).await.unwrap().unwrap();
+    a.release(1).await.unwrap();
+    b.acquire(1).await.unwrap().expect("released partition");
+    assert_eq!(b.load_wait(1), Some(Duration::ZERO));
+}
+
+#[tokio::test]
+async fn an_outcome_not_written_yet_keeps_its_message_out_of_the_next_load() {
+    let mut server = start(Persistence::AofAlways);
+    let a = short_lease(&server, "a").await;
+    take_all(&a).await;
+    let id = a.accept(vec![sample_new(1)], 1).await[0]
+        .as_ref()
+        .unwrap()
+        .id;
+    let partition = a.partition_of(&ChatRef::Id(1));
+    server.kill().unwrap();
+    // Sent while Redis was away: the delivery cannot be written yet.
+    assert!(matches!(
+        a.record_delivered(id, "p".into(), None, 2).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    server.restart().unwrap();
+    let_leases_expire().await;
+    a.acquire(partition)
+        .await
+        .unwrap()
+        .expect("its own lease back");
+    assert!(a.pending_in(partition).await.unwrap().is_empty());
+    a.record_delivered(id, "p".into(), None, 3).await.unwrap();
+    assert_eq!(
+        a.get(id).await.unwrap().unwrap().state,
+        MessageState::Delivered
+    );
 }
 
 /// Runs `transition.lua` directly: an empty record write that keeps the

@@ -13,13 +13,20 @@
 //! as the two clocks run at the same rate): [`RedisStore::held`] stops
 //! naming a partition before any other agent can take it.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ::redis::Value;
 
 use super::reply::{bad_reply, millis, redis_error, reply_int};
 use super::store::{Held, RedisStore};
 use crate::store::StoreError;
+
+/// How long a partition taken over from a holder whose lease ran out waits
+/// before it is loaded: long enough for a live former holder that lost
+/// Redis to reach it again and record the sends it made meanwhile (its
+/// record writes retry at least every second: `agent::dispatch_loop`).
+/// A partition released on purpose (shutdown, rebalancing) does not wait.
+pub const HANDOVER_GRACE: Duration = Duration::from_secs(3);
 
 #[derive(Clone, Copy)]
 enum Op {
@@ -44,22 +51,37 @@ impl RedisStore {
     /// while another agent's lease is live. A lease taken over from another
     /// holder gets a larger token than any before it.
     ///
-    /// After a new acquisition, load the partition with
-    /// [`RedisStore::pending_in`] before sending from it.
+    /// After a new acquisition, wait out [`RedisStore::load_wait`], then load
+    /// the partition with [`RedisStore::pending_in`] before sending from it.
     pub async fn acquire(&self, partition: u32) -> Result<Option<u64>, StoreError> {
         self.check_partition(partition)?;
         let mine = self.token_of(partition).unwrap_or(0);
         let started = Instant::now();
         let answer = self.run_lease(Op::Acquire, partition, mine).await?;
-        let token = u64::try_from(answer).map_err(|_| bad_reply("lease"))?;
+        let (token, hold_ms) = match &answer {
+            Value::Array(items) => match (items.first(), items.get(1)) {
+                (Some(token), Some(hold)) => (reply_int(token), reply_int(hold)),
+                _ => (None, None),
+            },
+            _ => (None, None),
+        };
+        let (Some(token), Some(hold_ms)) = (
+            token.and_then(|t| u64::try_from(t).ok()),
+            hold_ms.and_then(|h| u64::try_from(h).ok()),
+        ) else {
+            return Err(bad_reply("lease"));
+        };
         if token == 0 {
             return Ok(None);
         }
         let deadline = started + self.inner.lease_ttl;
+        // Counted from after the answer: never earlier than the server's.
+        let load_at = Instant::now() + Duration::from_millis(hold_ms);
         let mut leases = self.leases();
         let held = leases.entry(partition).or_insert(Held {
             token,
             deadline,
+            load_at,
             cursor: None,
         });
         if held.token != token {
@@ -67,7 +89,21 @@ impl RedisStore {
         }
         held.token = token;
         held.deadline = deadline;
+        held.load_at = load_at;
         Ok(Some(token))
+    }
+
+    /// How long a partition this handle holds must wait before it is loaded
+    /// (zero when it may be loaded now; `None` when it is not held). A
+    /// partition taken over from a holder whose lease ran out waits
+    /// [`HANDOVER_GRACE`]: that holder may have sent messages it could not
+    /// record while Redis was away, and it records them as soon as it
+    /// reaches Redis again. Loading earlier would send them twice.
+    pub fn load_wait(&self, partition: u32) -> Option<Duration> {
+        let now = Instant::now();
+        self.leases()
+            .get(&partition)
+            .map(|held| held.load_at.saturating_duration_since(now))
     }
 
     /// Extends this handle's lease of `partition`; `false` when the lease is
@@ -81,7 +117,7 @@ impl RedisStore {
             return Ok(false);
         };
         let started = Instant::now();
-        let kept = self.run_lease(Op::Renew, partition, token).await? == 1;
+        let kept = reply_int(&self.run_lease(Op::Renew, partition, token).await?) == Some(1);
         if kept {
             if let Some(held) = self.leases().get_mut(&partition)
                 && held.token == token
@@ -160,7 +196,7 @@ impl RedisStore {
         }
     }
 
-    async fn run_lease(&self, op: Op, partition: u32, token: u64) -> Result<i64, StoreError> {
+    async fn run_lease(&self, op: Op, partition: u32, token: u64) -> Result<Value, StoreError> {
         let answer: Value = self
             .inner
             .scripts
@@ -172,9 +208,15 @@ impl RedisStore {
             .arg(token)
             .arg(millis(self.inner.lease_ttl))
             .arg(op.as_str())
+            .arg(millis(HANDOVER_GRACE))
             .invoke_async(&mut self.conn())
             .await
             .map_err(redis_error)?;
-        reply_int(&answer).ok_or_else(|| bad_reply("lease"))
+        match op {
+            Op::Acquire => Ok(answer),
+            Op::Renew | Op::Release => reply_int(&answer)
+                .map(Value::Int)
+                .ok_or_else(|| bad_reply("lease")),
+        }
     }
 }

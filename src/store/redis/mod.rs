@@ -51,10 +51,12 @@ mod reply;
 mod rules;
 mod scripts;
 pub mod server;
+mod settle;
 mod store;
 mod write;
 
 pub use keys::partition_of;
+pub use lease::HANDOVER_GRACE;
 pub use options::{Durability, MAX_PARTITIONS, RedisOptions};
 pub use queue::Imported;
 pub use store::RedisStore;

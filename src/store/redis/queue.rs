@@ -119,11 +119,8 @@ impl Store for RedisStore {
         receipt: Option<serde_json::Value>,
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        self.change(id, Fence::Holder, |m| {
-            rules::record_delivered(m, &tier, &receipt, now_ms)
-        })
-        .await
-        .map(drop)
+        self.settle(id, |m| rules::record_delivered(m, &tier, &receipt, now_ms))
+            .await
     }
 
     async fn record_retry(
@@ -145,11 +142,10 @@ impl Store for RedisStore {
         attempt: Attempt,
         reason: String,
     ) -> Result<(), StoreError> {
-        self.change(id, Fence::Holder, |m| {
+        self.settle(id, |m| {
             rules::record_dead_letter(m, &attempt, &reason).map(Some)
         })
         .await
-        .map(drop)
     }
 
     /// The message stays in the partition it was accepted into, so messages

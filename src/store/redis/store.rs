@@ -22,7 +22,7 @@ use super::options::{Durability, RedisOptions};
 use super::reply::{millis, redis_error};
 use super::scripts::Scripts;
 use crate::store::StoreError;
-use crate::store::record::ChatRef;
+use crate::store::record::{ChatRef, MessageId};
 
 /// Bumped when a key changes meaning; an older build refuses a newer queue.
 pub(super) const LAYOUT_VERSION: u64 = 1;
@@ -57,6 +57,11 @@ pub(super) struct Inner {
     pub durability: Durability,
     /// The leases this handle holds, by partition.
     pub leases: Mutex<BTreeMap<u32, Held>>,
+    /// Messages this handle sent to the end (delivered or dead-lettered)
+    /// whose outcome it could not write yet, since when: its loads skip
+    /// them, so a partition taken back before the write lands does not
+    /// send them again (`queue.rs`).
+    pub unsettled: Mutex<HashMap<MessageId, Instant>>,
     pub scripts: Scripts,
 }
 
@@ -66,6 +71,8 @@ pub(super) struct Held {
     pub token: u64,
     /// When this handle must assume the lease is gone unless renewed.
     pub deadline: Instant,
+    /// When the partition may be loaded (`lease.rs`, `load_wait`).
+    pub load_at: Instant,
     /// Where this handle's feed of the partition stands; `None` until the
     /// partition is loaded with `pending_in`.
     pub cursor: Option<String>,
@@ -133,6 +140,7 @@ impl RedisStore {
                 command_timeout: options.command_timeout,
                 durability,
                 leases: Mutex::new(BTreeMap::new()),
+                unsettled: Mutex::new(HashMap::new()),
                 scripts,
             }),
         })
