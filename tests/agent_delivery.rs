@@ -7,10 +7,12 @@ mod common;
 
 use std::collections::HashMap;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{Value, json};
+
+const MS: Duration = Duration::from_millis(1);
 
 fn delivered_texts(port: u16) -> Vec<(i64, String)> {
     let (_, text) = get(&format!("http://127.0.0.1:{port}/sandbox/messages?since=0"));
@@ -318,4 +320,154 @@ fn a_message_waits_out_an_api_outage_instead_of_being_dead_lettered() {
         state_of(&a.url, id)
     );
     assert_eq!(delivered_texts(port).len(), 1);
+}
+
+/// A webhook receiver on loopback that keeps each request's arrival time
+/// and body.
+/// What a webhook receiver got: each request's arrival time and body.
+type Arrivals = std::sync::Arc<std::sync::Mutex<Vec<(Instant, String)>>>;
+
+fn timed_webhook_receiver() -> (u16, Arrivals) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let g = got.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(10_000) {
+            let Ok(mut s) = stream else { continue };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 8192];
+            while let Ok(n) = s.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            l.strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if buf.len() >= end + 4 + len {
+                        break;
+                    }
+                }
+            }
+            g.lock()
+                .unwrap()
+                .push((Instant::now(), String::from_utf8_lossy(&buf).into_owned()));
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        }
+    });
+    (port, got)
+}
+
+/// A listener that accepts connections and never answers: a dark API.
+fn silent_listener() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().take(1_000) {
+            held.push(stream);
+        }
+    });
+    port
+}
+
+/// Failover to the webhook tier while Telegram does not answer: each
+/// message leaves Telegram after at most one attempt (refused at once, or
+/// silent until the 500 ms attempt deadline), never after a retry backoff
+/// there. The failover times are printed for the record (p50/p99 over 25
+/// messages sent at 10/s), not asserted.
+#[test]
+fn a_tier_that_does_not_answer_fails_over_after_one_attempt() {
+    for (case, deadline) in [("refused", Duration::ZERO), ("dark", 500 * MS)] {
+        let dir = tempfile::tempdir().unwrap();
+        let port = match case {
+            "refused" => free_port(),
+            _ => silent_listener(),
+        };
+        let (hook_port, hooks) = timed_webhook_receiver();
+        let extra = format!(
+            "---\napiVersion: herald.dev/v1alpha1\nkind: DeliveryTier\nmetadata: {{name: hook}}\nspec:\n  channel: webhook\n  webhook:\n    url: http://127.0.0.1:{hook_port}/in\n    hmacSecretRef: {{name: hook, key: key}}\n  priority: 100\n---\napiVersion: herald.dev/v1alpha1\nkind: CircuitPolicy\nmetadata: {{name: quick}}\nspec:\n  timeouts: {{perAttempt: 500ms, overall: 30s}}\n"
+        );
+        let a = agent_in(
+            dir.path(),
+            &config(
+                dir.path(),
+                port,
+                "  fallbackTiers: [hook]\n  circuitPolicyRef: {name: quick}\n",
+                &extra,
+            ),
+        );
+        // Past the agent's start-up quiet period (one cell of the slowest
+        // limit), which would otherwise be part of the figures.
+        std::thread::sleep(Duration::from_secs(4));
+        let mut sent = Vec::new();
+        for i in 0..25 {
+            let text = format!("fo-{case}-{i:03}");
+            let (status, body) = post_json(
+                &format!("{}/v1/messages", a.url),
+                &json!({"chat_id": 7000 + i, "text": text}),
+            );
+            assert_eq!(status, 202, "{body}");
+            let id = body["id"]
+                .as_str()
+                .or(body["accepted"][0]["id"].as_str())
+                .unwrap()
+                .to_owned();
+            sent.push((id, text, Instant::now()));
+            std::thread::sleep(100 * MS);
+        }
+        assert!(
+            eventually(Duration::from_secs(60), || sent
+                .iter()
+                .all(|(id, ..)| state_of(&a.url, id) == "delivered")),
+            "{case}: not all delivered through the webhook"
+        );
+        let got = hooks.lock().unwrap().clone();
+        let mut failover_ms = Vec::new();
+        for (id, text, accepted) in &sent {
+            let arrivals: Vec<Instant> = got
+                .iter()
+                .filter(|(_, body)| body.contains(text.as_str()))
+                .map(|(at, _)| *at)
+                .collect();
+            assert_eq!(
+                arrivals.len(),
+                1,
+                "{case}: {text} reached the webhook {arrivals:?}"
+            );
+            failover_ms.push(arrivals[0].duration_since(*accepted).as_secs_f64() * 1000.0);
+            let (_, m) = get(&format!("{}/v1/messages/{id}", a.url));
+            let m: Value = serde_json::from_str(&m).unwrap();
+            let on_telegram = m["attempts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|t| t["tier"] == "tg")
+                .count();
+            assert!(
+                on_telegram <= 1,
+                "{case}: {text} was tried {on_telegram} times on the tier that did not answer: {m}"
+            );
+        }
+        failover_ms.sort_by(f64::total_cmp);
+        let pick = |q: f64| failover_ms[((failover_ms.len() - 1) as f64 * q).round() as usize];
+        eprintln!(
+            "{case}: accept to webhook arrival over {} messages: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (attempt deadline {} ms)",
+            failover_ms.len(),
+            pick(0.5),
+            pick(0.99),
+            pick(1.0),
+            deadline.as_millis()
+        );
+    }
 }

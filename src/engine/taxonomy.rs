@@ -62,6 +62,19 @@ pub enum Outcome {
     Timeout,
 }
 
+impl Outcome {
+    /// Nothing answered at all (refused, unresolvable, or silent until the
+    /// attempt's deadline): the tier is down for every message, not for
+    /// this one, so a message with another tier to take it moves on at
+    /// once instead of waiting out a backoff here.
+    pub fn tier_unreachable(&self) -> bool {
+        matches!(
+            self,
+            Outcome::Timeout | Outcome::Transport(TransportKind::Connect | TransportKind::Dns)
+        )
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Class {
     RateLimited,

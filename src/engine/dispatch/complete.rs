@@ -5,6 +5,10 @@
 //!   message may go;
 //! - 429 (`Wait`): the whole tier's limiter pauses for `retry_after`, the
 //!   message waits as long at the head of its chat; no attempt is used;
+//! - nothing answered (refused, DNS, the attempt's deadline): when another
+//!   tier can take the message, it moves on at once (failover within the
+//!   attempt's deadline, not after a backoff on a tier that is down); else
+//!   as transient below;
 //! - transient (`Retry`): failure on the tier breaker; the tier's retry
 //!   policy picks the instant, never before the breaker's half-open instant
 //!   and never past the tier's overall timeout, and the retry goes to the
@@ -146,6 +150,9 @@ impl Dispatcher {
                 }
                 let _ = self.scheduler.requeue(id, Some(until));
                 Verdict::RetryAt(until)
+            }
+            Action::Retry if outcome.tier_unreachable() && self.can_move_on(now, id, tier) => {
+                self.leave_tier(now, id, tier, LastFailure::TierFailed { reason: c.reason })
             }
             Action::Retry => self.retry(now, id, tier, tier_key, outcome),
             Action::FailOver => {
@@ -316,6 +323,15 @@ impl Dispatcher {
                 self.leave_tier(now, id, tier, LastFailure::RetriesExhausted(why))
             }
         }
+    }
+
+    /// Whether the message has a tier to go to besides `tier`.
+    fn can_move_on(&self, now: Instant, id: u64, tier: Option<usize>) -> bool {
+        let Some(meta) = self.metas.get(id) else {
+            return false;
+        };
+        let excluded = meta.excluded | tier.map_or(0, |i| 1 << (i % MAX_TIERS));
+        self.next_tier(now, meta.chat, excluded).is_some()
     }
 
     /// The message will not use `tier` again: another tier if one is left

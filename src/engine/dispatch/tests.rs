@@ -217,6 +217,82 @@ fn transient_failures_back_off_then_fail_over() {
     assert_eq!(s.tiers[1].counters.delivered, 1);
 }
 
+/// Nothing answering (refused, DNS, silence until the attempt's deadline)
+/// is the tier's outage: with a fallback, the message moves on within the
+/// same instant instead of backing off on a tier that is down; alone, its
+/// tier retries it as before. An answer (502) still backs off first.
+#[test]
+fn a_tier_that_does_not_answer_fails_over_at_once() {
+    for outcome in [
+        Outcome::Transport(TransportKind::Connect),
+        Outcome::Transport(TransportKind::Dns),
+        Outcome::Timeout,
+    ] {
+        let mut d = dispatcher();
+        let m = msg(&mut d, 1, 42, Priority::Normal, T0);
+        d.enqueue(T0, m).unwrap();
+        let o = send(d.poll(T0));
+        assert_eq!(o.tier, 0);
+        let t = at_ms(500);
+        assert_eq!(
+            d.complete(t, 1, &outcome, 500 * MS),
+            Ok(Verdict::FailedOver { to: 1 }),
+            "{outcome:?}"
+        );
+        let again = send(d.poll(t));
+        assert_eq!((again.id, again.tier), (1, 1), "{outcome:?}");
+
+        let mut alone = config();
+        alone.tiers.truncate(1);
+        alone.fallbacks.clear();
+        let mut d = Dispatcher::new(alone, 7).unwrap();
+        let m = msg(&mut d, 1, 42, Priority::Normal, T0);
+        d.enqueue(T0, m).unwrap();
+        send(d.poll(T0));
+        assert_eq!(
+            d.complete(t, 1, &outcome, 500 * MS),
+            Ok(Verdict::RetryAt(t + 100 * MS)),
+            "{outcome:?}"
+        );
+    }
+    let mut d = dispatcher();
+    let m = msg(&mut d, 1, 42, Priority::Normal, T0);
+    d.enqueue(T0, m).unwrap();
+    send(d.poll(T0));
+    assert!(matches!(
+        d.complete(T0, 1, &http(502, "Bad Gateway"), MS),
+        Ok(Verdict::RetryAt(_))
+    ));
+}
+
+/// Telegram refuses four connections, which opens its breaker (window 4);
+/// each refused message moves on to the webhook at once, where it is
+/// delivered, so sends to both tiers interleave until then. Answers when
+/// the breaker opened, with every refused message delivered.
+fn refuse_until_the_breaker_opens(d: &mut Dispatcher, mut now: Instant) -> Instant {
+    let mut refused = 0;
+    loop {
+        let o = send(d.poll(now));
+        if o.tier == 0 {
+            assert_eq!(
+                d.complete(now, o.id, &Outcome::Transport(TransportKind::Connect), MS),
+                Ok(Verdict::FailedOver { to: 1 })
+            );
+            refused += 1;
+            if refused == 4 {
+                // The last refused message goes on to the webhook too.
+                let moved = send(d.poll(now));
+                assert_eq!((moved.id, moved.tier), (o.id, 1));
+                d.complete(now, moved.id, &Outcome::Delivered, MS).unwrap();
+                return now;
+            }
+        } else {
+            d.complete(now, o.id, &Outcome::Delivered, MS).unwrap();
+        }
+        now = now + Duration::from_millis(40);
+    }
+}
+
 #[test]
 fn an_open_breaker_routes_to_the_fallback_and_a_probe_closes_it() {
     let mut d = dispatcher();
@@ -224,23 +300,21 @@ fn an_open_breaker_routes_to_the_fallback_and_a_probe_closes_it() {
         let m = msg(&mut d, id, 1000 + id as i64, Priority::Normal, T0);
         d.enqueue(T0, m).unwrap();
     }
-    let mut now = T0;
-    // Four connection failures open the telegram breaker (window 4).
-    for _ in 0..4 {
-        let o = send(d.poll(now));
-        assert_eq!(o.tier, 0);
-        d.complete(now, o.id, &Outcome::Transport(TransportKind::Connect), MS)
-            .unwrap();
-        now = now + Duration::from_millis(40);
-    }
+    let now = refuse_until_the_breaker_opens(&mut d, T0);
     let s = d.snapshot(now);
     assert_eq!(s.tiers[0].breaker, BreakerState::Open);
     let events = d.tick(now);
     assert!(events.iter().any(|e| matches!(e, Event::Breaker { tier: 0, chat: None, transition, .. } if transition.to == BreakerState::Open)));
-    // While open, sends go to the webhook.
-    let o = send(d.poll(now));
+    // While open, sends go to the webhook (at its own pace).
+    let (o, at) = match d.poll(now) {
+        Poll::Send(o) => (o, now),
+        Poll::Idle { wake_at } => {
+            let at = wake_at.expect("more messages wait");
+            (send(d.poll(at)), at)
+        }
+    };
     assert_eq!(o.tier, 1);
-    d.complete(now, o.id, &Outcome::Delivered, MS).unwrap();
+    d.complete(at, o.id, &Outcome::Delivered, MS).unwrap();
     // After the open period, telegram gets a probe; its success closes it.
     let later = now + Duration::from_secs(2);
     let probe = send(d.poll(later));
@@ -670,13 +744,7 @@ fn a_deferred_probe_gives_its_ticket_back() {
         let m = msg(&mut d, id, 1000 + id as i64, Priority::Normal, T0);
         d.enqueue(T0, m).unwrap();
     }
-    let mut now = T0;
-    for _ in 0..4 {
-        let o = send(d.poll(now));
-        d.complete(now, o.id, &Outcome::Transport(TransportKind::Connect), MS)
-            .unwrap();
-        now = now + Duration::from_millis(40);
-    }
+    let now = refuse_until_the_breaker_opens(&mut d, T0);
     assert_eq!(d.snapshot(now).tiers[0].breaker, BreakerState::Open);
     let later = now + Duration::from_secs(2);
     let probe = send(d.poll(later));
