@@ -553,6 +553,61 @@ fn redis_down_longer_than_the_lease_ttl_delivers_each_message_once() {
     fleet.check_limits();
 }
 
+/// An agent whose Redis does not answer at start starts all the same (a
+/// crash loop would refuse every message): it serves its health endpoints,
+/// accepts into its spill and says so in `/readyz`, and attaches when Redis
+/// answers, which delivers what it spilled.
+#[test]
+fn an_agent_started_while_redis_is_down_spills_and_attaches_later() {
+    let turn = ONE_FLEET.lock().unwrap_or_else(|p| p.into_inner());
+    let mut redis = RedisServer::start(Persistence::AofEverySec)
+        .expect("redis-server must be installed for these tests (apt-get install -y redis-server)");
+    redis.kill().unwrap();
+    let sandbox_port = free_port();
+    let sandbox = sandbox(sandbox_port, None);
+    let (agent, dir) = start_fleet_agent(&redis, sandbox_port, "agent-0");
+    let fleet = Fleet {
+        _turn: turn,
+        redis,
+        sandbox_port,
+        _sandbox: sandbox,
+        agents: vec![Some(agent)],
+        _dirs: vec![dir],
+    };
+    let url = fleet.live().next().unwrap().url.clone();
+    assert_eq!(get(&format!("{url}/healthz")).0, 200);
+    let readyz = || -> Value {
+        let (code, text) = get(&format!("{url}/readyz"));
+        assert_eq!(code, 200, "{text}");
+        serde_json::from_str(&text).unwrap()
+    };
+    assert_eq!(readyz()["ingest"], "spill", "{}", readyz());
+    let ids = fleet.send(60, 30, 0);
+    assert_eq!(ids.len(), 60);
+    assert_eq!(readyz()["spill_waiting"], 60, "{}", readyz());
+
+    let mut fleet = fleet;
+    fleet.redis.restart().unwrap();
+    assert!(
+        fleet.wait_delivered(60, Duration::from_secs(90)),
+        "the spilled messages were not delivered once Redis answered: {} {}",
+        fleet.counters(),
+        readyz()
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || readyz()["ingest"] == "redis"
+            && readyz()["redis"] == "connected"),
+        "the agent did not attach: {}",
+        readyz()
+    );
+    fleet.send(30, 30, 60);
+    assert!(fleet.wait_delivered(90, Duration::from_secs(60)));
+    std::thread::sleep(Duration::from_secs(2));
+    fleet.check_each_arrived_once(0..90, 30);
+    fleet.check_all_arrived_in_order(90);
+    fleet.check_limits();
+}
+
 /// Redis restarted on its data three times within the lease TTL while the
 /// fleet drains a backlog at the bot's limit: the agents go to their local
 /// shares and back to the shared limiter, reconnecting at different times,

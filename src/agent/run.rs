@@ -107,15 +107,12 @@ pub async fn start(
         &store,
         crate::agent::store::redis_options(&config, &agent_id).map_err(store_error)?,
     ) {
-        (AgentStore::Redis(redis, _), Some(options)) => Some(Arc::new(
-            Fleet::join(
-                redis.clone(),
-                &options.url,
-                &options.key_prefix,
-                fleet::options(&config),
-            )
-            .await?,
-        )),
+        (AgentStore::Redis(redis, _), Some(options)) => Some(Arc::new(Fleet::join(
+            redis.clone(),
+            &options.url,
+            &options.key_prefix,
+            fleet::options(&config),
+        )?)),
         _ => None,
     };
     let listen_error = |source| AgentError::Listen {

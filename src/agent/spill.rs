@@ -148,7 +148,8 @@ impl Spill {
         answers
     }
 
-    async fn divert(&self) {
+    /// Sends every accept to the spill until the mover finds Redis again.
+    pub async fn divert(&self) {
         let mut route = self.route.write().await;
         if *route == Route::Redis {
             tracing::warn!("Redis does not answer: accepting into the local spill until it does");
@@ -188,6 +189,11 @@ impl Spill {
         loop {
             let page = self.store.open_page(None, IMPORT_BATCH).await?;
             if page.is_empty() {
+                // An empty spill says nothing of Redis (an agent that
+                // started while Redis was away spilled nothing yet).
+                if self.spilling().await {
+                    redis.ping().await?;
+                }
                 // Only under the write lock is "empty" final: no accept is
                 // between its spill check and its write.
                 let mut route = self.route.write().await;

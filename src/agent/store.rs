@@ -135,9 +135,26 @@ impl AgentStore {
                     source,
                 })?;
             let tier = config.entry_tier.clone();
-            let store = RedisStore::connect(options)
-                .await
-                .map_err(|source| OpenError::Redis { tier, source })?;
+            let redis_error = |source| OpenError::Redis {
+                tier: tier.clone(),
+                source,
+            };
+            let store = RedisStore::connect_lazy(options).map_err(redis_error)?;
+            match store.ready().await {
+                Ok(()) => {}
+                // Redis away at start is an outage like any other: accept
+                // into the spill, and the fleet task and the spill's mover
+                // attach when it answers. A server that answers wrongly
+                // (layout, eviction policy) is a settings error.
+                Err(StoreError::Unavailable(why)) => {
+                    tracing::warn!(
+                        error = %why,
+                        "Redis does not answer at start; the agent attaches when it does"
+                    );
+                    spill.divert().await;
+                }
+                Err(source) => return Err(redis_error(source)),
+            }
             return Ok(AgentStore::Redis(store, Arc::new(spill)));
         }
         let options = EmbeddedOptions {

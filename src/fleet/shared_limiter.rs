@@ -122,6 +122,26 @@ impl Default for ConnectOptions {
 /// Opens a reconnecting connection to `url`. Shared by the limiter and the
 /// membership of one agent.
 pub async fn connect(url: &str, options: ConnectOptions) -> Result<ConnectionManager, SharedError> {
+    let (client, config) = client_config(url, options)?;
+    within(
+        options.deadline.saturating_mul(2),
+        ConnectionManager::new_with_config(client, config),
+    )
+    .await
+}
+
+/// [`connect`] without waiting for Redis: the connection is made by the
+/// first command (and remade after a loss, as always), so an agent can
+/// start while Redis is away. Only a malformed URL fails here.
+pub fn connect_lazy(url: &str, options: ConnectOptions) -> Result<ConnectionManager, SharedError> {
+    let (client, config) = client_config(url, options)?;
+    ConnectionManager::new_lazy_with_config(client, config).map_err(SharedError::Redis)
+}
+
+fn client_config(
+    url: &str,
+    options: ConnectOptions,
+) -> Result<(redis::Client, ConnectionManagerConfig), SharedError> {
     let client = redis::Client::open(url).map_err(|_| SharedError::InvalidUrl)?;
     // The manager reconnects in the background; few quick retries, because
     // the agent's own link state machine owns the longer backoff.
@@ -131,11 +151,7 @@ pub async fn connect(url: &str, options: ConnectOptions) -> Result<ConnectionMan
         .set_number_of_retries(2)
         .set_min_delay(Duration::from_millis(20))
         .set_max_delay(options.deadline);
-    within(
-        options.deadline.saturating_mul(2),
-        ConnectionManager::new_with_config(client, config),
-    )
-    .await
+    Ok((client, config))
 }
 
 /// Runs `fut` under `deadline`, turning both failures into [`SharedError`].
@@ -254,6 +270,17 @@ impl SharedLimiter {
         check_name("key prefix", prefix)?;
         let conn = connect(url, options).await?;
         SharedLimiter::new(conn, prefix, options)
+    }
+
+    /// [`SharedLimiter::connect`] without waiting for Redis
+    /// ([`connect_lazy`]): decisions fail as unavailable until it answers.
+    pub fn connect_lazy(
+        url: &str,
+        prefix: &str,
+        options: ConnectOptions,
+    ) -> Result<SharedLimiter, SharedError> {
+        check_name("key prefix", prefix)?;
+        SharedLimiter::new(connect_lazy(url, options)?, prefix, options)
     }
 
     /// Over an existing connection (e.g. the queue store's).

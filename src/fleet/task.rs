@@ -114,15 +114,17 @@ impl std::fmt::Debug for Fleet {
 }
 
 impl Fleet {
-    /// Joins the tier's agents on the queue `store` (already connected)
-    /// with its own connection for decisions and heartbeats.
-    pub async fn join(
+    /// Joins the tier's agents on the queue `store` with its own
+    /// connection for decisions and heartbeats. Redis need not answer yet:
+    /// the link starts as reconnecting and the partition task's heartbeats
+    /// attach the agent when it does.
+    pub fn join(
         store: RedisStore,
         url: &str,
         prefix: &str,
         options: FleetOptions,
     ) -> Result<Fleet, SharedError> {
-        let limiter = SharedLimiter::connect(url, prefix, ConnectOptions::default()).await?;
+        let limiter = SharedLimiter::connect_lazy(url, prefix, ConnectOptions::default())?;
         let me = LiveAgent {
             id: AgentId::new(store.agent_id())?,
             track: options.track,

@@ -112,7 +112,7 @@ impl RedisStore {
         after: Option<&str>,
     ) -> Result<(Vec<Letter>, Option<String>), StoreError> {
         let start = after.map_or_else(|| "-".to_owned(), |a| format!("({a}"));
-        let mut conn = self.conn();
+        let mut conn = self.conn().await?;
         let ids: Vec<Vec<u8>> = ::redis::cmd("ZRANGEBYLEX")
             .arg(self.inner.keys.dead())
             .arg(start)

@@ -65,7 +65,7 @@ impl RedisStore {
                 .arg(&lower)
                 .arg(&bound)
                 .arg(LOAD_PAGE)
-                .invoke_async(&mut self.conn())
+                .invoke_async(&mut self.conn().await?)
                 .await
                 .map_err(redis_error)?;
             match reply.first().and_then(reply_int) {
@@ -148,6 +148,7 @@ impl RedisStore {
             tokio::time::sleep(wait).await;
             return Ok(Vec::new());
         }
+        self.ready().await?;
         let by_key: HashMap<String, &(u32, u64, String)> = watched
             .iter()
             .map(|w| (self.inner.keys.feed(w.0), w))
@@ -235,7 +236,7 @@ impl RedisStore {
             call.arg(super::keys::id_hex(*id));
         }
         let reply: Vec<Value> = call
-            .invoke_async(&mut self.conn())
+            .invoke_async(&mut self.conn().await?)
             .await
             .map_err(redis_error)?;
         match reply.first().and_then(reply_int) {

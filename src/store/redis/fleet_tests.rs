@@ -257,7 +257,9 @@ async fn write_raw(
         .arg("")
         .arg("stay")
         .arg(0);
-    call.invoke_async(&mut store.conn()).await.unwrap()
+    call.invoke_async(&mut store.conn().await.unwrap())
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -336,7 +338,10 @@ async fn ids_grow_in_accept_order_even_from_a_slow_clock() {
                 .arg("")
                 .arg(b"\x01{}".as_slice())
                 .arg("pending.normal");
-            let answer: Vec<Value> = call.invoke_async(&mut store.conn()).await.unwrap();
+            let answer: Vec<Value> = call
+                .invoke_async(&mut store.conn().await.unwrap())
+                .await
+                .unwrap();
             match &answer[0] {
                 Value::BulkString(b) => String::from_utf8(b.clone()).unwrap(),
                 other => panic!("{other:?}"),
@@ -355,7 +360,7 @@ async fn ids_grow_in_accept_order_even_from_a_slow_clock() {
         .arg(&partition_meta)
         .arg("last")
         .arg(edge)
-        .query_async(&mut store.conn())
+        .query_async(&mut store.conn().await.unwrap())
         .await
         .unwrap();
     let carried = accept_raw("00000000000170008000000000000000".into()).await;
@@ -509,7 +514,7 @@ async fn connect_checks_the_layout_and_partition_count() {
         .arg("t:layout")
         .arg("version")
         .arg(99)
-        .query_async(&mut connect(&server, "c").await.conn())
+        .query_async(&mut connect(&server, "c").await.conn().await.unwrap())
         .await
         .unwrap();
     assert!(matches!(
@@ -529,7 +534,7 @@ async fn a_server_that_may_evict_is_refused() {
         .arg("SET")
         .arg("maxmemory-policy")
         .arg("allkeys-lru")
-        .query_async(&mut store.conn())
+        .query_async(&mut store.conn().await.unwrap())
         .await
         .unwrap();
     let refused = RedisStore::connect(options(&server, "b")).await;
@@ -646,4 +651,29 @@ async fn a_multi_message_write_is_all_or_nothing() {
     assert_eq!(store.write_all(&writes).await.unwrap(), Outcome::Written);
     let stats = store.stats().await.unwrap();
     assert_eq!((stats.dead, stats.open_total()), (0, 2));
+}
+
+#[tokio::test]
+async fn a_handle_made_while_redis_is_away_works_once_it_answers() {
+    let mut server = start(Persistence::AofAlways);
+    server.kill().unwrap();
+    let store = RedisStore::connect_lazy(options(&server, "a")).unwrap();
+    assert!(matches!(
+        store.ping().await,
+        Err(StoreError::Unavailable(_))
+    ));
+    assert!(matches!(
+        store.acquire(0).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    server.restart().unwrap();
+    // The checks run at the first command that reaches the server.
+    store.ping().await.unwrap();
+    assert_eq!(store.durability(), super::Durability::AofAlways);
+    take_all(&store).await;
+    let id = store.accept(vec![sample_new(1)], 1).await[0]
+        .as_ref()
+        .unwrap()
+        .id;
+    assert!(store.get(id).await.unwrap().is_some());
 }

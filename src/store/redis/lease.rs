@@ -209,7 +209,7 @@ impl RedisStore {
             .arg(millis(self.inner.lease_ttl))
             .arg(op.as_str())
             .arg(millis(HANDOVER_GRACE))
-            .invoke_async(&mut self.conn())
+            .invoke_async(&mut self.conn().await?)
             .await
             .map_err(redis_error)?;
         match op {

@@ -75,7 +75,7 @@ impl Store for RedisStore {
             .arg(self.inner.keys.message(id))
             .cmd("GET")
             .arg(self.inner.keys.alias(id))
-            .query_async(&mut self.conn())
+            .query_async(&mut self.conn().await?)
             .await
             .map_err(redis_error)?;
         let (id, stored) = match (stored, alias) {
@@ -84,7 +84,7 @@ impl Store for RedisStore {
                 let to = parse_id(&to)?;
                 let stored: Option<Vec<u8>> = ::redis::cmd("GET")
                     .arg(self.inner.keys.message(to))
-                    .query_async(&mut self.conn())
+                    .query_async(&mut self.conn().await?)
                     .await
                     .map_err(redis_error)?;
                 (to, stored)
@@ -192,7 +192,7 @@ impl Store for RedisStore {
             .arg(self.inner.keys.prefix())
             .arg(cutoff)
             .arg(CLEANUP_BATCH)
-            .invoke_async(&mut self.conn())
+            .invoke_async(&mut self.conn().await?)
             .await
             .map_err(redis_error)?;
         Ok(CleanupCounts {
@@ -211,7 +211,7 @@ impl Store for RedisStore {
             .arg(self.inner.keys.dead())
             .cmd("ZCARD")
             .arg(self.inner.keys.delivered())
-            .query_async(&mut self.conn())
+            .query_async(&mut self.conn().await?)
             .await
             .map_err(redis_error)?;
         let count = |slot: usize| {
@@ -391,7 +391,7 @@ impl RedisStore {
                 .arg(mode.arg());
         }
         let reply: Vec<Value> = call
-            .invoke_async(&mut self.conn())
+            .invoke_async(&mut self.conn().await?)
             .await
             .map_err(redis_error)?;
         if reply.len() != args.len() * 2 {

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::OnceCell;
 
 use super::keys::{self, Keys};
 use super::options::{Durability, RedisOptions};
@@ -54,7 +55,8 @@ pub(super) struct Inner {
     pub idempotency_ttl_ms: u64,
     pub max_record_bytes: usize,
     pub command_timeout: Duration,
-    pub durability: Durability,
+    /// What the server promised, once its checks passed ([`RedisStore::ready`]).
+    pub checked: OnceCell<Durability>,
     /// The leases this handle holds, by partition.
     pub leases: Mutex<BTreeMap<u32, Held>>,
     /// Messages this handle sent to the end (delivered or dead-lettered)
@@ -84,7 +86,7 @@ impl fmt::Debug for RedisStore {
             .field("key_prefix", &self.inner.keys.prefix())
             .field("partitions", &self.inner.partitions)
             .field("agent_id", &self.inner.agent_id)
-            .field("durability", &self.inner.durability)
+            .field("durability", &self.durability())
             .finish_non_exhaustive()
     }
 }
@@ -97,6 +99,17 @@ impl RedisStore {
     /// `allkeys-*`): it would drop queued messages silently. Weak
     /// persistence is allowed but logged; see [`RedisStore::durability`].
     pub async fn connect(options: RedisOptions) -> Result<Self, StoreError> {
+        let store = RedisStore::connect_lazy(options)?;
+        store.ready().await?;
+        Ok(store)
+    }
+
+    /// [`RedisStore::connect`] without waiting for Redis: the handle is
+    /// made at once, and the checks run at the first command that reaches
+    /// the server (every command fails with [`StoreError::Unavailable`]
+    /// until then). An agent starts on this while Redis is away. Only a
+    /// settings error (URL, partitions) fails here.
+    pub fn connect_lazy(options: RedisOptions) -> Result<Self, StoreError> {
         options.check()?;
         let client = ::redis::Client::open(options.url.as_str()).map_err(|_| {
             StoreError::Storage("the Redis URL is not valid (its text is not shown)".into())
@@ -105,50 +118,80 @@ impl RedisStore {
             .set_connection_timeout(Some(options.command_timeout))
             .set_response_timeout(Some(options.command_timeout))
             .set_number_of_retries(3);
-        let conn = ConnectionManager::new_with_config(client.clone(), config.clone())
-            .await
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
             .map_err(redis_error)?;
         // The feed's reads block on purpose; `new_messages` bounds them.
         let feed_conn =
-            ConnectionManager::new_with_config(client, config.set_response_timeout(None))
-                .await
+            ConnectionManager::new_lazy_with_config(client, config.set_response_timeout(None))
                 .map_err(redis_error)?;
-        let keys = Keys::new(&options.key_prefix);
-        let scripts = Scripts::new();
-        let durability = check_server(&mut conn.clone()).await?;
-        check_layout(&mut conn.clone(), &scripts, &keys, options.partitions).await?;
-        match durability {
-            Durability::AofAlways | Durability::AofEverySec => {}
-            Durability::Unknown => tracing::info!(
-                "Redis would not report its persistence settings; accepted messages are as durable as its AOF settings make them"
-            ),
-            weak => tracing::warn!(
-                durability = ?weak,
-                "Redis persistence is weak: a crash of the Redis host can lose accepted messages; enable appendonly with appendfsync everysec or always"
-            ),
-        }
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 conn,
                 feed_conn,
-                keys,
+                keys: Keys::new(&options.key_prefix),
                 partitions: options.partitions,
                 agent_id: options.agent_id,
                 lease_ttl: options.lease_ttl,
                 idempotency_ttl_ms: millis(options.idempotency_ttl).max(1),
                 max_record_bytes: options.max_record_bytes,
                 command_timeout: options.command_timeout,
-                durability,
+                checked: OnceCell::new(),
                 leases: Mutex::new(BTreeMap::new()),
                 unsettled: Mutex::new(HashMap::new()),
-                scripts,
+                scripts: Scripts::new(),
             }),
         })
     }
 
-    /// What the server's persistence settings promised at connect.
+    /// Checks the server (version, eviction policy, persistence) and
+    /// stamps or checks the queue's layout, once per handle: the first
+    /// call that reaches Redis does it, later calls return at once.
+    pub async fn ready(&self) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        inner
+            .checked
+            .get_or_try_init(|| async {
+                let durability = check_server(&mut inner.conn.clone()).await?;
+                check_layout(
+                    &mut inner.conn.clone(),
+                    &inner.scripts,
+                    &inner.keys,
+                    inner.partitions,
+                )
+                .await?;
+                match durability {
+                    Durability::AofAlways | Durability::AofEverySec => {}
+                    Durability::Unknown => tracing::info!(
+                        "Redis would not report its persistence settings; accepted messages are as durable as its AOF settings make them"
+                    ),
+                    weak => tracing::warn!(
+                        durability = ?weak,
+                        "Redis persistence is weak: a crash of the Redis host can lose accepted messages; enable appendonly with appendfsync everysec or always"
+                    ),
+                }
+                Ok::<_, StoreError>(durability)
+            })
+            .await
+            .map(drop)
+    }
+
+    /// Whether Redis answers now (and passed its checks).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let _: String = ::redis::cmd("PING")
+            .query_async(&mut self.conn().await?)
+            .await
+            .map_err(redis_error)?;
+        Ok(())
+    }
+
+    /// What the server's persistence settings promised at the checks
+    /// ([`RedisStore::ready`]); `Unknown` before they ran.
     pub fn durability(&self) -> Durability {
-        self.inner.durability
+        self.inner
+            .checked
+            .get()
+            .copied()
+            .unwrap_or(Durability::Unknown)
     }
 
     /// The number of partitions of the queue.
@@ -171,8 +214,10 @@ impl RedisStore {
         keys::partition_of(chat, self.inner.partitions)
     }
 
-    pub(super) fn conn(&self) -> ConnectionManager {
-        self.inner.conn.clone()
+    /// The command connection, once the server passed its checks.
+    pub(super) async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+        self.ready().await?;
+        Ok(self.inner.conn.clone())
     }
 
     pub(super) fn leases(&self) -> MutexGuard<'_, BTreeMap<u32, Held>> {

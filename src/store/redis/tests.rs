@@ -356,7 +356,7 @@ async fn measure_redis_queue() {
         })
         .await
         .unwrap();
-        let mut conn = store.conn();
+        let mut conn = store.conn().await.unwrap();
         let used = |info: String| -> u64 {
             info.lines()
                 .find_map(|l| l.strip_prefix("used_memory:"))

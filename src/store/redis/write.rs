@@ -162,7 +162,7 @@ impl RedisStore {
                 .arg(w.change.score_ms);
         }
         let answer: Vec<Value> = call
-            .invoke_async(&mut self.conn())
+            .invoke_async(&mut self.conn().await?)
             .await
             .map_err(redis_error)?;
         let at = || {
@@ -205,7 +205,7 @@ impl RedisStore {
             .prepare_invoke()
             .arg(self.inner.keys.prefix())
             .arg(id_hex(id))
-            .invoke_async(&mut self.conn())
+            .invoke_async(&mut self.conn().await?)
             .await
             .map_err(redis_error)?;
         let Some((record, version, partition, lease_owner, lease_token)) = answer else {
