@@ -7,8 +7,9 @@
 //! config/grafana; its RBAC rules (the operator's and the aggregated
 //! view/edit roles) are those of config/rbac; the operator Deployment is
 //! hardened and its flags are ones `herald operator` accepts; every value
-//! of values.yaml is rendered by ci/full-values.yaml and guarded by
-//! values.schema.json; every config/* tree builds with `kubectl kustomize`.
+//! of values.yaml is rendered by ci/full-values.yaml, guarded by
+//! values.schema.json and documented in docs/install.md; every config/*
+//! tree builds with `kubectl kustomize`.
 //!
 //! What the operator does with its permissions is src/operator's business;
 //! this file only pins how it is installed. Invariant: nothing here skips —
@@ -846,6 +847,36 @@ fn the_full_values_set_every_value() {
         .filter(|p| !full.iter().any(|f| covers(p, f)))
         .collect();
     assert!(missing.is_empty(), "{FULL_VALUES} does not set {missing:?}");
+}
+
+/// The values table of docs/install.md has a row for every value (a row
+/// for a map, such as `operator.resources`, covers what is beneath it).
+#[test]
+fn install_md_documents_every_value() {
+    let doc = read(&root().join("docs/install.md"));
+    let (_, table) = doc
+        .split_once("| Value | Default | What it does |")
+        .expect("docs/install.md has a values table");
+    let mut documented = Vec::new();
+    for row in table.lines().skip(2).take_while(|l| l.starts_with('|')) {
+        let first = row.split('|').nth(1).unwrap_or_default();
+        documented.extend(first.split('`').skip(1).step_by(2).map(str::to_owned));
+    }
+    let missing: Vec<String> = values_yaml_paths("charts/herald/values.yaml")
+        .into_iter()
+        .filter(|p| !documented.iter().any(|d| covers(d, p)))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/install.md's values table has no row for {missing:?}"
+    );
+    let known = values_yaml_paths("charts/herald/values.yaml");
+    for d in &documented {
+        assert!(
+            known.iter().any(|p| covers(d, p)),
+            "docs/install.md documents {d}, which values.yaml does not have"
+        );
+    }
 }
 
 /// The chart's copies are the sources, byte for byte.
