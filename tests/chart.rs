@@ -4,9 +4,12 @@
 //! every rendered object parses as its Kubernetes type and survives a
 //! round trip through it (no unknown or misplaced field); the chart's CRDs,
 //! rules and dashboard are exact copies of crds/, config/prometheus and
-//! config/grafana; its RBAC rules are those of config/rbac; the operator
-//! Deployment is hardened and its flags are ones `herald operator` accepts;
-//! every config/* tree builds with `kubectl kustomize`.
+//! config/grafana; its RBAC rules (the operator's and the aggregated
+//! view/edit roles) are those of config/rbac; the operator Deployment is
+//! hardened and its flags are ones `herald operator` accepts; every value
+//! of values.yaml is rendered by ci/full-values.yaml, guarded by
+//! values.schema.json and documented in docs/install.md; every config/*
+//! tree builds with `kubectl kustomize`.
 //!
 //! What the operator does with its permissions is src/operator's business;
 //! this file only pins how it is installed. Invariant: nothing here skips —
@@ -42,6 +45,9 @@ const RELEASE: &str = "herald";
 const NAMESPACE: &str = "herald-system";
 const FULL_VALUES: &str = "charts/herald/ci/full-values.yaml";
 const UPDATE_ENV: &str = "HERALD_UPDATE_CHART";
+/// Where the chart keeps its copies of crds/: templates/crds.yaml renders
+/// them (Helm's own crds/ directory is never upgraded, so the chart has none).
+const CHART_CRDS: &str = "charts/herald/files/crds";
 /// Source → chart copy, byte for byte (besides the CRDs).
 const COPIES: [(&str, &str); 2] = [
     (
@@ -301,11 +307,54 @@ fn render(v: Values) -> &'static [Doc] {
             "charts/herald",
             "--namespace",
             NAMESPACE,
-            "--include-crds",
         ];
         args.extend(values_args(v));
         parse_docs(&format!("helm template ({v:?})"), &run(helm(), &args))
     })
+}
+
+/// `helm template` with the default values and `--set` each of `sets`.
+fn template(sets: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(helm());
+    cmd.args([
+        "template",
+        RELEASE,
+        "charts/herald",
+        "--namespace",
+        NAMESPACE,
+    ]);
+    for set in sets {
+        cmd.args(["--set", set]);
+    }
+    cmd.current_dir(root()).output().unwrap()
+}
+
+/// [`template`], which must succeed, parsed.
+fn template_ok(sets: &[&str]) -> Vec<Doc> {
+    let out = template(sets);
+    assert!(
+        out.status.success(),
+        "helm template --set {}: {}",
+        sets.join(" --set "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    parse_docs(
+        &format!("helm template --set {}", sets.join(" --set ")),
+        &String::from_utf8(out.stdout).unwrap(),
+    )
+}
+
+/// Each `--set` alone is refused by values.schema.json.
+fn assert_schema_refuses<S: AsRef<str>>(sets: &[S]) {
+    for set in sets.iter().map(AsRef::as_ref) {
+        let out = template(&[set]);
+        assert!(!out.status.success(), "{set} rendered");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("values don't meet the specifications of the schema"),
+            "{set}: {err}"
+        );
+    }
 }
 
 #[test]
@@ -462,33 +511,14 @@ fn the_runbook_links_follow_runbook_base_url() {
 /// values.schema.json refuses a typo in each monitoring value.
 #[test]
 fn the_schema_refuses_typos_in_monitoring_values() {
-    for set in [
+    assert_schema_refuses(&[
         "serviceMonitor.namespace=Monitoring",
         "serviceMonitor.relabelings[0].sourceLabel[0]=x",
         "serviceMonitor.relabelings[0].action=rename",
         "serviceMonitor.metricRelabelings[0].target_label=x",
         "serviceMonitor.namespaces=monitoring",
         "prometheusRule.runbookBaseURL=https://docs.example/t.md",
-    ] {
-        let out = Command::new(helm())
-            .args([
-                "template",
-                RELEASE,
-                "charts/herald",
-                "--namespace",
-                NAMESPACE,
-            ])
-            .args(["--set", set])
-            .current_dir(root())
-            .output()
-            .unwrap();
-        assert!(!out.status.success(), "{set} rendered");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            err.contains("values don't meet the specifications of the schema"),
-            "{set}: {err}"
-        );
-    }
+    ]);
 }
 
 /// The operator's `HERALD_AGENT_POD_DEFAULTS`, as JSON.
@@ -554,7 +584,7 @@ fn the_agent_pod_defaults_reach_the_operator() {
 #[test]
 fn the_schema_refuses_typos_in_agent_pod_defaults() {
     let d = "operator.agent.podDefaults";
-    for set in [
+    assert_schema_refuses(&[
         "operator.agent.podDefault.nodeSelector.a=b".to_owned(),
         format!("{d}.metadata.label.a=b"),
         format!("{d}.metadata.annotation.a=b"),
@@ -573,24 +603,278 @@ fn the_schema_refuses_typos_in_agent_pod_defaults() {
         format!("{d}.volume[0].name=x"),
         format!("{d}.volumeMount[0].name=x"),
         format!("{d}.volumeMounts[0].name=x"),
-    ] {
+    ]);
+}
+
+/// The operator's extra arguments, volumes and mounts, its container
+/// security context and probes reach the Deployment as the full values say.
+#[test]
+fn the_operator_overrides_reach_the_deployment() {
+    let values: Value = serde_saphyr::from_str(&read(&root().join(FULL_VALUES))).unwrap();
+    let op = &values["operator"];
+    let (dep, c) = operator_container(render(Values::Full));
+    let args = c.args.clone().unwrap();
+    let extra: Vec<String> = serde_json::from_value(op["extraArgs"].clone()).unwrap();
+    assert!(!extra.is_empty());
+    assert_eq!(
+        args[args.len() - extra.len()..],
+        extra[..],
+        "extraArgs last"
+    );
+    let pod = dep.spec.unwrap().template.spec.unwrap();
+    assert_eq!(json(&pod.volumes), op["extraVolumes"]);
+    assert_eq!(json(&c.volume_mounts), op["extraVolumeMounts"]);
+    assert_eq!(json(&c.security_context), op["containerSecurityContext"]);
+    assert_eq!(json(&c.liveness_probe), op["livenessProbe"]);
+    assert_eq!(json(&c.readiness_probe), op["readinessProbe"]);
+    // By default: no extra volume, the hardened context of values.yaml.
+    let (dep, c) = operator_container(render(Values::Default));
+    assert!(dep.spec.unwrap().template.spec.unwrap().volumes.is_none());
+    assert!(c.volume_mounts.is_none());
+    let defaults: Value =
+        serde_saphyr::from_str(&read(&root().join("charts/herald/values.yaml"))).unwrap();
+    assert_eq!(
+        json(&c.security_context),
+        defaults["operator"]["containerSecurityContext"]
+    );
+}
+
+/// A typed value as JSON, to compare with the values that made it.
+fn json<T: Serialize>(x: &T) -> Value {
+    serde_json::to_value(x).unwrap()
+}
+
+/// `commonLabels` label every rendered object and the operator pods, and
+/// no selector.
+#[test]
+fn common_labels_label_every_object_and_no_selector() {
+    let want = chart_labels(Values::Full);
+    let common: BTreeSet<&String> = want
+        .keys()
+        .filter(|k| !k.starts_with("app.kubernetes.io/") && !k.starts_with("helm.sh/"))
+        .collect();
+    let docs = render(Values::Full);
+    for d in docs {
+        let labels = d.value["metadata"]["labels"].as_object().unwrap();
+        for k in &common {
+            assert_eq!(
+                labels.get(*k).and_then(Value::as_str),
+                Some(want[*k].as_str()),
+                "{}: {k}",
+                d.label()
+            );
+        }
+    }
+    let (dep, _) = operator_container(docs);
+    let spec = dep.spec.unwrap();
+    let pod_labels = spec.template.metadata.unwrap().labels.unwrap();
+    let selector = spec.selector.match_labels.unwrap();
+    let service: Service = find(docs, "Service", "herald-operator-metrics").typed();
+    let service_selector = service.spec.unwrap().selector.unwrap();
+    for k in common {
+        assert_eq!(pod_labels.get(k), Some(&want[k]), "pod template: {k}");
+        assert!(!selector.contains_key(k), "Deployment selector: {k}");
+        assert!(!service_selector.contains_key(k), "Service selector: {k}");
+    }
+}
+
+/// Chart.yaml: the Kubernetes versions of docs/install.md, an icon that is a
+/// file of this repository, and the sources.
+#[test]
+fn the_chart_metadata_is_complete() {
+    let chart: Value =
+        serde_saphyr::from_str(&read(&root().join("charts/herald/Chart.yaml"))).unwrap();
+    assert_eq!(chart["kubeVersion"], ">=1.28.0-0");
+    let home = chart["home"].as_str().unwrap();
+    assert_eq!(chart["sources"], serde_json::json!([home]));
+    let icon = chart["icon"].as_str().unwrap();
+    let file = icon
+        .strip_prefix(&format!("{home}/raw/main/"))
+        .unwrap_or_else(|| panic!("icon {icon} is not a file of {home}"));
+    assert!(root().join(file).is_file(), "icon {file} does not exist");
+    // 1.28 is the oldest version the CRDs' validation rules accept.
+    let install = read(&root().join("docs/install.md"));
+    assert!(install.contains("Kubernetes **1.28 or newer**"));
+    for (version, ok) in [("1.27.9", false), ("1.28.0", true), ("1.33.13", true)] {
         let out = Command::new(helm())
             .args([
                 "template",
                 RELEASE,
                 "charts/herald",
-                "--namespace",
-                NAMESPACE,
+                "--kube-version",
+                version,
             ])
-            .args(["--set", &set])
             .current_dir(root())
             .output()
             .unwrap();
-        assert!(!out.status.success(), "{set} rendered");
+        assert_eq!(
+            out.status.success(),
+            ok,
+            "Kubernetes {version}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// What the schema cannot see, the templates refuse: an extra argument the
+/// chart already passes from a value, and a mount of no extra volume.
+#[test]
+fn the_chart_refuses_conflicting_extras() {
+    for (sets, says) in [
+        (
+            &["operator.extraArgs[0]=--concurrency=2"][..],
+            "the chart sets --concurrency from operator.concurrency",
+        ),
+        (
+            &["operator.extraArgs[0]=--namespace"],
+            "the chart sets --namespace from operator.watchNamespace",
+        ),
+        (
+            &["operator.extraArgs[0]=--agent-pod-defaults={}"],
+            "operator.agent.podDefaults",
+        ),
+        (
+            &[
+                "operator.extraVolumeMounts[0].name=certs",
+                "operator.extraVolumeMounts[0].mountPath=/etc/certs",
+            ],
+            "certs is not among operator.extraVolumes",
+        ),
+    ] {
+        let out = template(sets);
+        assert!(!out.status.success(), "{sets:?} rendered");
         let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{sets:?}: {err}");
+    }
+}
+
+/// values.schema.json refuses a typo in each value of the CRD lifecycle,
+/// the aggregated roles, commonLabels and the operator's extras, security
+/// context and probes, and a loosening of the hardened container.
+#[test]
+fn the_schema_refuses_typos_in_chart_options() {
+    let o = "operator";
+    assert_schema_refuses(&[
+        "crd.install=false".to_owned(),
+        "crds.instal=false".to_owned(),
+        "crds.install=yes".to_owned(),
+        "crds.kept=false".to_owned(),
+        "crds.keep=no".to_owned(),
+        "rbac.aggregateRole=false".to_owned(),
+        "rbac.aggregateRoles=no".to_owned(),
+        "commonLabel.team=a".to_owned(),
+        "commonLabels.team=a b".to_owned(),
+        "commonLabels.app\\.kubernetes\\.io/name=x".to_owned(),
+        format!("{o}.extraArg[0]=--lease-namespace=x"),
+        format!("{o}.extraArgs[0]=lease-namespace=x"),
+        format!("{o}.extraArgs[0]=--lease-namespace x"),
+        format!("{o}.extraVolume[0].name=x"),
+        format!("{o}.extraVolumes[0].nam=x"),
+        format!("{o}.extraVolumeMount[0].name=x"),
+        format!("{o}.extraVolumeMounts[0].name=x,{o}.extraVolumeMounts[0].mountpath=/x"),
+        format!("{o}.extraVolumeMounts[0].name=x,{o}.extraVolumeMounts[0].mountPath=x"),
+        format!("{o}.containerSecurityContex.runAsUser=1"),
+        format!("{o}.containerSecurityContext.runAsUsr=1"),
+        format!("{o}.containerSecurityContext.readOnlyRootFileSystem=true"),
+        format!("{o}.containerSecurityContext.readOnlyRootFilesystem=false"),
+        format!("{o}.containerSecurityContext.allowPrivilegeEscalation=true"),
+        format!("{o}.containerSecurityContext.runAsNonRoot=false"),
+        format!("{o}.containerSecurityContext.privileged=true"),
+        format!("{o}.containerSecurityContext.capabilities.add[0]=NET_ADMIN"),
+        format!("{o}.containerSecurityContext.capabilities.drop[0]=NET_RAW"),
+        format!("{o}.containerSecurityContext.capabilities.drops[0]=ALL"),
+        format!("{o}.containerSecurityContext=null"),
+        format!("{o}.livenesProbe.periodSeconds=5"),
+        format!("{o}.livenessProbe.periodSecond=5"),
+        format!("{o}.livenessProbe.periodSeconds=0"),
+        format!("{o}.livenessProbe.httpGet.path=/ready"),
+        format!("{o}.livenessProbe.httpGet.prot=health"),
+        format!("{o}.livenessProbe.exec.command[0]=true"),
+        format!("{o}.livenessProbe.successThreshold=2"),
+        format!("{o}.livenessProbe=null"),
+        format!("{o}.readinesProbe.periodSeconds=5"),
+        format!("{o}.readinessProbe.failureTreshold=5"),
+        format!("{o}.readinessProbe.httpGet.path=/healthz"),
+        format!("{o}.readinessProbe.httpGet.port=metrics"),
+        format!("{o}.readinessProbe.timeoutSeconds=-1"),
+        "podSecurityContext=null".to_owned(),
+    ]);
+}
+
+/// Every value of values.yaml as a dotted path, down to scalars, lists and
+/// empty maps: `operator.resources.limits.memory`, `operator.podLabels`.
+fn value_paths(prefix: &str, v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) if !m.is_empty() => {
+            for (k, x) in m {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                value_paths(&path, x, out);
+            }
+        }
+        _ => out.push(prefix.to_owned()),
+    }
+}
+
+fn values_yaml_paths(file: &str) -> Vec<String> {
+    let values: Value = serde_saphyr::from_str(&read(&root().join(file))).unwrap();
+    let mut out = Vec::new();
+    value_paths("", &values, &mut out);
+    out
+}
+
+/// `path` is `within` or lies beneath it.
+fn covers(within: &str, path: &str) -> bool {
+    path == within
+        || path
+            .strip_prefix(within)
+            .is_some_and(|rest| rest.starts_with('.'))
+}
+
+/// ci/full-values.yaml sets every value, so that the full render (linted,
+/// parsed as its types) exercises each one.
+#[test]
+fn the_full_values_set_every_value() {
+    // Rendered by a test of its own, since it changes the rules' text.
+    let elsewhere = ["prometheusRule.runbookBaseUrl"];
+    let full = values_yaml_paths(FULL_VALUES);
+    let missing: Vec<String> = values_yaml_paths("charts/herald/values.yaml")
+        .into_iter()
+        .filter(|p| !elsewhere.contains(&p.as_str()))
+        .filter(|p| !full.iter().any(|f| covers(p, f)))
+        .collect();
+    assert!(missing.is_empty(), "{FULL_VALUES} does not set {missing:?}");
+}
+
+/// The values table of docs/install.md has a row for every value (a row
+/// for a map, such as `operator.resources`, covers what is beneath it).
+#[test]
+fn install_md_documents_every_value() {
+    let doc = read(&root().join("docs/install.md"));
+    let (_, table) = doc
+        .split_once("| Value | Default | What it does |")
+        .expect("docs/install.md has a values table");
+    let mut documented = Vec::new();
+    for row in table.lines().skip(2).take_while(|l| l.starts_with('|')) {
+        let first = row.split('|').nth(1).unwrap_or_default();
+        documented.extend(first.split('`').skip(1).step_by(2).map(str::to_owned));
+    }
+    let missing: Vec<String> = values_yaml_paths("charts/herald/values.yaml")
+        .into_iter()
+        .filter(|p| !documented.iter().any(|d| covers(d, p)))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/install.md's values table has no row for {missing:?}"
+    );
+    let known = values_yaml_paths("charts/herald/values.yaml");
+    for d in &documented {
         assert!(
-            err.contains("values don't meet the specifications of the schema"),
-            "{set}: {err}"
+            known.iter().any(|p| covers(d, p)),
+            "docs/install.md documents {d}, which values.yaml does not have"
         );
     }
 }
@@ -607,17 +891,21 @@ fn the_chart_copies_its_sources_exactly() {
             stale.push(format!("{copy} differs from {source}"));
         }
     }
-    // No stray file in the chart's crds/ either.
-    let chart_crds: BTreeSet<String> = std::fs::read_dir(root().join("charts/herald/crds"))
+    // No stray file among the chart's CRDs either.
+    let chart_crds: BTreeSet<String> = std::fs::read_dir(root().join(CHART_CRDS))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     let crds: BTreeSet<String> = source_crds().into_iter().collect();
     if chart_crds != crds {
-        stale.push(format!(
-            "charts/herald/crds holds {chart_crds:?}, crds/ {crds:?}"
-        ));
+        stale.push(format!("{CHART_CRDS} holds {chart_crds:?}, crds/ {crds:?}"));
     }
+    // Helm would install a crds/ directory besides the templates, and
+    // never upgrade it.
+    assert!(
+        !root().join("charts/herald/crds").exists(),
+        "charts/herald/crds/ must not exist: the CRDs are templates (templates/crds.yaml)"
+    );
     assert!(
         stale.is_empty(),
         "{}\nrefresh them with `{UPDATE_ENV}=1 cargo test --test chart`",
@@ -644,7 +932,7 @@ fn chart_copies() -> Vec<(String, String)> {
         .map(|(s, c)| ((*s).to_owned(), (*c).to_owned()))
         .collect();
     for f in source_crds() {
-        out.push((format!("crds/{f}"), format!("charts/herald/crds/{f}")));
+        out.push((format!("crds/{f}"), format!("{CHART_CRDS}/{f}")));
     }
     out
 }
@@ -655,7 +943,7 @@ fn update_copies_if_asked() {
         if std::env::var_os(UPDATE_ENV).is_none() {
             return;
         }
-        let dir = root().join("charts/herald/crds");
+        let dir = root().join(CHART_CRDS);
         for e in std::fs::read_dir(&dir).unwrap() {
             let p = e.unwrap().path();
             if p.extension().is_some_and(|x| x == "yaml") {
@@ -668,6 +956,34 @@ fn update_copies_if_asked() {
     });
 }
 
+/// The labels every object of a render carries besides its component:
+/// the chart's, plus `commonLabels`.
+fn chart_labels(v: Values) -> BTreeMap<String, String> {
+    let mut want: BTreeMap<String, String> = [
+        ("helm.sh/chart", "herald-0.1.0"),
+        ("app.kubernetes.io/name", "herald"),
+        ("app.kubernetes.io/instance", RELEASE),
+        ("app.kubernetes.io/version", "0.1.0"),
+        ("app.kubernetes.io/managed-by", "Helm"),
+        ("app.kubernetes.io/part-of", "herald"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    if v == Values::Full {
+        let values: Value = serde_saphyr::from_str(&read(&root().join(FULL_VALUES))).unwrap();
+        let common = values["commonLabels"].as_object().unwrap();
+        assert!(!common.is_empty(), "the full values set commonLabels");
+        for (k, val) in common {
+            want.insert(k.clone(), val.as_str().unwrap().to_owned());
+        }
+    }
+    want
+}
+
+/// The rendered CRDs are crds/ with only the chart's labels added to their
+/// metadata, and `helm.sh/resource-policy: keep` while `crds.keep` is on
+/// (the default; the full values turn it off).
 #[test]
 fn the_rendered_crds_are_those_of_crds_dir() {
     for v in [Values::Default, Values::Full] {
@@ -683,10 +999,39 @@ fn the_rendered_crds_are_those_of_crds_dir() {
             rendered.keys().copied().collect::<Vec<_>>(),
             want.keys().map(String::as_str).collect::<Vec<_>>()
         );
-        for (name, v) in want {
-            assert_eq!(rendered[name.as_str()], &v, "{name}");
+        let keep = match v {
+            Values::Default => serde_json::json!({"helm.sh/resource-policy": "keep"}),
+            Values::Full => Value::Null,
+        };
+        for (name, source) in want {
+            let mut got = rendered[name.as_str()].clone();
+            let meta = got["metadata"].as_object_mut().unwrap();
+            let labels: BTreeMap<String, String> =
+                serde_json::from_value(meta.remove("labels").unwrap_or_default()).unwrap();
+            assert_eq!(labels, chart_labels(v), "{v:?} {name}");
+            assert_eq!(
+                meta.remove("annotations").unwrap_or_default(),
+                keep,
+                "{v:?} {name}"
+            );
+            assert_eq!(got, source, "{v:?} {name}");
         }
     }
+}
+
+/// `crds.install: false` leaves the CRDs out (they are installed some other
+/// way, e.g. `kubectl apply -k config/crd`); nothing else changes.
+#[test]
+fn crds_install_false_renders_no_crd() {
+    let docs = template_ok(&["crds.install=false"]);
+    assert_eq!(of_kind(&docs, "CustomResourceDefinition").count(), 0);
+    let others = |docs: &[Doc]| -> Vec<String> {
+        docs.iter()
+            .filter(|d| d.kind() != "CustomResourceDefinition")
+            .map(|d| format!("{} {}", d.kind(), d.name()))
+            .collect()
+    };
+    assert_eq!(others(&docs), others(render(Values::Default)));
 }
 
 // ---------------------------------------------------------------------------
@@ -726,8 +1071,13 @@ fn roles(docs: &[Doc]) -> BTreeMap<&'static str, (String, RuleSet)> {
             "Role" => d.typed::<Role>().rules,
             _ => continue,
         };
-        let purpose = if d.name().ends_with("-leader-election") {
+        let name = d.name();
+        let purpose = if name.ends_with("-leader-election") {
             "leader-election"
+        } else if name.ends_with("-view") {
+            "view"
+        } else if name.ends_with("-edit") {
+            "edit"
         } else {
             "operator"
         };
@@ -748,20 +1098,94 @@ fn kustomized(dir: &str) -> Vec<Doc> {
     parse_docs(&format!("kubectl kustomize {dir}"), &text)
 }
 
+/// The aggregation labels of a role (rbac.authorization.k8s.io/aggregate-to-*).
+fn aggregated_into(d: &Doc) -> BTreeSet<String> {
+    d.value["metadata"]["labels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, v)| v.as_str() == Some("true"))
+        .filter_map(|(k, _)| k.strip_prefix("rbac.authorization.k8s.io/aggregate-to-"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The chart's roles are config/rbac's: the operator's (cluster-wide, or a
+/// Role in the watched namespace), leader election's, and the view and edit
+/// ClusterRoles for people, aggregated into the built-in roles alike.
 #[test]
 fn the_chart_grants_exactly_config_rbac() {
-    let want = roles(&kustomized("config/rbac"));
+    let config = kustomized("config/rbac");
+    let want = roles(&config);
     assert_eq!(
         want.keys().copied().collect::<Vec<_>>(),
-        ["leader-election", "operator"]
+        ["edit", "leader-election", "operator", "view"]
     );
     let default = roles(render(Values::Default));
     assert_eq!(default, want, "default values");
-    // Watching one namespace: the same rules, as a Role there.
+    // Watching one namespace: the same rules, as a Role there; the roles
+    // for people stay ClusterRoles (the built-in ones are, and a RoleBinding
+    // applies them to a namespace).
     let full = roles(render(Values::Full));
     assert_eq!(full["operator"].0, "Role");
     assert_eq!(full["operator"].1, want["operator"].1);
     assert_eq!(full["leader-election"], want["leader-election"]);
+    assert_eq!(full["view"], want["view"]);
+    assert_eq!(full["edit"], want["edit"]);
+    for docs in [&config[..], render(Values::Default), render(Values::Full)] {
+        for (suffix, into) in [("-view", &["view"][..]), ("-edit", &["admin", "edit"])] {
+            let role = of_kind(docs, "ClusterRole")
+                .find(|d| d.name().ends_with(suffix))
+                .unwrap();
+            let want: BTreeSet<String> = into.iter().map(|s| (*s).to_owned()).collect();
+            assert_eq!(aggregated_into(role), want, "{}", role.label());
+        }
+    }
+    // The roles for people read the four kinds and their status, and write
+    // no status: that is the operator's.
+    let kinds = [
+        "deliverytiers",
+        "ratelimitpolicies",
+        "circuitpolicies",
+        "degradationprofiles",
+    ];
+    for (purpose, writes) in [("view", false), ("edit", true)] {
+        let rules = &want[purpose].1;
+        let allows = |resource: &str, verb: &str| {
+            rules.iter().any(|(groups, resources, verbs)| {
+                groups == &["herald.dev"]
+                    && resources.iter().any(|r| r == resource)
+                    && verbs.iter().any(|v| v == verb)
+            })
+        };
+        for kind in kinds {
+            for verb in ["get", "list", "watch"] {
+                assert!(allows(kind, verb), "{purpose}: {verb} {kind}");
+                assert!(
+                    allows(&format!("{kind}/status"), verb),
+                    "{purpose}: {verb} {kind}/status"
+                );
+            }
+            for verb in ["create", "update", "patch", "delete"] {
+                assert_eq!(allows(kind, verb), writes, "{purpose}: {verb} {kind}");
+                assert!(
+                    !allows(&format!("{kind}/status"), verb),
+                    "{purpose}: {verb} {kind}/status"
+                );
+            }
+        }
+        assert_eq!(
+            allows("deliverytiers/scale", "patch"),
+            writes,
+            "{purpose}: kubectl scale tier"
+        );
+    }
+    // rbac.aggregateRoles: false leaves them out, and only them.
+    let without = roles(&template_ok(&["rbac.aggregateRoles=false"]));
+    assert_eq!(
+        without.keys().copied().collect::<Vec<_>>(),
+        ["leader-election", "operator"]
+    );
     let scoped = of_kind(render(Values::Full), "Role")
         .find(|d| !d.name().ends_with("-leader-election"))
         .unwrap();
@@ -810,12 +1234,15 @@ fn the_bindings_tie_the_roles_to_the_operator() {
             assert_eq!(subjects.unwrap_or_default(), [want], "{}", d.label());
             bound.insert(role_ref.name);
         }
-        let roles: BTreeSet<String> = docs
+        // The aggregated roles are bound by aggregation into the built-in
+        // view/edit/admin roles, never to the operator.
+        let (aggregated, roles): (Vec<&Doc>, Vec<&Doc>) = docs
             .iter()
             .filter(|d| d.kind() == "Role" || d.kind() == "ClusterRole")
-            .map(|d| d.name().to_owned())
-            .collect();
-        assert_eq!(bound, roles, "{v:?}: every role bound once");
+            .partition(|d| !aggregated_into(d).is_empty());
+        assert_eq!(aggregated.len(), 2, "{v:?}: the view and edit roles");
+        let roles: BTreeSet<String> = roles.iter().map(|d| d.name().to_owned()).collect();
+        assert_eq!(bound, roles, "{v:?}: every operator role bound once");
     }
 }
 

@@ -117,6 +117,9 @@ fn install_chart(c: &Cluster) {
         .args(["--kubeconfig", arg(&c.kubeconfig)])
         // The operator runs as a host process instead (see the module doc).
         .args(["--set", "operator.replicas=0"])
+        // The suite applied the CRDs from crds/ already; Helm would refuse
+        // to take over objects it did not create.
+        .args(["--set", "crds.install=false"])
         .args(["--wait=false", "--timeout", "120s"])
         .current_dir(root())
         .output()

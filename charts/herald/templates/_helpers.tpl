@@ -50,6 +50,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: herald
+{{- /* commonLabels never replace the chart's own (the schema refuses them). */}}
+{{- with omit (default dict .Values.commonLabels) "helm.sh/chart" "app.kubernetes.io/name" "app.kubernetes.io/instance" "app.kubernetes.io/version" "app.kubernetes.io/managed-by" "app.kubernetes.io/part-of" "app.kubernetes.io/component" }}
+{{ toYaml . }}
+{{- end }}
 {{- end -}}
 
 {{- define "herald.operatorSelectorLabels" -}}
