@@ -215,6 +215,17 @@ fn sigterm_drains_in_flight_work_and_exits_zero() {
     // Slow sends so that some are in flight at SIGTERM.
     let _sb = sandbox(port, Some("faults:\n  latency_ms: 300\n"));
     let mut a = agent_in(dir.path(), &config(dir.path(), port, "", ""));
+    // A new store never sent anything: no start-up quiet period.
+    assert!(
+        eventually(Duration::from_secs(5), || a
+            .proc
+            .log()
+            .lines()
+            .any(|l| l.contains("first send after the start-up quiet period")
+                && l.contains("wait_ms=0"))),
+        "{}",
+        a.proc.log()
+    );
     let ids = send_many(&a.url, 20, 20);
     std::thread::sleep(Duration::from_millis(400));
     let status = sigterm(&mut a.proc, Duration::from_secs(20));

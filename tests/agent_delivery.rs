@@ -407,9 +407,6 @@ fn a_tier_that_does_not_answer_fails_over_after_one_attempt() {
                 &extra,
             ),
         );
-        // Past the agent's start-up quiet period (one cell of the slowest
-        // limit), which would otherwise be part of the figures.
-        std::thread::sleep(Duration::from_secs(4));
         let mut sent = Vec::new();
         for i in 0..25 {
             let text = format!("fo-{case}-{i:03}");

@@ -9,7 +9,8 @@
 //! - the wider guard on bot-wide keys decided in Redis ([`fleet_guarded`]);
 //! - how long a shared decision may hold a send the local limiter already
 //!   admitted ([`SendDelay`]);
-//! - the quiet periods after a restart ([`restart_quiet`]) and after a
+//! - the quiet periods after a restart ([`restart_quiet`], shortened by
+//!   what the store shows: [`start_quiet`]) and after a
 //!   tier changes mode ([`switch_quiet`]).
 //!
 //! Leaves to others: GCRA itself (`engine::limiter`), asking Redis and
@@ -205,6 +206,28 @@ pub fn restart_quiet<'a>(tiers: impl IntoIterator<Item = &'a Limits>) -> Duratio
         .max()
         .unwrap_or_default()
         .min(Duration::from_secs(600))
+}
+
+/// How long a starting agent on its own store waits before its first send,
+/// given what the store shows. The whole `quiet` ([`restart_quiet`]) while
+/// messages are still open: one of them may have been sent an instant
+/// before the restart without its outcome being recorded. Otherwise every
+/// send happened no later than the latest recorded outcome, so only what is
+/// left of `quiet` after it (nothing for a store that never recorded one;
+/// the whole of it if the clock went back).
+pub fn start_quiet(
+    quiet: Duration,
+    open_messages: bool,
+    last_outcome_ms: Option<u64>,
+    now_ms: u64,
+) -> Duration {
+    if open_messages {
+        return quiet;
+    }
+    match last_outcome_ms {
+        None => Duration::ZERO,
+        Some(at) => quiet.saturating_sub(Duration::from_millis(now_ms.saturating_sub(at))),
+    }
 }
 
 /// How long to wait before sending when tiers changed mode, the longest of
@@ -457,6 +480,28 @@ mod tests {
         let thin = TierLimits::in_mode(one, LimiterMode::LocalShare { divisor: 2 });
         assert!(local_share_limits(&one, 2).validate().is_err());
         assert_eq!(thin.local, one);
+    }
+
+    #[test]
+    fn a_start_waits_only_for_sends_that_may_be_in_the_window() {
+        let quiet = Duration::from_millis(3_150);
+        // Open messages: one may have gone out unrecorded just before.
+        assert_eq!(start_quiet(quiet, true, None, 10_000), quiet);
+        assert_eq!(start_quiet(quiet, true, Some(0), 10_000), quiet);
+        // Nothing ever sent: no wait.
+        assert_eq!(start_quiet(quiet, false, None, 10_000), Duration::ZERO);
+        // The rest of the cell after the latest outcome.
+        assert_eq!(
+            start_quiet(quiet, false, Some(9_000), 10_000),
+            Duration::from_millis(2_150)
+        );
+        assert_eq!(
+            start_quiet(quiet, false, Some(6_850), 10_000),
+            Duration::ZERO
+        );
+        assert_eq!(start_quiet(quiet, false, Some(1), 10_000), Duration::ZERO);
+        // A clock that went back counts as no time passed.
+        assert_eq!(start_quiet(quiet, false, Some(12_000), 10_000), quiet);
     }
 
     #[test]

@@ -35,12 +35,13 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::agent::config::AgentConfig;
 use crate::agent::dispatch_config::dispatch_config;
 use crate::agent::state::{AppState, DispatchCmd};
+use crate::agent::store::AgentStore;
 use crate::clock::now_ms;
 use crate::engine::Instant;
 use crate::engine::degradation::Level;
 use crate::engine::dispatch::Dispatcher;
 use crate::fleet::Fleet;
-use crate::policy::effective::{TierLimits, restart_quiet};
+use crate::policy::effective::{TierLimits, restart_quiet, start_quiet};
 use crate::sink::{ReceiptSender, Sink};
 use crate::store::{MessageId, Store};
 
@@ -219,6 +220,29 @@ impl DispatchLoop {
         }
     }
 
+    /// On the embedded store, the start-up quiet period is only as long as
+    /// the store says a send may still be in the slowest key's window
+    /// ([`start_quiet`]); a store that never sent starts at once.
+    async fn shorten_start_quiet(&mut self, open_messages: bool) {
+        let AgentStore::Embedded(store) = &self.state.store else {
+            return;
+        };
+        match store.last_outcome_ms().await {
+            Ok(last) => {
+                let quiet = self.quiet_until.since(Instant::ZERO);
+                let wait = start_quiet(quiet, open_messages, last, now_ms());
+                self.quiet_until = self.quiet_until.min(self.now() + wait);
+                tracing::info!(
+                    wait_ms = wait.as_millis() as u64,
+                    "first send after the start-up quiet period"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the last send time; keeping the whole start-up quiet period")
+            }
+        }
+    }
+
     /// Run until `shutdown`; then stop handing out sends and wait up to
     /// `grace` for those in flight. Unfinished ones stay in flight in the
     /// store and come back as pending at the next start.
@@ -233,6 +257,7 @@ impl DispatchLoop {
             match self.state.store.pending().await {
                 Ok(pending) => {
                     tracing::info!(count = pending.len(), "loaded pending messages");
+                    self.shorten_start_quiet(!pending.is_empty()).await;
                     self.enqueue(pending);
                 }
                 Err(e) => tracing::error!(error = %e, "could not load pending messages"),

@@ -30,6 +30,10 @@ use crate::store::record::{self, MessageId, MessageState, StoredMessage};
 /// refuses a newer file instead of misreading it.
 pub(super) const LAYOUT_VERSION: u64 = 1;
 const LAYOUT_VERSION_KEY: &str = "layout_version";
+/// When the latest attempt outcome was recorded (wall-clock ms): a send
+/// happened no later than this, unless its message is still open. A key
+/// older builds do not read, so it needs no new layout version.
+pub(super) const LAST_OUTCOME_KEY: &str = "last_outcome_ms";
 
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub(super) const MESSAGES: TableDefinition<u128, &[u8]> = TableDefinition::new("messages");

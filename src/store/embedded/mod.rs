@@ -122,6 +122,20 @@ impl EmbeddedStore {
         })
     }
 
+    /// When the latest attempt outcome (delivered, retried, dead-lettered)
+    /// was recorded, in wall-clock ms; `None` if none ever was. Every send
+    /// of a message that is no longer open happened no later than this.
+    pub async fn last_outcome_ms(&self) -> Result<Option<u64>, StoreError> {
+        self.read(|txn| {
+            let meta = txn.open_table(layout::META).map_err(StoreError::storage)?;
+            Ok(meta
+                .get(layout::LAST_OUTCOME_KEY)
+                .map_err(StoreError::storage)?
+                .map(|v| v.value()))
+        })
+        .await
+    }
+
     /// The writer's batch counts since open (group-commit effectiveness).
     pub fn commit_counts(&self) -> CommitCounts {
         self.inner.writer.counts()

@@ -281,3 +281,38 @@ async fn chosen_ids_pages_and_removal_for_the_spill() {
     let after = store.accept(vec![keyed], 300).await;
     assert!(after[0].as_ref().unwrap().duplicate_of);
 }
+
+#[tokio::test]
+async fn the_latest_recorded_outcome_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    assert_eq!(store.last_outcome_ms().await.unwrap(), None);
+    let ids: Vec<MessageId> = store
+        .accept(vec![sample_new(1), sample_new(2), sample_new(3)], 1)
+        .await
+        .into_iter()
+        .map(|a| a.unwrap().id)
+        .collect();
+    // Accepts and in-flight marks are not outcomes.
+    store.mark_in_flight(ids[0], "p".into(), 2).await.unwrap();
+    assert_eq!(store.last_outcome_ms().await.unwrap(), None);
+    store
+        .record_delivered(ids[0], "p".into(), None, 5_000)
+        .await
+        .unwrap();
+    assert_eq!(store.last_outcome_ms().await.unwrap(), Some(5_000));
+    store
+        .record_retry(ids[1], contract::attempt(7_000, "transient"), 8_000)
+        .await
+        .unwrap();
+    assert_eq!(store.last_outcome_ms().await.unwrap(), Some(7_000));
+    // An outcome stamped earlier (another thread's clock) never moves it back.
+    store
+        .record_dead_letter(ids[2], contract::attempt(6_000, "permanent"), "x".into())
+        .await
+        .unwrap();
+    assert_eq!(store.last_outcome_ms().await.unwrap(), Some(7_000));
+    drop(store);
+    let store = open(&dir).await;
+    assert_eq!(store.last_outcome_ms().await.unwrap(), Some(7_000));
+}

@@ -50,6 +50,10 @@ pub(super) struct Tables<'txn> {
     idempotency: Table<'txn, &'static str, (u128, u64)>,
     idempotency_by_time: Table<'txn, (u64, &'static str), ()>,
     counters: Table<'txn, &'static str, u64>,
+    meta: Table<'txn, &'static str, u64>,
+    /// The latest attempt outcome this transaction records (ms; 0: none),
+    /// written once by [`Tables::finish`].
+    last_outcome_ms: u64,
     /// Counter changes, written once by [`Tables::finish`].
     deltas: [i64; SLOTS],
     /// Messages opened or closed, for the in-memory index once committed.
@@ -68,6 +72,8 @@ impl<'txn> Tables<'txn> {
             idempotency: txn.open_table(layout::IDEMPOTENCY).map_err(s)?,
             idempotency_by_time: txn.open_table(layout::IDEMPOTENCY_BY_TIME).map_err(s)?,
             counters: txn.open_table(layout::COUNTERS).map_err(s)?,
+            meta: txn.open_table(layout::META).map_err(s)?,
+            last_outcome_ms: 0,
             deltas: [0; SLOTS],
             open_changes: Vec::new(),
             limits,
@@ -88,6 +94,18 @@ impl<'txn> Tables<'txn> {
             self.counters
                 .insert(layout::slot_name(slot), next)
                 .map_err(StoreError::storage)?;
+        }
+        if self.last_outcome_ms > 0 {
+            let before = self
+                .meta
+                .get(layout::LAST_OUTCOME_KEY)
+                .map_err(StoreError::storage)?
+                .map_or(0, |v| v.value());
+            if self.last_outcome_ms > before {
+                self.meta
+                    .insert(layout::LAST_OUTCOME_KEY, self.last_outcome_ms)
+                    .map_err(StoreError::storage)?;
+            }
         }
         Ok(self.open_changes)
     }
@@ -234,6 +252,7 @@ impl<'txn> Tables<'txn> {
         let Some(new) = lifecycle::record_delivered(&old, &tier, &receipt, now_ms)? else {
             return Ok(());
         };
+        self.outcome_at(now_ms);
         self.put(Some(Indexed::of(&old)), &new)
     }
 
@@ -245,6 +264,7 @@ impl<'txn> Tables<'txn> {
     ) -> Result<(), StoreError> {
         let old = self.get(id)?;
         let new = lifecycle::record_retry(&old, &attempt, next_attempt_ms)?;
+        self.outcome_at(attempt.at_ms);
         self.put(Some(Indexed::of(&old)), &new)?;
         self.open_changes.push(OpenChange::Unmarked(id));
         Ok(())
@@ -258,7 +278,13 @@ impl<'txn> Tables<'txn> {
     ) -> Result<(), StoreError> {
         let old = self.get(id)?;
         let new = lifecycle::record_dead_letter(&old, &attempt, &reason)?;
+        self.outcome_at(attempt.at_ms);
         self.put(Some(Indexed::of(&old)), &new)
+    }
+
+    /// An attempt that ended at `at_ms` is recorded in this transaction.
+    fn outcome_at(&mut self, at_ms: u64) {
+        self.last_outcome_ms = self.last_outcome_ms.max(at_ms);
     }
 
     pub(super) fn readdress(&mut self, id: MessageId, new_chat: ChatRef) -> Result<(), StoreError> {
