@@ -6,8 +6,6 @@ mod cli;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
     // One TLS crypto provider for the whole process, chosen here rather than
     // by feature unification: when two providers end up compiled in (a test
@@ -15,7 +13,7 @@ fn main() -> ExitCode {
     // one and kube's client panics on its first HTTPS connection. Err only
     // means one is installed already.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let args = cli::Cli::parse();
+    let args = cli::parse();
     match cli::run(args) {
         Ok(code) => code,
         Err(e) => {

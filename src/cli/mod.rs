@@ -13,9 +13,11 @@ mod sandbox;
 mod simulate;
 mod validate;
 
+use std::ffi::OsStr;
+use std::path::Path;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// herald delivers chat messages without losing them and without breaking
 /// the receiving API's rate limits.
@@ -38,7 +40,7 @@ enum Command {
     Operator(Box<operator::Args>),
     /// Measure the agent's own cost (throughput, latency, RSS) against a null Bot API.
     Bench(bench::Args),
-    /// Open or close a canary's manual gate: promote or abort a rollout.
+    /// A canary rollout: show its status, promote or abort it.
     Rollout(rollout::Args),
     /// Run the engine on a virtual clock against a model of Telegram.
     Simulate(simulate::Args),
@@ -60,6 +62,39 @@ enum Command {
     Degrade(client::DegradeArgs),
     /// Print a shell completion script: `herald completion bash > /etc/bash_completion.d/herald`.
     Completion(completion::Args),
+}
+
+/// Parse the command line. Installed as `kubectl-herald`, herald runs as
+/// a kubectl plugin (`kubectl herald rollout status ...`): kubectl passes
+/// the arguments after `herald` unchanged, so the commands are the same;
+/// only usage and help name the binary the way the user typed it.
+pub fn parse() -> Cli {
+    let mut command = Cli::command();
+    if std::env::args_os()
+        .next()
+        .is_some_and(|argv0| is_kubectl_plugin(&argv0))
+    {
+        command = command.bin_name("kubectl herald");
+    }
+    let matches = command.get_matches();
+    // The matches come from this very definition, so this cannot fail;
+    // should it, clap's own error message and exit are the right answer.
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// Whether argv[0] is the kubectl plugin name, whatever its directory
+/// (and `.exe` on Windows).
+fn is_kubectl_plugin(argv0: &OsStr) -> bool {
+    let path = Path::new(argv0);
+    let stem = if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("exe"))
+    {
+        path.file_stem()
+    } else {
+        path.file_name()
+    };
+    stem.is_some_and(|s| s == "kubectl-herald")
 }
 
 /// Run a parsed command; the exit code is the command's verdict.
@@ -102,5 +137,63 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_plugin_name_is_recognised_wherever_it_is_installed() {
+        for name in [
+            "kubectl-herald",
+            "/usr/local/bin/kubectl-herald",
+            "kubectl-herald.exe",
+        ] {
+            assert!(is_kubectl_plugin(OsStr::new(name)), "{name}");
+        }
+        for name in ["herald", "/usr/bin/herald", "kubectl-herald-dev", "kubectl"] {
+            assert!(!is_kubectl_plugin(OsStr::new(name)), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_command_definition_is_consistent() {
+        Cli::command().debug_assert();
+        Cli::command().bin_name("kubectl herald").debug_assert();
+    }
+
+    #[test]
+    fn connection_flags_go_before_or_after_the_subcommand() {
+        for argv in [
+            &[
+                "herald",
+                "rollout",
+                "-n",
+                "bots",
+                "--context",
+                "prod",
+                "status",
+                "telegram",
+                "--watch",
+            ][..],
+            &[
+                "herald",
+                "rollout",
+                "status",
+                "telegram",
+                "-w",
+                "--namespace",
+                "bots",
+                "--context=prod",
+            ][..],
+        ] {
+            let cli = Cli::try_parse_from(argv).unwrap();
+            let text = format!("{cli:?}");
+            assert!(text.contains(r#"namespace: Some("bots")"#), "{text}");
+            assert!(text.contains(r#"context: Some("prod")"#), "{text}");
+            assert!(text.contains("watch: true"), "{text}");
+        }
     }
 }

@@ -49,6 +49,8 @@
 //! - [`status`]: the tier's and the policies' status, and when it changed.
 //! - [`condition`]: conditions without timestamps, and stamping them.
 //! - [`hash`]: the stable content hash behind every revision.
+//! - [`rollout_status`]: `herald rollout status`: reading a tier's rollout
+//!   and putting it in words (like [`gate`], a shell file).
 //! - [`time`]: timestamp arithmetic with `std::time::Duration`.
 //! - [`error`]: the operator's error type, labelled for metrics.
 //!
@@ -76,6 +78,7 @@ pub mod names;
 pub mod pod;
 pub mod pod_settings;
 pub mod reach;
+pub mod rollout_status;
 pub mod secrets;
 pub mod status;
 pub mod time;
