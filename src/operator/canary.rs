@@ -71,7 +71,8 @@ pub fn canary_replicas(replicas: u32, weight: u32) -> u32 {
 }
 
 /// Delivery figures of one track over the analysis window.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Metrics {
     /// Send attempts.
     pub requests: u64,
@@ -146,6 +147,46 @@ pub struct Progress {
     /// Outcome of the latest analysis in this step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_analysis: Option<AnalysisOutcome>,
+    /// What the latest analysis in this step compared, shown in the
+    /// CanaryAnalysis condition (and so by `herald rollout status`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_figures: Option<Figures>,
+}
+
+/// The figures one analysis compared: the canary's, and stable's when it
+/// reported any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Figures {
+    pub canary: Metrics,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable: Option<Metrics>,
+}
+
+impl std::fmt::Display for Figures {
+    /// `canary 0.50% errors (1 of 200 sends), p95 140ms; stable 0.10% (1 of 1000), p95 120ms`
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let track = |m: &Metrics| {
+            let errors = m.errors.min(m.requests);
+            let percent = if m.requests == 0 {
+                0.0
+            } else {
+                errors as f64 * 100.0 / m.requests as f64
+            };
+            let p95 = m
+                .p95_ms
+                .map_or_else(|| "no latency".to_owned(), |ms| format!("p95 {ms}ms"));
+            format!(
+                "{percent:.2}% errors ({errors} of {} sends), {p95}",
+                m.requests
+            )
+        };
+        write!(f, "canary {}", track(&self.canary))?;
+        if let Some(s) = &self.stable {
+            write!(f, "; stable {}", track(s))?;
+        }
+        Ok(())
+    }
 }
 
 /// Outcome of an analysis that did not abort.
@@ -384,6 +425,7 @@ fn start(
         window_start: input.now,
         analyses_passed: 0,
         last_analysis: None,
+        last_figures: None,
     })
 }
 
@@ -461,6 +503,13 @@ fn advance(
             input.stable_metrics.as_ref(),
             window,
         );
+        // Without canary figures the last ones stand (they say "last").
+        if let Some(canary) = input.canary_metrics {
+            p.last_figures = Some(Figures {
+                canary,
+                stable: input.stable_metrics,
+            });
+        }
         match verdict {
             Verdict::Fail(why) => return abort(p.revision, why, now, acts),
             Verdict::Pass => {
@@ -487,6 +536,7 @@ fn advance(
         p.window_start = now;
         p.analyses_passed = 0;
         p.last_analysis = None;
+        p.last_figures = None;
         event(
             acts,
             EventType::Normal,
@@ -523,6 +573,11 @@ fn advance(
 }
 
 /// The CanaryAnalysis condition for a state.
+/// `; last: <figures>` when an analysis compared any.
+fn figures_suffix(figures: Option<&Figures>) -> String {
+    figures.map_or_else(String::new, |f| format!("; last: {f}"))
+}
+
 pub fn analysis_condition(state: &RolloutState, spec: &RolloutSpec) -> ConditionSpec {
     let t = types::CANARY_ANALYSIS;
     let steps = spec.steps.len();
@@ -543,13 +598,20 @@ pub fn analysis_condition(state: &RolloutState, spec: &RolloutSpec) -> Condition
                     t,
                     CondStatus::Unknown,
                     "InsufficientData",
-                    format!("{at}: waiting for at least {MIN_REQUESTS} canary sends with latency"),
+                    format!(
+                        "{at}: waiting for at least {MIN_REQUESTS} canary sends with latency{}",
+                        figures_suffix(p.last_figures.as_ref())
+                    ),
                 ),
                 Some(AnalysisOutcome::Passed) => ConditionSpec::new(
                     t,
                     CondStatus::True,
                     "AnalysisPassing",
-                    format!("{at}: {} analyses passed", p.analyses_passed),
+                    format!(
+                        "{at}: {} analyses passed{}",
+                        p.analyses_passed,
+                        figures_suffix(p.last_figures.as_ref())
+                    ),
                 ),
             }
         }

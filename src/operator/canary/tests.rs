@@ -80,6 +80,45 @@ fn condition_reason(acts: &[CanaryAction]) -> &'static str {
         .unwrap()
 }
 
+fn condition_message(acts: &[CanaryAction]) -> String {
+    acts.iter()
+        .find_map(|a| match a {
+            CanaryAction::SetCondition(c) => Some(c.message.clone()),
+            _ => None,
+        })
+        .unwrap()
+}
+
+#[test]
+fn figures_read_as_a_user_expects() {
+    let f = Figures {
+        canary: Metrics {
+            requests: 200,
+            errors: 1,
+            p95_ms: Some(140),
+            rate_limited_429: 0,
+        },
+        stable: Some(Metrics {
+            requests: 1_000,
+            errors: 1,
+            p95_ms: None,
+            rate_limited_429: 0,
+        }),
+    };
+    assert_eq!(
+        f.to_string(),
+        "canary 0.50% errors (1 of 200 sends), p95 140ms; stable 0.10% errors (1 of 1000 sends), no latency"
+    );
+    let none = Figures {
+        canary: Metrics::default(),
+        stable: None,
+    };
+    assert_eq!(
+        none.to_string(),
+        "canary 0.00% errors (0 of 0 sends), no latency"
+    );
+}
+
 /// Drive passes every 30 s from `from` to `to`, with `f` shaping each input.
 fn run(
     mut state: RolloutState,
@@ -145,6 +184,20 @@ fn a_healthy_canary_walks_the_steps_and_is_promoted() {
     assert!(ev.is_empty(), "{ev:?}");
     assert!(matches!(&s, RolloutState::Progressing(p) if p.step == 0 && p.analyses_passed == 4));
     assert_eq!(condition_reason(&acts), "AnalysisPassing");
+    // The condition shows what the last analysis compared.
+    let message = condition_message(&acts);
+    let RolloutState::Progressing(p) = &s else {
+        unreachable!()
+    };
+    let figures = p.last_figures.expect("an analysis ran");
+    assert!(
+        message.ends_with(&format!("analyses passed; last: {figures}")),
+        "{message}"
+    );
+    assert!(
+        message.contains("canary ") && message.contains(" sends), p95 "),
+        "{message}"
+    );
     let (s, ev, acts) = run(s, &sp, 300, 300, |_| {});
     assert_eq!(ev, [reasons::STEP]);
     assert_eq!((weight_of(&acts), scale_of(&acts)), (50, 2));
@@ -541,6 +594,7 @@ fn tracks_follow_the_state() {
         window_start: ts(0),
         analyses_passed: 0,
         last_analysis: None,
+        last_figures: None,
     };
     let t = RolloutState::Progressing(p).tracks(4, Some(&tpl));
     assert_eq!(t.stable_template, Some(tpl.clone()));

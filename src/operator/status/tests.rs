@@ -276,6 +276,7 @@ fn the_canary_shows_in_status() {
         window_start: ts(0),
         analyses_passed: 1,
         last_analysis: Some(crate::operator::canary::AnalysisOutcome::Passed),
+        last_figures: None,
     });
     let mut o = observed(1, Some(&state));
     o.canary = Some(ReplicaCounts {
