@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args as ClapArgs, Subcommand};
+use herald::engine::degradation::Level;
 use serde_json::{Value, json};
 
 #[derive(Debug, ClapArgs)]
@@ -135,9 +136,20 @@ pub struct DegradeArgs {
 #[derive(Debug, Subcommand)]
 enum DegradeCommand {
     /// Pin the degradation level (NORMAL, MINOR, MODERATE, SEVERE, CRITICAL).
-    Set { level: String },
+    Set {
+        /// Checked here, before any network call.
+        #[arg(value_parser = parse_level)]
+        level: Level,
+    },
     /// Let the signals decide again.
     Clear,
+}
+
+fn parse_level(text: &str) -> Result<Level, String> {
+    text.parse().map_err(|_| {
+        let known: Vec<&str> = Level::ALL.iter().map(|l| l.as_str()).collect();
+        format!("unknown level {text:?}; one of {}", known.join(", "))
+    })
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -169,10 +181,13 @@ fn call(
         if let Some(b) = body {
             req = req.json(&b);
         }
+        // The error's own causes ("connection refused") stay in the chain
+        // the binary prints; the URL is named once, by the context.
         let resp = req
             .send()
             .await
-            .map_err(|e| anyhow::anyhow!("{url}: {}", e.without_url()))?;
+            .map_err(|e| anyhow::Error::new(e.without_url()))
+            .with_context(|| url.clone())?;
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
         match serde_json::from_str::<Value>(&text) {
@@ -262,7 +277,7 @@ pub fn degrade(a: DegradeArgs) -> anyhow::Result<ExitCode> {
             &a.conn,
             reqwest::Method::POST,
             "/admin/degradation",
-            Some(json!({"level": level})),
+            Some(json!({"level": level.as_str()})),
             true,
         ),
         DegradeCommand::Clear => call(
@@ -272,5 +287,40 @@ pub fn degrade(a: DegradeArgs) -> anyhow::Result<ExitCode> {
             None,
             true,
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(url: &str) -> Conn {
+        Conn {
+            url: url.to_owned(),
+            token_file: None,
+        }
+    }
+
+    #[test]
+    fn a_network_error_keeps_its_cause() {
+        // Port 1 on loopback: nothing listens, the connection is refused.
+        let e = call(
+            &conn("http://127.0.0.1:1"),
+            reqwest::Method::GET,
+            "/healthz",
+            None,
+            false,
+        )
+        .unwrap_err();
+        let text = format!("{e:#}");
+        assert!(text.starts_with("http://127.0.0.1:1/healthz: "), "{text}");
+        assert!(text.to_lowercase().contains("refused"), "{text}");
+    }
+
+    #[test]
+    fn a_bad_level_is_refused_before_any_call() {
+        let e = parse_level("EXTREME").unwrap_err();
+        assert!(e.contains("EXTREME") && e.contains("SEVERE"), "{e}");
+        assert_eq!(parse_level("severe"), Ok(Level::Severe));
     }
 }
