@@ -158,6 +158,86 @@ fn cli_exit_codes() {
     );
 }
 
+/// `herald validate` with `stdin` as input.
+fn herald_with_stdin(args: &[&str], input: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run herald");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().expect("run herald")
+}
+
+#[test]
+fn stdin_json_and_junit_reports_for_ci() {
+    let good = format!("{RLP}spec:\n  global: {{rate: 30, period: 1s}}\n");
+    let ok = herald_with_stdin(&["validate", "-f", "-"], &good);
+    assert_eq!(ok.status.code(), Some(0), "{ok:?}");
+    assert!(String::from_utf8_lossy(&ok.stderr).contains("1 herald object(s) valid"));
+
+    // A duplicate is an error, and neither copy counts as valid. A later
+    // document's error is listed after an earlier one's, whatever check
+    // found it.
+    let bad = format!(
+        "{RLP}spec:\n  global: {{rate: 30, period: 1s}}\n---\n{RLP}spec:\n  global: {{rate: 30, period: 1s}}\n---\n{RLP}spec:\n  global: {{rate: 30, period: 1s}}\n  perChat: {{rate: 40, period: 1s}}\n"
+    );
+    let out = herald_with_stdin(&["validate", "-f", "-"], &bad);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("<stdin>:"), "{stdout}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("; 0 herald object(s) valid"),
+        "{out:?}"
+    );
+
+    let json = herald_with_stdin(&["validate", "-o", "json", "-f", "-"], &bad);
+    assert_eq!(json.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    // The third document fails the schema and never becomes an object.
+    assert_eq!(
+        (v["objects"].as_u64(), v["valid"].as_u64()),
+        (Some(2), Some(0)),
+        "{v}"
+    );
+    let lines: Vec<u64> = v["diagnostics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["line"].as_u64().unwrap())
+        .collect();
+    assert!(lines.len() >= 2 && lines.is_sorted(), "{v}");
+    assert!(
+        v["diagnostics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["path"] == "spec.perChat"
+                || d["message"].as_str().unwrap_or("").contains("perChat")),
+        "{v}"
+    );
+
+    let junit = herald_with_stdin(&["validate", "-o", "junit", "-f", "-"], &bad);
+    assert_eq!(junit.status.code(), Some(1));
+    let xml = String::from_utf8_lossy(&junit.stdout);
+    assert!(xml.starts_with("<?xml"), "{xml}");
+    assert!(xml.contains("<testsuite name=\"herald validate\""), "{xml}");
+    assert!(
+        xml.contains("classname=\"&lt;stdin&gt;\" name=\"RateLimitPolicy/p\""),
+        "{xml}"
+    );
+    assert!(xml.contains("<failure message="), "{xml}");
+}
+
 #[test]
 fn crd_command_prints_one_or_all() {
     let one = herald(&["crd", "--kind", "DeliveryTier"]);

@@ -386,21 +386,46 @@ fn check_name(name: &str) -> Option<String> {
 /// Validate files and directories (recursively, `*.yaml` / `*.yml`), then
 /// the references between everything found.
 pub fn validate_paths(paths: &[PathBuf]) -> Result<Report, InputError> {
-    let mut files = Vec::new();
-    for p in paths {
-        collect(p, &mut files)?;
-    }
+    validate_inputs(paths, None)
+}
+
+/// [`validate_paths`] where a path `-` stands for `stdin` (read once, named
+/// `<stdin>` in diagnostics), as `kubectl apply -f -` does.
+pub fn validate_inputs(
+    paths: &[PathBuf],
+    mut stdin: Option<&mut dyn std::io::Read>,
+) -> Result<Report, InputError> {
     let mut texts = Vec::new();
-    for f in &files {
-        let display = f.display().to_string();
-        let bytes = std::fs::read(f).map_err(|source| InputError::Io {
-            path: display.clone(),
-            source,
-        })?;
-        let text = String::from_utf8(bytes).map_err(|_| InputError::NotText {
-            path: display.clone(),
-        })?;
-        texts.push((display, text));
+    for p in paths {
+        if p.as_os_str() == "-"
+            && let Some(input) = stdin.take()
+        {
+            let path = STDIN_NAME.to_owned();
+            let mut bytes = Vec::new();
+            input
+                .read_to_end(&mut bytes)
+                .map_err(|source| InputError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+            let text =
+                String::from_utf8(bytes).map_err(|_| InputError::NotText { path: path.clone() })?;
+            texts.push((path, text));
+            continue;
+        }
+        let mut files = Vec::new();
+        collect(p, &mut files)?;
+        for f in &files {
+            let display = f.display().to_string();
+            let bytes = std::fs::read(f).map_err(|source| InputError::Io {
+                path: display.clone(),
+                source,
+            })?;
+            let text = String::from_utf8(bytes).map_err(|_| InputError::NotText {
+                path: display.clone(),
+            })?;
+            texts.push((display, text));
+        }
     }
     let mut validation = Validation::new();
     let mut report = Report::default();
@@ -410,6 +435,9 @@ pub fn validate_paths(paths: &[PathBuf]) -> Result<Report, InputError> {
     references::check(&mut report);
     Ok(report)
 }
+
+/// How standard input is named in diagnostics.
+pub const STDIN_NAME: &str = "<stdin>";
 
 /// Validate in-memory sources (name, text), then their references.
 pub fn validate_sources<'a>(sources: impl IntoIterator<Item = (&'a str, &'a str)>) -> Report {
