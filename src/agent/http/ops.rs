@@ -65,16 +65,29 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
+/// How long `/healthz/details` waits for the store's counters.
+const STORE_STATS_WAIT: Duration = Duration::from_millis(800);
+
 pub async fn details(State(state): State<Arc<AppState>>) -> Response {
     let (tx, rx) = oneshot::channel();
     let snapshot = match state.dispatch.send(DispatchCmd::Snapshot(tx)).await {
-        Ok(()) => tokio::time::timeout(Duration::from_secs(2), rx)
+        Ok(()) => tokio::time::timeout(Duration::from_millis(800), rx)
             .await
             .ok()
             .and_then(Result::ok),
         Err(_) => None,
     };
-    let stats = state.store.stats().await;
+    // Bounded well inside the operator's health timeout (2 s): a Redis
+    // whose connection hangs would otherwise hold this answer for a whole
+    // command timeout, and the operator would read "no health report"
+    // instead of "Redis is down".
+    let stats = match tokio::time::timeout(STORE_STATS_WAIT, state.store.stats()).await {
+        Ok(stats) => stats,
+        Err(_) => Err(crate::store::StoreError::Unavailable(format!(
+            "the store did not answer within {} ms",
+            STORE_STATS_WAIT.as_millis()
+        ))),
+    };
     let store = match &stats {
         Ok(s) => json!({"status": "ok", "pending_by_priority": {
             "critical": s.pending_by_priority[0], "high": s.pending_by_priority[1],
