@@ -24,6 +24,19 @@ pub const LABEL_TRACK: &str = "herald.dev/track";
 /// On the pod template: hash of what the pods run (template, store, secret
 /// versions). A change rolls pods; nothing else does.
 pub const ANNOTATION_POD_REVISION: &str = "herald.dev/pod-revision";
+
+/// The pod revision a Deployment's template carries, if any.
+pub fn pod_revision_of(d: &k8s_openapi::api::apps::v1::Deployment) -> Option<String> {
+    d.spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(ANNOTATION_POD_REVISION)
+        .cloned()
+}
 /// On the ConfigMap: hash of the agent config file. Agents hot-reload it,
 /// so it never reaches the pod template.
 pub const ANNOTATION_CONFIG_REVISION: &str = "herald.dev/config-revision";

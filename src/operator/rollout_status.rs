@@ -16,7 +16,7 @@ use kube::{Api, Client};
 use crate::api::DeliveryTier;
 use crate::api::conditions::types;
 
-use super::names::{self, ANNOTATION_POD_REVISION, Track};
+use super::names::{self, Track};
 
 /// One reading of a tier's rollout.
 #[derive(Clone, Debug)]
@@ -80,7 +80,7 @@ pub async fn with_stable_revision(client: Client, namespace: &str, tier: Deliver
     let api: Api<Deployment> = Api::namespaced(client, namespace);
     let deployment = names::deployment_name(&name, Track::Stable);
     let (stable_revision, stable_unreadable) = match api.get_opt(&deployment).await {
-        Ok(d) => (d.as_ref().and_then(pod_revision), None),
+        Ok(d) => (d.as_ref().and_then(names::pod_revision_of), None),
         Err(e) => (None, Some(format!("reading Deployment {deployment}: {e}"))),
     };
     Snapshot {
@@ -88,18 +88,6 @@ pub async fn with_stable_revision(client: Client, namespace: &str, tier: Deliver
         stable_revision,
         stable_unreadable,
     }
-}
-
-fn pod_revision(d: &Deployment) -> Option<String> {
-    d.spec
-        .as_ref()?
-        .template
-        .metadata
-        .as_ref()?
-        .annotations
-        .as_ref()?
-        .get(ANNOTATION_POD_REVISION)
-        .cloned()
 }
 
 /// Whether the operator has written a status for the tier's current spec.

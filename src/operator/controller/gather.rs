@@ -201,18 +201,6 @@ pub(super) async fn sample_health(
     out
 }
 
-pub(super) fn pod_revision_of(d: &Deployment) -> Option<String> {
-    d.spec
-        .as_ref()?
-        .template
-        .metadata
-        .as_ref()?
-        .annotations
-        .as_ref()?
-        .get(names::ANNOTATION_POD_REVISION)
-        .cloned()
-}
-
 /// The rollout state persisted on the canary Deployment; an unreadable
 /// one (written by another version) is logged and read as `Stable`, which
 /// restarts the analysis rather than inventing a verdict.

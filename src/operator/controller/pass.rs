@@ -30,9 +30,7 @@ use crate::operator::status::{self, Observed, ReplicaCounts};
 use crate::operator::time::elapsed;
 
 use super::ANNOTATION_ROLLOUT_STATE;
-use super::gather::{
-    Live, live_children, pod_revision_of, resolve, sample_health, stored_rollout, tier_pods,
-};
+use super::gather::{Live, live_children, resolve, sample_health, stored_rollout, tier_pods};
 use super::heal::{Healed, heal};
 use super::write::{Note, apply_all, delete_owned, publish, publish_status};
 /// One pass over `tier`, as the list of steps in the parent module's doc.
@@ -280,7 +278,7 @@ impl Pass<'_> {
         };
         let input = CanaryInput {
             now: self.now,
-            stable_revision: live.stable.as_deref().and_then(pod_revision_of),
+            stable_revision: live.stable.as_deref().and_then(names::pod_revision_of),
             desired_revision: at_rest.pod_revision.clone(),
             replicas: tier.spec.replicas,
             partitions: tier.spec.store.redis.as_ref().map_or(1, |r| r.partitions),

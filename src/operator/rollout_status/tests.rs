@@ -2,6 +2,7 @@ use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
 
 use super::*;
+use crate::operator::names::ANNOTATION_POD_REVISION;
 use crate::operator::tests::{Harness, NS};
 
 /// A redis tier with a four-step rollout, generation 3, and `status`.
