@@ -222,6 +222,24 @@ pub struct BotApiSpec {
     /// `{"ok":true,"result":{"herald_id":...}}`.
     #[serde(default = "default_wait")]
     pub wait_for_delivery: DurationString,
+    /// The body of a send method's answer when herald answers before (or
+    /// without) Telegram's: at acceptance, when the wait runs out, or after a
+    /// delivery by a webhook or spool tier. `herald`:
+    /// `{"ok":true,"result":{"herald_id":..,"state":..}}`; `message`: a
+    /// Telegram `Message` (chat, date, text or caption) whose `message_id`
+    /// is not Telegram's, for libraries that parse every answer as a
+    /// `Message`. A request can ask with the header `X-Herald-Answer`.
+    #[serde(default)]
+    pub answer: BotApiAnswer,
+}
+
+/// The shape of an answer herald gives in Telegram's place.
+#[derive(JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BotApiAnswer {
+    #[default]
+    Herald,
+    Message,
 }
 
 impl Default for BotApiSpec {
@@ -229,6 +247,7 @@ impl Default for BotApiSpec {
         BotApiSpec {
             async_accept: false,
             wait_for_delivery: default_wait(),
+            answer: BotApiAnswer::Herald,
         }
     }
 }

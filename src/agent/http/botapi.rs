@@ -5,7 +5,8 @@
 //! under the token's tier. By default the call waits (bounded by
 //! `botApi.waitForDelivery`) and returns Telegram's own status and body;
 //! with `X-Herald-Async: 1` or `botApi.asyncAccept` it answers at
-//! acceptance with `{"ok":true,"result":{"herald_id":..}}`. Other methods
+//! acceptance with `{"ok":true,"result":{"herald_id":..}}`, or with a
+//! stand-in `Message` under `botApi.answer: message` (`stand_in`). Other methods
 //! pass straight through to the tier's API (they are not sends, so the send
 //! limits do not apply to them). An unknown token gets 401 like Telegram's;
 //! a method name that cannot be a Bot API method (anything but ASCII
@@ -26,9 +27,11 @@ use serde_json::{Map, Value, json};
 use tokio::sync::oneshot;
 
 use crate::agent::http::native::{admit, store_batch_then};
+use crate::agent::http::stand_in::{self, Standing};
 use crate::agent::ingest::IngestError;
 use crate::agent::ingest::message::{Context, HeraldFields, SEND_METHODS, parse_bot_api};
 use crate::agent::state::{AppState, Final};
+use crate::api::agent::BotApiAnswer;
 use crate::sandbox::params::{self, ParamError, Value as ParamValue};
 use crate::sink::TelegramSink;
 use crate::store::{MessageId, MessageState, Store, StoredMessage};
@@ -216,6 +219,18 @@ async fn send(
     }
     let asynchronous =
         config.agent.bot_api.async_accept || header_str(headers, "x-herald-async") == Some("1");
+    let shape = match header_str(headers, "x-herald-answer") {
+        None => config.agent.bot_api.answer,
+        Some(v) if v.eq_ignore_ascii_case("herald") => BotApiAnswer::Herald,
+        Some(v) if v.eq_ignore_ascii_case("message") => BotApiAnswer::Message,
+        Some(_) => {
+            return tg_error(
+                StatusCode::BAD_REQUEST,
+                "Bad Request: X-Herald-Answer: expected herald or message".into(),
+                "X-Herald-Answer",
+            );
+        }
+    };
     let wait = config.agent.bot_api.wait_for_delivery.get();
     let mut waiter = None;
     let register = |stored: &[(StoredMessage, bool)]| {
@@ -238,9 +253,9 @@ async fn send(
     };
     let id = stored.id;
     let Some(waiter) = waiter else {
-        return accepted(id, "accepted");
+        return stand_in(shape, &stored, Standing::Accepted);
     };
-    let answer = wait_for_delivery(state, id, waiter, wait).await;
+    let answer = wait_for_delivery(state, shape, &stored, waiter, wait).await;
     state.forget_waiters(id);
     answer
 }
@@ -254,10 +269,12 @@ const SHARED_POLL: Duration = Duration::from_millis(200);
 /// when `wait` runs out first.
 async fn wait_for_delivery(
     state: &AppState,
-    id: MessageId,
+    shape: BotApiAnswer,
+    accepted: &StoredMessage,
     waiter: oneshot::Receiver<Final>,
     wait: Duration,
 ) -> Response {
+    let id = accepted.id;
     let finished = || async {
         match state.store.get(id).await {
             Ok(Some(m)) if !m.state.is_open() => Some(m),
@@ -266,7 +283,7 @@ async fn wait_for_delivery(
     };
     // The delivery may have finished before the waiter was registered.
     if let Some(m) = finished().await {
-        return from_stored(&m);
+        return from_stored(shape, &m);
     }
     let poll = if state.store.enqueues_locally() {
         wait
@@ -280,13 +297,13 @@ async fn wait_for_delivery(
         tokio::select! {
             r = &mut waiter => {
                 if let Ok(f) = r {
-                    return from_final(id, f);
+                    return from_final(shape, accepted, f);
                 }
                 break;
             }
             _ = tokio::time::sleep(poll.min(left)) => {
                 if let Some(m) = finished().await {
-                    return from_stored(&m);
+                    return from_stored(shape, &m);
                 }
                 if left <= poll {
                     break;
@@ -295,15 +312,18 @@ async fn wait_for_delivery(
         }
     }
     match finished().await {
-        Some(m) => from_stored(&m),
-        None => accepted(id, "queued"),
+        Some(m) => from_stored(shape, &m),
+        None => stand_in(shape, accepted, Standing::Queued),
     }
 }
 
-fn accepted(id: MessageId, what: &str) -> Response {
+/// herald's answer in Telegram's place: 202, since Telegram has not
+/// answered (yet, or at all for a fallback tier).
+fn stand_in(shape: BotApiAnswer, m: &StoredMessage, standing: Standing) -> Response {
+    let result = stand_in::result(shape, m.id, &m.msg, m.created_ms, standing);
     (
         StatusCode::ACCEPTED,
-        axum::Json(json!({"ok": true, "result": {"herald_id": id.to_string(), "state": what}})),
+        axum::Json(json!({"ok": true, "result": result})),
     )
         .into_response()
 }
@@ -314,12 +334,12 @@ fn raw(status: Option<u16>, body: Option<bytes::Bytes>) -> Option<Response> {
     Some((status, [(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
-fn from_final(id: MessageId, f: Final) -> Response {
+fn from_final(shape: BotApiAnswer, accepted: &StoredMessage, f: Final) -> Response {
     if let Some(r) = raw(f.status, f.body.clone()) {
         return r;
     }
     if f.delivered {
-        return accepted(id, "delivered");
+        return stand_in(shape, accepted, Standing::Delivered);
     }
     tg_error(
         StatusCode::BAD_REQUEST,
@@ -331,11 +351,11 @@ fn from_final(id: MessageId, f: Final) -> Response {
     )
 }
 
-fn from_stored(m: &crate::store::StoredMessage) -> Response {
+fn from_stored(shape: BotApiAnswer, m: &StoredMessage) -> Response {
     match m.state {
         MessageState::Delivered => match &m.receipt {
             Some(r) => axum::Json(json!({"ok": true, "result": r})).into_response(),
-            None => accepted(m.id, "delivered"),
+            None => stand_in(shape, m, Standing::Delivered),
         },
         _ => tg_error(
             StatusCode::BAD_REQUEST,

@@ -10,6 +10,7 @@ pub mod edge;
 pub mod native;
 pub mod ops;
 pub mod server;
+pub mod stand_in;
 
 use std::sync::Arc;
 
