@@ -47,6 +47,14 @@ pub enum DemoError {
 const TOKEN: &str = "777000:demo-token";
 const BLOCKED: [i64; 3] = [1013, 1077, 1201];
 
+/// Where the demo's 5xx spell is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Spell {
+    Ahead,
+    Since(Instant),
+    Over,
+}
+
 fn config(dir: &Path, api: &str) -> String {
     format!(
         "apiVersion: herald.dev/v1alpha1
@@ -88,6 +96,7 @@ pub async fn run(
     messages: usize,
     chats: usize,
 ) -> Result<DemoSummary, DemoError> {
+    let chats = chats.clamp(1, messages.max(1));
     let dir = tempfile::tempdir()?;
     std::fs::create_dir_all(dir.path().join("secrets/demo-bot"))?;
     std::fs::write(dir.path().join("secrets/demo-bot/token"), TOKEN)?;
@@ -110,7 +119,7 @@ pub async fn run(
     )?;
     writeln!(
         out,
-        "sending {messages} messages over {chats} chats (chats {BLOCKED:?} blocked the bot; a 5xx spell comes at 10 s)"
+        "sending {messages} messages over {chats} chats (chats {BLOCKED:?} blocked the bot; a 5xx spell comes once a third is delivered)"
     )?;
     let client = reqwest::Client::new();
     let priorities = ["critical", "high", "normal", "normal", "low"];
@@ -142,28 +151,39 @@ pub async fn run(
             .map(|a| a.len() as u64)
             .unwrap_or(0);
     }
-    let mut spell: Option<Instant> = None;
+    let mut spell = Spell::Ahead;
     let deadline = started + Duration::from_secs(180);
+    let mut next_line = started;
     loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Polled more often than a line is printed, so that the spell starts
+        // with two thirds still queued even when the burst is small.
+        tokio::time::sleep(Duration::from_millis(100)).await;
         let elapsed = started.elapsed();
-        if spell.is_none() && elapsed >= Duration::from_secs(10) {
+        if spell == Spell::Ahead && sandbox.counters().delivered * 3 >= accepted {
             sandbox.set_faults(FaultsConfig {
                 blocked_chats: BLOCKED.to_vec(),
                 error_rate: 0.3,
                 seed: 5,
                 ..FaultsConfig::default()
             })?;
-            spell = Some(Instant::now());
+            spell = Spell::Since(Instant::now());
             writeln!(out, "-- 5xx spell: 30 % of API calls fail for 5 s --")?;
         }
-        if spell.is_some_and(|s| s.elapsed() >= Duration::from_secs(5)) {
+        if let Spell::Since(at) = spell
+            && at.elapsed() >= Duration::from_secs(5)
+        {
             sandbox.set_faults(FaultsConfig {
                 blocked_chats: BLOCKED.to_vec(),
                 ..FaultsConfig::default()
             })?;
-            spell = Some(Instant::now() - Duration::from_secs(3600));
+            spell = Spell::Over;
+            writeln!(out, "-- 5xx spell over --")?;
         }
+        let now = Instant::now();
+        if now < next_line && now <= deadline {
+            continue;
+        }
+        next_line += Duration::from_secs(1);
         let c = sandbox.counters();
         let stats = agent.state.store.stats().await.ok();
         let open = stats.as_ref().map(|s| s.open_total()).unwrap_or(0);
@@ -185,7 +205,10 @@ pub async fn run(
             c.errors_5xx,
             breaker
         )?;
-        if open == 0 || Instant::now() > deadline {
+        // The spell is part of the show: a drained queue ends the demo only
+        // once the spell is not under way.
+        let spell_running = matches!(spell, Spell::Since(_));
+        if (open == 0 && !spell_running) || Instant::now() > deadline {
             break;
         }
     }

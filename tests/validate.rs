@@ -1,12 +1,12 @@
 //! `herald validate`: the samples pass; each bad document in the table is
 //! rejected with the field path (and position) a user needs to fix it.
 
-use herald::validate::{Severity, validate_sources};
+use herald::validate::{RULES_NOT_CHECKED, Severity, validate_sources};
 
 #[path = "common/bad_documents.rs"]
 mod bad_documents;
 
-use bad_documents::{RLP, TG, TIER, cases};
+use bad_documents::{CBP, RLP, TG, TIER, cases};
 
 #[test]
 fn bad_documents_are_rejected_naming_the_field() {
@@ -43,6 +43,43 @@ fn bad_documents_are_rejected_naming_the_field() {
         assert!(text.contains(path), "{what}: {text}");
         assert!(text.contains("DNS") || !path.is_empty(), "{what}: {text}");
     }
+}
+
+#[test]
+fn cel_rules_still_judge_the_fields_the_schema_accepted() {
+    // An unknown field (schema) and maxDelay below initialDelay (CEL): both
+    // are named, as the API server names both.
+    let doc =
+        format!("{CBP}spec:\n  turbo: true\n  retry:\n    initialDelay: 10s\n    maxDelay: 1s\n");
+    let report = validate_sources([("both.yaml", doc.as_str())]);
+    let paths: Vec<&str> = report
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .map(|d| d.path.as_deref().unwrap_or(""))
+        .collect();
+    assert!(paths.contains(&"spec.turbo"), "{paths:?}");
+    assert!(paths.contains(&"spec.retry.maxDelay"), "{paths:?}");
+    // A rule over a field the schema refused saw bad data: its verdict is
+    // dropped, and the report says some rules were not checked.
+    let doc = format!("{CBP}spec:\n  breaker: {{failureRateThreshold: high}}\n");
+    let report = validate_sources([("typed.yaml", doc.as_str())]);
+    let texts: Vec<String> = report.diagnostics.iter().map(|d| d.to_string()).collect();
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("spec.breaker.failureRateThreshold")),
+        "{texts:?}"
+    );
+    assert!(
+        texts.iter().any(|t| t.contains(RULES_NOT_CHECKED)),
+        "{texts:?}"
+    );
+    assert_eq!(
+        texts.iter().filter(|t| t.contains("spec.breaker")).count(),
+        1,
+        "{texts:?}"
+    );
 }
 
 #[test]

@@ -22,7 +22,15 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 /// herald delivers chat messages without losing them and without breaking
 /// the receiving API's rate limits.
 #[derive(Debug, Parser)]
-#[command(name = "herald", version, about, long_about = None)]
+#[command(
+    name = "herald",
+    version,
+    about,
+    long_about = None,
+    after_help = "-f names the YAML a command reads, with --filename as its long form everywhere: \
+                  one config file for run, agent and sandbox (also --config); files or directories \
+                  for validate and simulate (validate also reads - as standard input)."
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -16,7 +16,7 @@ pub struct Args {
     #[arg(long, default_value = "127.0.0.1")]
     bind: std::net::IpAddr,
     /// YAML or JSON file with sandbox settings (tokens, limits, faults).
-    #[arg(short = 'f', long = "config")]
+    #[arg(short = 'f', long = "config", alias = "filename")]
     config: Option<PathBuf>,
     /// Answer 5xx to this share of Bot API requests (0..1).
     #[arg(long)]

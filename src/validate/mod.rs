@@ -294,15 +294,17 @@ impl Validation {
                 }
             }
         }
+        let invalid: Vec<String> = violations.iter().map(|v| v.path.clone()).collect();
         for v in violations {
             errors.push(at(&v.path, object.clone(), v.message));
         }
-        if !errors.is_empty() {
-            report.diagnostics.extend(errors);
-            return;
-        }
+        let schema_failed = !errors.is_empty();
 
-        // CEL rules, on the same schema the CRD carries.
+        // CEL rules, on the same schema the CRD carries. After a schema
+        // error they still run, and what they say of the fields the schema
+        // accepted is reported; a rule over a field the schema refused (or
+        // over its parent) saw bad data, so its verdict is dropped and the
+        // API server's note says that some rules were not checked.
         let root = RootContext {
             api_version: api::API_VERSION.to_owned(),
             api_group: api::GROUP.to_owned(),
@@ -316,8 +318,16 @@ impl Validation {
         ) {
             for f in failures.iter() {
                 let path = f.field_path.trim_start_matches('.').to_owned();
+                if invalid.iter().any(|bad| overlaps(bad, &path)) {
+                    continue;
+                }
                 errors.push(at(&path, object.clone(), f.message.clone()));
             }
+        }
+        if schema_failed {
+            errors.push(at("", object.clone(), RULES_NOT_CHECKED.to_owned()));
+        }
+        if !errors.is_empty() {
             report.diagnostics.extend(errors);
             return;
         }
@@ -335,6 +345,22 @@ impl Validation {
             Err((path, message)) => report.diagnostics.push(at(&path, object, message)),
         }
     }
+}
+
+/// The API server's words for CEL rules left unchecked behind a schema error.
+pub const RULES_NOT_CHECKED: &str = "some validation rules were not checked because the object was invalid; \
+     correct the existing errors to complete validation";
+
+/// Whether one field path is the other or lies under it (`spec` and
+/// `spec.limits[0]` overlap; `spec.a` and `spec.ab` do not).
+fn overlaps(a: &str, b: &str) -> bool {
+    let under = |long: &str, short: &str| {
+        short.is_empty()
+            || long
+                .strip_prefix(short)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+    };
+    under(a, b) || under(b, a)
 }
 
 fn decode(kind: &str, value: &Value) -> Result<Object, (String, String)> {
