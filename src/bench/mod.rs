@@ -59,6 +59,8 @@ pub struct BenchPlan {
     pub drop_in_calls: u64,
     /// Quiet time before reading idle RSS.
     pub idle_wait: Duration,
+    /// Whether each round runs with metrics off too, to price them.
+    pub compare_metrics: bool,
 }
 
 impl BenchPlan {
@@ -75,6 +77,7 @@ impl BenchPlan {
             latency_duration: Duration::from_secs(4),
             drop_in_calls: 300,
             idle_wait: Duration::from_secs(3),
+            compare_metrics: true,
         }
     }
 
@@ -90,6 +93,7 @@ impl BenchPlan {
             latency_duration: Duration::from_millis(500),
             drop_in_calls: 20,
             idle_wait: Duration::from_millis(500),
+            compare_metrics: true,
         }
     }
 }
@@ -215,12 +219,12 @@ pub async fn run(plan: &BenchPlan, progress: &mut dyn FnMut(&str)) -> Result<Rep
 
     let mut rounds = Vec::new();
     for r in 0..plan.rounds {
-        let order = if r % 2 == 0 {
-            [true, false]
-        } else {
-            [false, true]
+        let order: &[bool] = match (plan.compare_metrics, r % 2 == 0) {
+            (false, _) => &[true],
+            (true, true) => &[true, false],
+            (true, false) => &[false, true],
         };
-        for metrics in order {
+        for &metrics in order {
             progress(&format!(
                 "accept throughput, round {}: {} messages, {} producers × batches of {}, metrics {}",
                 r + 1,

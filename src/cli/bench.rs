@@ -25,6 +25,14 @@ pub struct Args {
     /// Single-message requests per second in the latency run.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     rate: Option<u64>,
+    /// Only the accept path: throughput rounds with metrics on and the
+    /// latency run (no drop-in calls, no idle RSS, no metrics-off rounds);
+    /// what scripts/bench-vs-bullmq.sh compares with BullMQ.
+    #[arg(long)]
+    accept_only: bool,
+    /// Throughput rounds.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=20))]
+    rounds: Option<u32>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -45,6 +53,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if let Some(r) = args.rate {
         plan.latency_rate = r;
+    }
+    if args.accept_only {
+        plan.compare_metrics = false;
+        plan.drop_in_calls = 0;
+        plan.idle_wait = std::time::Duration::ZERO;
+        plan.rounds = 1;
+    }
+    if let Some(r) = args.rounds {
+        plan.rounds = r;
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     let json = args.json;
