@@ -44,6 +44,12 @@ pub const ANNOTATION_CONFIG_REVISION: &str = "herald.dev/config-revision";
 pub const ANNOTATION_PROMOTE: &str = "herald.dev/promote";
 /// On the tier: `herald rollout abort` writes the revision to abort.
 pub const ANNOTATION_ABORT: &str = "herald.dev/abort";
+/// On the tier: `herald rollout pause` writes the revision to hold;
+/// `herald rollout resume` removes it.
+pub const ANNOTATION_PAUSE: &str = "herald.dev/pause";
+/// On the tier: `herald rollout retry` writes `<revision>@<request>` to
+/// start an aborted revision's canary again.
+pub const ANNOTATION_RETRY: &str = "herald.dev/retry";
 
 /// The two Deployments of a tier.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
