@@ -154,3 +154,45 @@ fn an_unreachable_api_is_reported_with_the_tier_and_the_cause() {
         assert!(err.to_lowercase().contains("connect"), "{err}");
     }
 }
+
+#[test]
+fn the_gates_are_listed_and_explain_themselves() {
+    let out = herald(&["rollout", "--help"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let help = text(&out.stdout);
+    for command in ["promote", "abort", "pause", "resume", "retry", "status"] {
+        assert!(help.contains(command), "{command} missing from:\n{help}");
+    }
+    for (command, says) in [
+        ("pause", "a failed analysis still aborts"),
+        ("resume", "the time it was paused"),
+        ("retry", "from the first step"),
+    ] {
+        let out = herald(&["rollout", command, "--help"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let help = text(&out.stdout);
+        assert!(
+            help.contains(&format!("Usage: herald rollout {command}")),
+            "{help}"
+        );
+        assert!(
+            help.contains(says),
+            "{command}: {says:?} missing from:\n{help}"
+        );
+        assert!(help.contains("--kubeconfig"), "{help}");
+    }
+}
+
+#[test]
+fn a_gate_that_cannot_reach_the_api_fails_with_the_cause() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = kubeconfig(dir.path());
+    let config = config.to_str().expect("utf-8 path");
+    for command in ["pause", "resume", "retry"] {
+        let out = herald(&["rollout", command, "bots", "--kubeconfig", config]);
+        assert_eq!(out.status.code(), Some(2), "{command}");
+        let err = text(&out.stderr);
+        assert!(err.to_lowercase().contains("connect"), "{command}: {err}");
+        assert!(text(&out.stdout).is_empty(), "{command}");
+    }
+}
