@@ -26,19 +26,20 @@ pub struct Args {
     action: Action,
 }
 
-/// Which cluster, as whom, and where.
+/// Which cluster, as whom, and where; also the agent client commands'
+/// way to a tier (`--tier`).
 #[derive(Debug, clap::Args)]
 #[command(next_help_heading = "Connection")]
-struct Connection {
+pub(crate) struct Connection {
     /// Kubeconfig file to use instead of $KUBECONFIG or ~/.kube/config.
     #[arg(long, global = true, value_name = "PATH")]
-    kubeconfig: Option<PathBuf>,
+    pub(crate) kubeconfig: Option<PathBuf>,
     /// Kubeconfig context to use instead of the current one.
     #[arg(long, global = true, value_name = "NAME")]
-    context: Option<String>,
+    pub(crate) context: Option<String>,
     /// The tier's namespace; the context's namespace when unset.
     #[arg(short, long, global = true)]
-    namespace: Option<String>,
+    pub(crate) namespace: Option<String>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -127,7 +128,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// A client for the chosen kubeconfig and context, or the usual inference
 /// (KUBECONFIG, ~/.kube/config, in-cluster) when neither is given; and the
 /// namespace to use.
-async fn connect(c: &Connection) -> anyhow::Result<(Client, String)> {
+pub(crate) async fn connect(c: &Connection) -> anyhow::Result<(Client, String)> {
     let options = KubeConfigOptions {
         context: c.context.clone(),
         ..KubeConfigOptions::default()

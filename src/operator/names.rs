@@ -80,6 +80,10 @@ pub fn config_map_name(tier: &str) -> String {
     format!("{tier}-config")
 }
 
+/// The name of the Service's one port, the agents' HTTP API; the API
+/// server's service proxy reaches it by this name.
+pub const SERVICE_PORT_NAME: &str = "http";
+
 /// The Service producers send to: the tier's own name.
 pub fn service_name(tier: &str) -> String {
     tier.to_owned()
