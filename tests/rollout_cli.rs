@@ -1,4 +1,5 @@
-//! `herald rollout`: the command line as a user meets it — help, the
+//! `herald rollout`, and the agent client commands' way through the API
+//! server (`--tier`): the command line as a user meets it — help, the
 //! kubectl plugin name, and errors that keep their cause. Nothing here
 //! needs a cluster: the kubeconfigs point at a closed port.
 
@@ -153,4 +154,92 @@ fn an_unreachable_api_is_reported_with_the_tier_and_the_cause() {
         assert!(err.contains("reading DeliveryTier apps/bots"), "{err}");
         assert!(err.to_lowercase().contains("connect"), "{err}");
     }
+}
+
+#[test]
+fn the_gates_are_listed_and_explain_themselves() {
+    let out = herald(&["rollout", "--help"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let help = text(&out.stdout);
+    for command in ["promote", "abort", "pause", "resume", "retry", "status"] {
+        assert!(help.contains(command), "{command} missing from:\n{help}");
+    }
+    for (command, says) in [
+        ("pause", "a failed analysis still aborts"),
+        ("resume", "the time it was paused"),
+        ("retry", "from the first step"),
+    ] {
+        let out = herald(&["rollout", command, "--help"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let help = text(&out.stdout);
+        assert!(
+            help.contains(&format!("Usage: herald rollout {command}")),
+            "{help}"
+        );
+        assert!(
+            help.contains(says),
+            "{command}: {says:?} missing from:\n{help}"
+        );
+        assert!(help.contains("--kubeconfig"), "{help}");
+    }
+}
+
+#[test]
+fn a_gate_that_cannot_reach_the_api_fails_with_the_cause() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = kubeconfig(dir.path());
+    let config = config.to_str().expect("utf-8 path");
+    for command in ["pause", "resume", "retry"] {
+        let out = herald(&["rollout", command, "bots", "--kubeconfig", config]);
+        assert_eq!(out.status.code(), Some(2), "{command}");
+        let err = text(&out.stderr);
+        assert!(err.to_lowercase().contains("connect"), "{command}: {err}");
+        assert!(text(&out.stdout).is_empty(), "{command}");
+    }
+}
+
+#[test]
+fn client_commands_reach_a_tier_through_the_api_server() {
+    let out = herald(&["status", "--help"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let help = text(&out.stdout);
+    for flag in [
+        "--tier",
+        "--kubeconfig",
+        "--context",
+        "--namespace",
+        "--url",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from:\n{help}");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = kubeconfig(dir.path());
+    let config = config.to_str().expect("utf-8 path");
+    let out = herald(&["status", "--tier", "bots", "--kubeconfig", config]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    // The namespace comes from the context; the cause is the refused
+    // connection to the API server, not to an agent.
+    assert!(
+        err.contains("DeliveryTier apps/bots through the API server"),
+        "{err}"
+    );
+    assert!(err.to_lowercase().contains("connect"), "{err}");
+    // The admin API cannot go that way; said before anything is sent.
+    let out = herald(&[
+        "dlq",
+        "list",
+        "--tier",
+        "bots",
+        "-n",
+        "apps",
+        "--kubeconfig",
+        config,
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("Authorization") && err.contains("--url"),
+        "{err}"
+    );
 }

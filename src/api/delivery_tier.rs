@@ -415,12 +415,14 @@ pub struct CanaryStatus {
     pub step: u32,
     /// Canary share of queue partitions, percent.
     pub weight: u32,
-    /// Analysing, Paused, Promoted or Aborted.
+    /// Analysing, Paused (at the manual gate or by `herald rollout
+    /// pause`), Promoted or Aborted.
     pub verdict: String,
     /// One-line summary for `kubectl get tier`, e.g. `50% analysing`.
     pub summary: String,
-    /// The pod revision under rollout: what `herald rollout promote|abort`
-    /// writes into the `herald.dev/promote` / `herald.dev/abort` annotation.
+    /// The pod revision under rollout, or the one aborted: what `herald
+    /// rollout promote|abort|pause|retry` writes into the
+    /// `herald.dev/promote` / `abort` / `pause` / `retry` annotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<String>,
 }

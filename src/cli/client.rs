@@ -4,12 +4,18 @@
 //!
 //! The admin token comes from `--token-file` or `HERALD_ADMIN_TOKEN`; it is
 //! sent as a bearer token and never printed.
+//!
+//! The way to the agent is `--url` (direct), or `--tier` with the
+//! kubeconfig flags: the tier's Service through the Kubernetes API
+//! server's service proxy. Every command goes through [`call`], which
+//! picks the transport; what is sent and printed is the same either way.
 
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args as ClapArgs, Subcommand};
 use herald::engine::degradation::Level;
+use herald::operator::agent_proxy;
 use serde_json::{Value, json};
 
 #[derive(Debug, ClapArgs)]
@@ -25,6 +31,14 @@ pub struct Conn {
     /// File holding the admin token (else HERALD_ADMIN_TOKEN).
     #[arg(long, global = true)]
     token_file: Option<std::path::PathBuf>,
+    /// Reach this DeliveryTier's agents through the Kubernetes API
+    /// server's service proxy instead of --url (no port-forward needed;
+    /// needs `get` on services/proxy). Not for the admin API: the API
+    /// server keeps the Authorization header to itself.
+    #[arg(long, global = true, value_name = "NAME")]
+    tier: Option<String>,
+    #[command(flatten)]
+    kube: super::rollout::Connection,
 }
 
 impl Conn {
@@ -159,6 +173,15 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the runtime")
 }
 
+/// How long a command waits for its answer.
+const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Why the admin API is refused through the service proxy.
+const ADMIN_THROUGH_PROXY: &str = "the admin API cannot be reached with --tier: the Kubernetes API \
+    server takes the Authorization header that carries the admin token for its own \
+    authentication and does not pass it on. Use --url, e.g. with \
+    `kubectl port-forward svc/TIER 8080`";
+
 /// Send one request; print the JSON answer; exit 0 on 2xx, 1 otherwise.
 fn call(
     conn: &Conn,
@@ -167,39 +190,88 @@ fn call(
     body: Option<Value>,
     admin: bool,
 ) -> anyhow::Result<ExitCode> {
-    let token = if admin { conn.token()? } else { None };
-    let url = format!("{}{}", conn.url.trim_end_matches('/'), path);
-    runtime()?.block_on(async move {
-        let client = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(30))
-            .build()
-            .context("building the HTTP client")?;
-        let mut req = client.request(method, &url);
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
+    let kube_flags = conn.kube.kubeconfig.is_some()
+        || conn.kube.context.is_some()
+        || conn.kube.namespace.is_some();
+    let (status, text) = match &conn.tier {
+        None if kube_flags => {
+            anyhow::bail!(
+                "--kubeconfig, --context and --namespace choose the cluster for --tier; give --tier too"
+            )
         }
-        if let Some(b) = body {
-            req = req.json(&b);
+        None => {
+            let token = if admin { conn.token()? } else { None };
+            runtime()?.block_on(direct(&conn.url, method, path, body, token))?
         }
-        // The error's own causes ("connection refused") stay in the chain
-        // the binary prints; the URL is named once, by the context.
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| anyhow::Error::new(e.without_url()))
-            .with_context(|| url.clone())?;
-        let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
-        match serde_json::from_str::<Value>(&text) {
-            Ok(v) => println!("{}", serde_json::to_string_pretty(&v).unwrap_or(text)),
-            Err(_) => println!("{text}"),
-        }
-        Ok(if status.is_success() {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(1)
-        })
+        // Checked before any token is read, so it never leaves this host.
+        Some(_) if admin => anyhow::bail!(ADMIN_THROUGH_PROXY),
+        Some(tier) => runtime()?.block_on(proxied(conn, tier, method, path, body))?,
+    };
+    match serde_json::from_str::<Value>(&text) {
+        Ok(v) => println!("{}", serde_json::to_string_pretty(&v).unwrap_or(text)),
+        Err(_) => println!("{text}"),
+    }
+    Ok(if status.is_success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     })
+}
+
+/// Through the API server's service proxy to `tier`'s Service.
+async fn proxied(
+    conn: &Conn,
+    tier: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<(reqwest::StatusCode, String)> {
+    let (client, namespace) = super::rollout::connect(&conn.kube).await?;
+    let body = body
+        .map(|b| serde_json::to_vec(&b))
+        .transpose()
+        .context("encoding the request")?;
+    let what = || format!("DeliveryTier {namespace}/{tier} through the API server");
+    let send = agent_proxy::send(&client, &namespace, tier, method, path, body);
+    // The same bound as a direct call's.
+    let answer = tokio::time::timeout(TIMEOUT, send)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within {TIMEOUT:?}"))
+        .with_context(what)?
+        .with_context(what)?;
+    Ok((answer.status, answer.body))
+}
+
+/// Straight to the agent at `base`.
+async fn direct(
+    base: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+    token: Option<String>,
+) -> anyhow::Result<(reqwest::StatusCode, String)> {
+    let url = format!("{}{}", base.trim_end_matches('/'), path);
+    let client = reqwest::Client::builder()
+        .timeout(TIMEOUT)
+        .build()
+        .context("building the HTTP client")?;
+    let mut req = client.request(method, &url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    // The error's own causes ("connection refused") stay in the chain
+    // the binary prints; the URL is named once, by the context.
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| anyhow::Error::new(e.without_url()))
+        .with_context(|| url.clone())?;
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    Ok((status, text))
 }
 
 pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
@@ -298,7 +370,35 @@ mod tests {
         Conn {
             url: url.to_owned(),
             token_file: None,
+            tier: None,
+            kube: super::super::rollout::Connection {
+                kubeconfig: None,
+                context: None,
+                namespace: None,
+            },
         }
+    }
+
+    #[test]
+    fn the_admin_api_is_refused_through_the_proxy_before_any_token_is_read() {
+        let mut c = conn("http://127.0.0.1:1");
+        c.tier = Some("bots".to_owned());
+        c.token_file = Some("/nonexistent/token".into());
+        let e = call(&c, reqwest::Method::GET, "/admin/dlq", None, true).unwrap_err();
+        let text = format!("{e:#}");
+        assert!(
+            text.contains("Authorization") && text.contains("--url"),
+            "{text}"
+        );
+        assert!(!text.contains("nonexistent"), "{text}");
+    }
+
+    #[test]
+    fn kube_flags_without_a_tier_are_refused() {
+        let mut c = conn("http://127.0.0.1:1");
+        c.kube.namespace = Some("bots".to_owned());
+        let e = call(&c, reqwest::Method::GET, "/healthz", None, false).unwrap_err();
+        assert!(e.to_string().contains("--tier"), "{e}");
     }
 
     #[test]

@@ -48,7 +48,7 @@ enum Command {
     Operator(Box<operator::Args>),
     /// Measure the agent's own cost (throughput, latency, RSS) against a null Bot API.
     Bench(bench::Args),
-    /// A canary rollout: show its status, promote or abort it.
+    /// A canary rollout: show its status; promote, abort, pause, resume or retry it.
     Rollout(rollout::Args),
     /// Run the engine on a virtual clock against a model of Telegram.
     Simulate(simulate::Args),

@@ -1,5 +1,6 @@
-//! `herald rollout promote|abort|status TIER`: a canary's manual gate, and
-//! what the rollout is doing, through the Kubernetes API.
+//! `herald rollout promote|abort|pause|resume|retry|status TIER`: a
+//! canary's manual gates, and what the rollout is doing, through the
+//! Kubernetes API.
 //!
 //! The connection flags are global to the group, so they may come before
 //! or after the subcommand, as with kubectl.
@@ -25,19 +26,20 @@ pub struct Args {
     action: Action,
 }
 
-/// Which cluster, as whom, and where.
+/// Which cluster, as whom, and where; also the agent client commands'
+/// way to a tier (`--tier`).
 #[derive(Debug, clap::Args)]
 #[command(next_help_heading = "Connection")]
-struct Connection {
+pub(crate) struct Connection {
     /// Kubeconfig file to use instead of $KUBECONFIG or ~/.kube/config.
     #[arg(long, global = true, value_name = "PATH")]
-    kubeconfig: Option<PathBuf>,
+    pub(crate) kubeconfig: Option<PathBuf>,
     /// Kubeconfig context to use instead of the current one.
     #[arg(long, global = true, value_name = "NAME")]
-    context: Option<String>,
+    pub(crate) context: Option<String>,
     /// The tier's namespace; the context's namespace when unset.
     #[arg(short, long, global = true)]
-    namespace: Option<String>,
+    pub(crate) namespace: Option<String>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -46,12 +48,34 @@ enum Action {
     Promote(Target),
     /// Abort the rollout: the canary goes to zero, stable keeps serving.
     Abort(Target),
+    /// Hold the canary at its current step and weight until resumed.
+    #[command(
+        long_about = "Hold the canary at its current step and weight until resumed.\n\n\
+        The canary keeps serving its share and keeps being analysed: a failed analysis \
+        still aborts it. A promote or an abort still acts. The pause is for the revision \
+        under rollout only; a later revision is not paused by it."
+    )]
+    Pause(Target),
+    /// Continue a paused rollout from where it was.
+    #[command(long_about = "Continue a paused rollout from where it was.\n\n\
+        The step's pause counts only the time the canary ran: the time it was paused \
+        is added to the step, not taken from it.")]
+    Resume(Target),
+    /// Start an aborted revision's canary again, from the first step.
+    #[command(
+        long_about = "Start an aborted revision's canary again, from the first step.\n\n\
+        For a tier whose rollout was aborted and whose spec still asks for that \
+        revision. It also removes the promote, abort and pause annotations, so the \
+        new attempt starts clean."
+    )]
+    Retry(Target),
     /// Show the rollout: step, weight, revisions, analysis and conditions.
     #[command(
         long_about = "Show the rollout: step, weight, revisions, analysis and conditions.\n\n\
         With --watch, print a new block whenever it changes, until the rollout ends: \
         exit 0 when it is promoted (or none is underway), 1 when it is aborted, \
-        130 when stopped by Ctrl-C or SIGTERM."
+        130 when stopped by Ctrl-C or SIGTERM. A rollout paused by hand or waiting \
+        at the manual gate keeps the watch going."
     )]
     Status(StatusArgs),
 }
@@ -88,6 +112,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         match args.action {
             Action::Promote(t) => gate(client, &namespace, &t.tier, Gate::Promote).await,
             Action::Abort(t) => gate(client, &namespace, &t.tier, Gate::Abort).await,
+            Action::Pause(t) => gate(client, &namespace, &t.tier, Gate::Pause).await,
+            Action::Resume(t) => gate(client, &namespace, &t.tier, Gate::Resume).await,
+            Action::Retry(t) => gate(client, &namespace, &t.tier, Gate::Retry).await,
             Action::Status(s) if s.watch => watch(client, &namespace, &s.tier).await,
             Action::Status(s) => {
                 let snapshot = rollout_status::read(client, &namespace, &s.tier).await?;
@@ -101,7 +128,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// A client for the chosen kubeconfig and context, or the usual inference
 /// (KUBECONFIG, ~/.kube/config, in-cluster) when neither is given; and the
 /// namespace to use.
-async fn connect(c: &Connection) -> anyhow::Result<(Client, String)> {
+pub(crate) async fn connect(c: &Connection) -> anyhow::Result<(Client, String)> {
     let options = KubeConfigOptions {
         context: c.context.clone(),
         ..KubeConfigOptions::default()
@@ -134,6 +161,9 @@ async fn gate(client: Client, namespace: &str, tier: &str, gate: Gate) -> anyhow
     let verb = match gate {
         Gate::Promote => "promotion",
         Gate::Abort => "abort",
+        Gate::Pause => "pause",
+        Gate::Resume => "resume",
+        Gate::Retry => "retry",
     };
     println!(
         "{verb} of revision {revision} requested on tier {tier}; the operator acts on its next pass (watch with `herald rollout status {tier} -n {namespace} --watch`)"

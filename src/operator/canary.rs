@@ -2,7 +2,7 @@
 //! partitions between the two tracks.
 //!
 //! Owns the decision of each pass: start, analyse, advance, pause for the
-//! manual gate, promote, abort. It leaves to the caller reading metrics
+//! manual gate or by hand, resume, promote, abort, retry. It leaves to the caller reading metrics
 //! (counts over the analysis window, see [`RolloutState::window_start`]),
 //! persisting the state, and applying the actions. Rules:
 //!
@@ -30,6 +30,19 @@
 //! - With `autoPromote: false` the rollout pauses after the last step until
 //!   `herald.dev/promote` names the revision; a promote during the steps
 //!   skips the rest. `herald.dev/abort` aborts; it wins over promote.
+//! - `herald.dev/pause` naming the revision holds the canary at its step
+//!   and weight: it does not advance and is not promoted by the steps. The
+//!   analysis keeps running while paused, and a failed one still aborts:
+//!   a pause must never keep a bad canary serving. A promote or an abort
+//!   still acts. Resuming (the annotation gone or naming another revision)
+//!   moves the step's start forward by the paused time, so the step's
+//!   `pause` counts only time spent running.
+//! - `herald.dev/retry` naming an aborted revision starts its canary again
+//!   at step 0. Its value is `<revision>` or `<revision>@<request>`; the
+//!   state keeps the value it acted on, so each request acts once and a
+//!   retried canary that aborts again stays aborted until a new request.
+//!   A retry waits while `herald.dev/abort` or `herald.dev/promote` names
+//!   the revision: either would end the new attempt at once.
 //!
 //! Actions: `SetWeight`, `ScaleCanary` and `SetCondition` describe the
 //! desired state and come on every pass; `Promote` comes on the transition
@@ -105,6 +118,10 @@ pub struct CanaryInput {
     pub manual_promote: bool,
     /// `herald.dev/abort` names the desired revision.
     pub manual_abort: bool,
+    /// `herald.dev/pause` names the desired revision.
+    pub manual_pause: bool,
+    /// `herald.dev/retry`'s value, when it names the desired revision.
+    pub retry: Option<String>,
 }
 
 /// Where a rollout stands. Serializable, so the caller can keep it in the
@@ -126,6 +143,10 @@ pub enum RolloutState {
         revision: String,
         reason: String,
         at: Timestamp,
+        /// The `herald.dev/retry` value that started the attempt that
+        /// aborted, so that value does not start another.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_request: Option<String>,
     },
 }
 
@@ -151,6 +172,12 @@ pub struct Progress {
     /// CanaryAnalysis condition (and so by `herald rollout status`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_figures: Option<Figures>,
+    /// Since when `herald.dev/pause` holds the canary; `None` when it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_at: Option<Timestamp>,
+    /// The `herald.dev/retry` value that started this attempt, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_request: Option<String>,
 }
 
 /// The figures one analysis compared: the canary's, and stable's when it
@@ -310,6 +337,8 @@ pub mod reasons {
     pub const RESTARTED: &str = "RolloutRestarted";
     pub const STEP: &str = "RolloutStepAdvanced";
     pub const PAUSED: &str = "RolloutPaused";
+    pub const RESUMED: &str = "RolloutResumed";
+    pub const RETRIED: &str = "RolloutRetried";
     pub const PROMOTED: &str = "RolloutPromoted";
     pub const ABORTED: &str = "RolloutAborted";
     pub const CANCELLED: &str = "RolloutCancelled";
@@ -346,7 +375,24 @@ pub fn step(
                 start(spec, input, reasons::RESTARTED, &mut acts)
             }
         }
-        RolloutState::Aborted { revision, .. } if revision == desired => state.clone(),
+        RolloutState::Aborted {
+            revision,
+            retry_request,
+            ..
+        } if revision == desired => match &input.retry {
+            Some(request)
+                if retry_request.as_ref() != Some(request)
+                    && !input.manual_abort
+                    && !input.manual_promote =>
+            {
+                let mut next = start(spec, input, reasons::RETRIED, &mut acts);
+                if let RolloutState::Progressing(p) = &mut next {
+                    p.retry_request = Some(request.clone());
+                }
+                next
+            }
+            _ => state.clone(),
+        },
         RolloutState::Promoted { revision, .. } if revision == desired => {
             if !stable_runs_desired {
                 acts.push(CanaryAction::Promote {
@@ -426,6 +472,8 @@ fn start(
         analyses_passed: 0,
         last_analysis: None,
         last_figures: None,
+        paused_at: None,
+        retry_request: None,
     })
 }
 
@@ -437,11 +485,12 @@ fn promote(revision: String, now: Timestamp, acts: &mut Vec<CanaryAction>) -> Ro
 }
 
 fn abort(
-    revision: String,
+    p: Progress,
     reason: String,
     now: Timestamp,
     acts: &mut Vec<CanaryAction>,
 ) -> RolloutState {
+    let revision = p.revision;
     event(
         acts,
         EventType::Warning,
@@ -455,6 +504,7 @@ fn abort(
         revision,
         reason,
         at: now,
+        retry_request: p.retry_request,
     }
 }
 
@@ -468,7 +518,7 @@ fn advance(
     let now = input.now;
     let mut p = p.clone();
     if input.manual_abort {
-        return abort(p.revision, "aborted by hand".to_owned(), now, acts);
+        return abort(p, "aborted by hand".to_owned(), now, acts);
     }
     if input.manual_promote {
         event(
@@ -491,6 +541,7 @@ fn advance(
     let index = (p.step as usize).min(last);
     p.step = index as u32;
     p.weight = spec.steps[index].weight;
+    hold_by_hand(&mut p, input, spec.steps.len(), acts);
 
     // A step whose weight gives the canary no partition has nothing to
     // analyse; it only holds for its pause.
@@ -511,7 +562,7 @@ fn advance(
             });
         }
         match verdict {
-            Verdict::Fail(why) => return abort(p.revision, why, now, acts),
+            Verdict::Fail(why) => return abort(p, why, now, acts),
             Verdict::Pass => {
                 p.analyses_passed = p.analyses_passed.saturating_add(1);
                 p.window_start = now;
@@ -524,6 +575,9 @@ fn advance(
     }
     if paused {
         return RolloutState::Paused(p);
+    }
+    if p.paused_at.is_some() {
+        return RolloutState::Progressing(p);
     }
     let held = elapsed(now, p.step_started_at) >= spec.steps[index].pause.get();
     if !(held && (vacuous || p.analyses_passed >= 1)) {
@@ -572,12 +626,50 @@ fn advance(
     RolloutState::Paused(p)
 }
 
-/// The CanaryAnalysis condition for a state.
+/// Start or end a pause by hand. The paused time is added to the step's
+/// start, so the step's `pause` counts only time the canary ran.
+fn hold_by_hand(p: &mut Progress, input: &CanaryInput, steps: usize, acts: &mut Vec<CanaryAction>) {
+    let now = input.now;
+    match (input.manual_pause, p.paused_at) {
+        (true, None) => {
+            p.paused_at = Some(now);
+            event(
+                acts,
+                EventType::Normal,
+                reasons::PAUSED,
+                format!(
+                    "canary of revision {} paused by hand at {}% (step {}/{steps})",
+                    p.revision,
+                    p.weight,
+                    p.step + 1
+                ),
+            );
+        }
+        (false, Some(since)) => {
+            p.step_started_at = after(p.step_started_at, elapsed(now, since));
+            p.paused_at = None;
+            event(
+                acts,
+                EventType::Normal,
+                reasons::RESUMED,
+                format!(
+                    "canary of revision {} resumed at {}% (step {}/{steps})",
+                    p.revision,
+                    p.weight,
+                    p.step + 1
+                ),
+            );
+        }
+        _ => {}
+    }
+}
+
 /// `; last: <figures>` when an analysis compared any.
 fn figures_suffix(figures: Option<&Figures>) -> String {
     figures.map_or_else(String::new, |f| format!("; last: {f}"))
 }
 
+/// The CanaryAnalysis condition for a state.
 pub fn analysis_condition(state: &RolloutState, spec: &RolloutSpec) -> ConditionSpec {
     let t = types::CANARY_ANALYSIS;
     let steps = spec.steps.len();
@@ -668,11 +760,13 @@ impl RolloutState {
         }
     }
 
-    /// When a pass could next change something (requeue hint).
+    /// When a pass could next change something (requeue hint). A resume
+    /// wakes the controller by itself, so a paused step waits only for
+    /// its analysis.
     pub fn next_check_at(&self, spec: &RolloutSpec) -> Option<Timestamp> {
         let interval = spec.analysis.interval.get();
         match self {
-            RolloutState::Progressing(p) => {
+            RolloutState::Progressing(p) if p.paused_at.is_none() => {
                 let analysis = after(p.window_start, interval);
                 let pause = spec
                     .steps
@@ -680,18 +774,20 @@ impl RolloutState {
                     .map(|s| after(p.step_started_at, s.pause.get()));
                 Some(pause.map_or(analysis, |t| t.min(analysis)))
             }
-            RolloutState::Paused(p) => Some(after(p.window_start, interval)),
+            RolloutState::Progressing(p) | RolloutState::Paused(p) => {
+                Some(after(p.window_start, interval))
+            }
             _ => None,
         }
     }
 
-    /// `Analysing`, `Paused`, `Promoted` or `Aborted`; `None` at rest
-    /// before any rollout.
+    /// `Analysing`, `Paused` (at the manual gate or by hand), `Promoted` or
+    /// `Aborted`; `None` at rest before any rollout.
     pub fn verdict(&self) -> Option<&'static str> {
         match self {
             RolloutState::Stable => None,
-            RolloutState::Progressing(_) => Some("Analysing"),
-            RolloutState::Paused(_) => Some("Paused"),
+            RolloutState::Progressing(p) if p.paused_at.is_none() => Some("Analysing"),
+            RolloutState::Progressing(_) | RolloutState::Paused(_) => Some("Paused"),
             RolloutState::Promoted { .. } => Some("Promoted"),
             RolloutState::Aborted { .. } => Some("Aborted"),
         }
@@ -701,8 +797,12 @@ impl RolloutState {
     pub fn summary(&self) -> Option<String> {
         match self {
             RolloutState::Stable => None,
-            RolloutState::Progressing(p) => Some(format!("{}% analysing", p.weight)),
-            RolloutState::Paused(p) => Some(format!("{}% paused", p.weight)),
+            RolloutState::Progressing(p) if p.paused_at.is_none() => {
+                Some(format!("{}% analysing", p.weight))
+            }
+            RolloutState::Progressing(p) | RolloutState::Paused(p) => {
+                Some(format!("{}% paused", p.weight))
+            }
             RolloutState::Promoted { .. } => Some("promoted".to_owned()),
             RolloutState::Aborted { .. } => Some("aborted".to_owned()),
         }
@@ -731,6 +831,15 @@ impl RolloutState {
 /// promote left over from an earlier rollout never promotes a later one.
 pub fn gate_names(annotation: Option<&str>, revision: &str) -> bool {
     annotation.is_some_and(|v| v.trim() == revision)
+}
+
+/// The retry request in `herald.dev/retry` when it is for `revision`:
+/// `<revision>` or `<revision>@<request>`. The whole value is the
+/// request, so a new `@<request>` asks again for the same revision.
+pub fn retry_request(annotation: Option<&str>, revision: &str) -> Option<String> {
+    let value = annotation?.trim();
+    let named = value.split_once('@').map_or(value, |(r, _)| r);
+    (named == revision).then(|| value.to_owned())
 }
 
 #[cfg(test)]

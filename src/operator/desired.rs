@@ -399,7 +399,7 @@ fn service(m: &Meta<'_>) -> Service {
         spec: Some(ServiceSpec {
             selector: Some(names::tier_selector(m.name)),
             ports: Some(vec![ServicePort {
-                name: Some("http".to_owned()),
+                name: Some(names::SERVICE_PORT_NAME.to_owned()),
                 port: i32::from(agent_config::HTTP_PORT),
                 target_port: Some(IntOrString::String("http".to_owned())),
                 protocol: Some("TCP".to_owned()),

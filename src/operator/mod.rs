@@ -60,6 +60,7 @@
 //! is exactly what the caller passed.
 
 pub mod agent_config;
+pub mod agent_proxy;
 pub mod canary;
 pub mod condition;
 pub mod context;

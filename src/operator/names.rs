@@ -44,6 +44,12 @@ pub const ANNOTATION_CONFIG_REVISION: &str = "herald.dev/config-revision";
 pub const ANNOTATION_PROMOTE: &str = "herald.dev/promote";
 /// On the tier: `herald rollout abort` writes the revision to abort.
 pub const ANNOTATION_ABORT: &str = "herald.dev/abort";
+/// On the tier: `herald rollout pause` writes the revision to hold;
+/// `herald rollout resume` removes it.
+pub const ANNOTATION_PAUSE: &str = "herald.dev/pause";
+/// On the tier: `herald rollout retry` writes `<revision>@<request>` to
+/// start an aborted revision's canary again.
+pub const ANNOTATION_RETRY: &str = "herald.dev/retry";
 
 /// The two Deployments of a tier.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -73,6 +79,10 @@ pub fn deployment_name(tier: &str, track: Track) -> String {
 pub fn config_map_name(tier: &str) -> String {
     format!("{tier}-config")
 }
+
+/// The name of the Service's one port, the agents' HTTP API; the API
+/// server's service proxy reaches it by this name.
+pub const SERVICE_PORT_NAME: &str = "http";
 
 /// The Service producers send to: the tier's own name.
 pub fn service_name(tier: &str) -> String {

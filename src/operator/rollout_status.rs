@@ -155,11 +155,19 @@ pub fn lines(s: &Snapshot) -> Vec<String> {
         Some(c) => match c.verdict.as_str() {
             "Analysing" | "Paused" => {
                 let of = steps.map_or(String::new(), |n| format!(" of {n}"));
+                // The verdict is the same at the manual gate and after
+                // `herald rollout pause`; only the latter needs a resume.
+                let by_hand = condition(tier, types::PROGRESSING)
+                    .is_some_and(|p| p.reason == super::status::MANUAL_PAUSE);
+                let verdict = if by_hand {
+                    format!("{} (manual)", c.verdict)
+                } else {
+                    c.verdict.clone()
+                };
                 rows.push((
                     "Rollout",
                     format!(
-                        "{}, step {}{of}, canary weight {}%",
-                        c.verdict,
+                        "{verdict}, step {}{of}, canary weight {}%",
                         c.step.saturating_add(1),
                         c.weight
                     ),
@@ -200,6 +208,14 @@ pub fn lines(s: &Snapshot) -> Vec<String> {
     rows.into_iter()
         .map(|(label, value)| format!("{:<width$} {value}", format!("{label}:")))
         .collect()
+}
+
+fn condition<'a>(tier: &'a DeliveryTier, kind: &str) -> Option<&'a Condition> {
+    tier.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == kind)
 }
 
 /// `True, AllReplicasReady: 3/3 agents ready`.

@@ -340,11 +340,25 @@ fn ready_condition(o: &Observed<'_>, c: &Counts) -> ConditionSpec {
     cond(types::READY, status, reason, message)
 }
 
+/// The Progressing condition's reason while `herald rollout pause` holds
+/// the canary; `herald rollout status` tells it from the manual gate by it.
+pub const MANUAL_PAUSE: &str = "ManualPause";
+
 /// Progressing: is a change rolling out (canary or plain rolling update)?
 fn progressing_condition(tier: &DeliveryTier, o: &Observed<'_>, c: &Counts) -> ConditionSpec {
     let steps = tier.spec.rollout.as_ref().map_or(0, |r| r.steps.len());
     let s = c.stable;
     let (status, reason, message) = match o.rollout {
+        Some(RolloutState::Progressing(p) | RolloutState::Paused(p)) if p.paused_at.is_some() => (
+            CondStatus::True,
+            MANUAL_PAUSE,
+            format!(
+                "canary of revision {} paused by hand at {}% (step {}/{steps}); herald rollout resume continues it",
+                p.revision,
+                p.weight,
+                p.step + 1
+            ),
+        ),
         Some(RolloutState::Progressing(p)) => (
             CondStatus::True,
             "CanaryProgressing",

@@ -1,7 +1,8 @@
 -- ArgoCD health for herald.dev/DeliveryTier.
 -- Reads only what the operator writes to status (observedGeneration, phase,
 -- conditions, canary) and never fails on a missing field. Worst wins:
--- Degraded, then Suspended (a canary waiting at its manual gate), then
+-- Degraded, then Suspended (a canary waiting at its manual gate or paused
+-- by hand), then
 -- Progressing, then Healthy. Plain Lua 5.1, as ArgoCD's interpreter runs it.
 local hs = {}
 
@@ -97,7 +98,12 @@ end
 
 if canary ~= nil and canary.verdict == "Paused" then
   hs.status = "Suspended"
-  hs.message = "Canary " .. canary_text(canary) .. ": waiting at the manual gate for `herald rollout promote`"
+  local progressing = condition(status, "Progressing")
+  if progressing ~= nil and progressing.reason == "ManualPause" then
+    hs.message = "Canary " .. canary_text(canary) .. " by hand: `herald rollout resume` continues it"
+  else
+    hs.message = "Canary " .. canary_text(canary) .. ": waiting at the manual gate for `herald rollout promote`"
+  end
   return hs
 end
 

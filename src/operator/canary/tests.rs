@@ -36,6 +36,8 @@ fn input(now: i64, stable: Option<&str>, desired: &str) -> CanaryInput {
         stable_metrics: Some(good()),
         manual_promote: false,
         manual_abort: false,
+        manual_pause: false,
+        retry: None,
     }
 }
 
@@ -378,6 +380,246 @@ fn a_new_revision_during_a_rollout_restarts_it() {
     assert_eq!(s, RolloutState::Stable);
 }
 
+fn pause(i: &mut CanaryInput) {
+    i.manual_pause = true;
+}
+
+fn bad_canary(i: &mut CanaryInput) {
+    i.canary_metrics = Some(Metrics {
+        errors: 100,
+        ..good()
+    });
+}
+
+#[test]
+fn a_pause_by_hand_holds_the_step_until_resumed() {
+    let sp = spec(true);
+    let (s, _) = step(&RolloutState::Stable, &sp, &input(0, Some("old"), "new"));
+    // Paused two minutes into the first step's five.
+    let (s, _, _) = run(s, &sp, 30, 90, |_| {});
+    let (s, ev, acts) = run(s, &sp, 120, 120, pause);
+    assert_eq!(ev, [reasons::PAUSED]);
+    assert!(matches!(&s, RolloutState::Progressing(p) if p.paused_at == Some(ts(120))));
+    assert_eq!(s.verdict(), Some("Paused"));
+    assert_eq!(s.summary().as_deref(), Some("10% paused"));
+    assert_eq!((weight_of(&acts), scale_of(&acts)), (10, 1));
+    // An hour of healthy analyses does not move it, nor repeat the event.
+    let (s, ev, acts) = run(s, &sp, 150, 3720, pause);
+    assert!(ev.is_empty(), "{ev:?}");
+    assert!(
+        matches!(&s, RolloutState::Progressing(p) if p.step == 0 && p.analyses_passed > 1),
+        "{s:?}"
+    );
+    assert_eq!(weight_of(&acts), 10);
+    assert!(!promotes(&acts));
+    assert_eq!(condition_reason(&acts), "AnalysisPassing");
+    // While paused, the next check is the next analysis, not the step's end.
+    let RolloutState::Progressing(p) = &s else {
+        unreachable!()
+    };
+    assert_eq!(
+        s.next_check_at(&sp),
+        Some(after(p.window_start, Duration::from_secs(60)))
+    );
+    // Resumed at 3750: the two minutes run before the pause count, the
+    // paused hour does not; three minutes are left.
+    let (s, ev, _) = run(s, &sp, 3750, 3750, |_| {});
+    assert_eq!(ev, [reasons::RESUMED]);
+    assert!(
+        matches!(&s, RolloutState::Progressing(p) if p.paused_at.is_none() && p.step_started_at == ts(3750 - 120)),
+        "{s:?}"
+    );
+    assert_eq!(s.verdict(), Some("Analysing"));
+    let (s, ev, _) = run(s, &sp, 3780, 3900, |_| {});
+    assert!(ev.is_empty(), "{ev:?}");
+    let (s, ev, _) = run(s, &sp, 3930, 3930, |_| {});
+    assert_eq!(ev, [reasons::STEP]);
+    assert!(matches!(&s, RolloutState::Progressing(p) if p.step == 1));
+}
+
+#[test]
+fn a_paused_canary_still_aborts_on_a_failed_analysis() {
+    let sp = spec(true);
+    let (s, _) = step(&RolloutState::Stable, &sp, &input(0, Some("old"), "new"));
+    let (s, _, _) = run(s, &sp, 30, 30, pause);
+    let (s, ev, acts) = run(s, &sp, 60, 60, |i| {
+        pause(i);
+        bad_canary(i);
+    });
+    assert_eq!(ev, [reasons::ABORTED]);
+    assert!(matches!(s, RolloutState::Aborted { .. }));
+    assert_eq!((weight_of(&acts), scale_of(&acts)), (0, 0));
+}
+
+#[test]
+fn promote_and_abort_act_on_a_paused_canary() {
+    let sp = spec(true);
+    let (s, _) = step(&RolloutState::Stable, &sp, &input(0, Some("old"), "new"));
+    let (paused, _, _) = run(s, &sp, 30, 30, pause);
+    let (s, ev, acts) = run(paused.clone(), &sp, 60, 60, |i| {
+        pause(i);
+        i.manual_promote = true;
+    });
+    assert_eq!(ev, [reasons::PROMOTED]);
+    assert!(promotes(&acts) && matches!(s, RolloutState::Promoted { .. }));
+    let (s, ev, _) = run(paused, &sp, 60, 60, |i| {
+        pause(i);
+        i.manual_abort = true;
+    });
+    assert_eq!(ev, [reasons::ABORTED]);
+    assert!(matches!(s, RolloutState::Aborted { .. }));
+}
+
+#[test]
+fn a_pause_at_the_manual_gate_does_not_promote_on_resume() {
+    let sp = spec(false);
+    let (s, _) = step(&RolloutState::Stable, &sp, &input(0, Some("old"), "new"));
+    let (s, _, _) = run(s, &sp, 30, 900, |_| {});
+    assert!(matches!(&s, RolloutState::Paused(_)));
+    let (s, ev, _) = run(s, &sp, 930, 960, pause);
+    assert_eq!(ev, [reasons::PAUSED]);
+    let (s, ev, acts) = run(s, &sp, 990, 990, |_| {});
+    assert_eq!(ev, [reasons::RESUMED]);
+    assert!(matches!(&s, RolloutState::Paused(p) if p.paused_at.is_none()));
+    assert!(!promotes(&acts));
+    assert_eq!(condition_reason(&acts), "AwaitingPromotion");
+}
+
+#[test]
+fn a_pause_is_for_one_revision() {
+    let sp = spec(true);
+    let (s, _) = step(&RolloutState::Stable, &sp, &input(0, Some("old"), "new"));
+    let (s, _, _) = run(s, &sp, 30, 30, pause);
+    // A new revision restarts the rollout; the pause named the old one,
+    // so the controller reads no pause for it and the new canary runs.
+    assert!(!gate_names(Some("new"), "newer"));
+    let (s, acts) = step(&s, &sp, &input(60, Some("old"), "newer"));
+    assert_eq!(events(&acts), [reasons::RESTARTED]);
+    assert!(
+        matches!(&s, RolloutState::Progressing(p) if p.revision == "newer" && p.paused_at.is_none())
+    );
+    assert_eq!(s.verdict(), Some("Analysing"));
+}
+
+/// A canary of `new` aborted by a failed analysis at 60 s.
+fn aborted(sp: &RolloutSpec) -> RolloutState {
+    let (s, _) = step(&RolloutState::Stable, sp, &input(0, Some("old"), "new"));
+    let (s, _, _) = run(s, sp, 60, 60, bad_canary);
+    assert!(matches!(s, RolloutState::Aborted { .. }));
+    s
+}
+
+fn retry(request: &'static str) -> impl Fn(&mut CanaryInput) {
+    move |i| i.retry = Some(request.to_owned())
+}
+
+#[test]
+fn a_retry_starts_an_aborted_revision_again_once_per_request() {
+    let sp = spec(true);
+    let s = aborted(&sp);
+    let (s, ev, acts) = run(s, &sp, 120, 120, retry("new@1"));
+    assert_eq!(ev, [reasons::RETRIED]);
+    assert!(matches!(&s, RolloutState::Progressing(p)
+        if p.revision == "new" && p.step == 0 && p.step_started_at == ts(120)
+            && p.window_start == ts(120) && p.analyses_passed == 0
+            && p.retry_request.as_deref() == Some("new@1")));
+    assert_eq!((weight_of(&acts), scale_of(&acts)), (10, 1));
+    assert_eq!(condition_reason(&acts), "Pending");
+    // It fails again: the same request does not start a third attempt.
+    let (s, ev, _) = run(s, &sp, 180, 180, |i| {
+        retry("new@1")(i);
+        bad_canary(i);
+    });
+    assert_eq!(ev, [reasons::ABORTED]);
+    assert!(
+        matches!(&s, RolloutState::Aborted { retry_request, .. } if retry_request.as_deref() == Some("new@1"))
+    );
+    let (s2, ev, _) = run(s.clone(), &sp, 210, 900, retry("new@1"));
+    assert!(ev.is_empty());
+    assert_eq!(s2, s);
+    // A new request does.
+    let (s, ev, _) = run(s, &sp, 930, 930, retry("new@2"));
+    assert_eq!(ev, [reasons::RETRIED]);
+    // The retried canary walks its steps and is promoted like any other.
+    let (s, ev, _) = run(s, &sp, 960, 1860, retry("new@2"));
+    assert_eq!(ev, [reasons::STEP, reasons::STEP, reasons::PROMOTED]);
+    assert!(matches!(s, RolloutState::Promoted { .. }));
+}
+
+#[test]
+fn a_retry_waits_while_abort_or_promote_names_the_revision() {
+    let sp = spec(true);
+    let s = aborted(&sp);
+    for gate in [
+        (|i: &mut CanaryInput| i.manual_abort = true) as fn(&mut CanaryInput),
+        |i| i.manual_promote = true,
+    ] {
+        let (s2, ev, _) = run(s.clone(), &sp, 120, 300, |i| {
+            retry("new")(i);
+            gate(i);
+        });
+        assert!(ev.is_empty());
+        assert_eq!(s2, s);
+    }
+    // Once the annotation is gone, the waiting request acts.
+    let (s, ev, _) = run(s, &sp, 330, 330, retry("new"));
+    assert_eq!(ev, [reasons::RETRIED]);
+    assert!(matches!(s, RolloutState::Progressing(_)));
+}
+
+#[test]
+fn a_retry_acts_only_on_an_aborted_rollout() {
+    let sp = spec(true);
+    let (s, _) = step(&RolloutState::Stable, &sp, &input(0, Some("old"), "new"));
+    let (running, ev, _) = run(s, &sp, 30, 90, retry("new@1"));
+    assert!(ev.is_empty());
+    assert!(matches!(&running, RolloutState::Progressing(p) if p.retry_request.is_none()));
+    let (s, acts) = step(
+        &RolloutState::Stable,
+        &sp,
+        &CanaryInput {
+            retry: Some("old@1".into()),
+            ..input(0, Some("old"), "old")
+        },
+    );
+    assert_eq!(s, RolloutState::Stable);
+    assert!(events(&acts).is_empty());
+}
+
+#[test]
+fn retry_requests_must_name_the_revision() {
+    assert_eq!(retry_request(Some("abc"), "abc").as_deref(), Some("abc"));
+    assert_eq!(
+        retry_request(Some(" abc@2026-01-01T00:00:00Z\n"), "abc").as_deref(),
+        Some("abc@2026-01-01T00:00:00Z")
+    );
+    assert_eq!(retry_request(Some("abd@1"), "abc"), None);
+    assert_eq!(retry_request(Some("true"), "abc"), None);
+    assert_eq!(retry_request(None, "abc"), None);
+}
+
+#[test]
+fn a_state_written_before_pause_and_retry_still_reads() {
+    let old = serde_json::json!({
+        "phase": "progressing", "revision": "r", "step": 1, "weight": 50,
+        "stepStartedAt": "2026-01-01T00:00:00Z", "windowStart": "2026-01-01T00:00:00Z",
+        "analysesPassed": 0,
+    });
+    let s: RolloutState = serde_json::from_value(old).unwrap();
+    assert!(
+        matches!(&s, RolloutState::Progressing(p) if p.paused_at.is_none() && p.retry_request.is_none())
+    );
+    let old = serde_json::json!({"phase": "aborted", "revision": "r", "reason": "x", "at": "2026-01-01T00:00:00Z"});
+    let s: RolloutState = serde_json::from_value(old).unwrap();
+    assert!(matches!(
+        s,
+        RolloutState::Aborted {
+            retry_request: None,
+            ..
+        }
+    ));
+}
+
 #[test]
 fn error_rate_rules_handle_a_clean_stable() {
     let a = spec(true).analysis;
@@ -564,13 +806,23 @@ fn the_state_round_trips_through_json() {
     let sp = spec(true);
     let (s, _) = step(&RolloutState::Stable, &sp, &input(0, Some("old"), "new"));
     let (s, _, _) = run(s, &sp, 30, 120, |_| {});
+    let paused = match &s {
+        RolloutState::Progressing(p) => RolloutState::Progressing(Progress {
+            paused_at: Some(ts(100)),
+            retry_request: Some("new@1".into()),
+            ..p.clone()
+        }),
+        other => panic!("{other:?}"),
+    };
     for state in [
         RolloutState::Stable,
         s,
+        paused,
         RolloutState::Aborted {
             revision: "r".into(),
             reason: "why".into(),
             at: ts(5),
+            retry_request: None,
         },
     ] {
         let text = serde_json::to_string(&state).unwrap();
@@ -595,6 +847,8 @@ fn tracks_follow_the_state() {
         analyses_passed: 0,
         last_analysis: None,
         last_figures: None,
+        paused_at: None,
+        retry_request: None,
     };
     let t = RolloutState::Progressing(p).tracks(4, Some(&tpl));
     assert_eq!(t.stable_template, Some(tpl.clone()));
@@ -658,7 +912,7 @@ proptest! {
     #[test]
     fn events_mean_transitions_and_aborts_stick(
         passes in proptest::collection::vec(
-            (0i64..200, 0usize..3, 0u64..100, 0u64..60, 0u64..900, any::<bool>(), any::<bool>(), any::<bool>()),
+            (0i64..200, 0usize..3, 0u64..100, 0u64..60, 0u64..900, any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), 0u8..3),
             1..60,
         ),
         auto in any::<bool>(),
@@ -668,7 +922,7 @@ proptest! {
         let mut state = RolloutState::Stable;
         let mut stable = Some("a".to_owned());
         let mut now = 0i64;
-        for (dt, rev, requests, errors, p95, promote, abort, has_metrics) in passes {
+        for (dt, rev, requests, errors, p95, promote, abort, has_metrics, pause, retry) in passes {
             now += dt;
             let desired = revs[rev].to_owned();
             let i = CanaryInput {
@@ -681,15 +935,26 @@ proptest! {
                 stable_metrics: Some(good()),
                 manual_promote: promote,
                 manual_abort: abort,
+                manual_pause: pause,
+                // Two distinct requests, or none.
+                retry: (retry > 0).then(|| format!("{desired}@{retry}")),
             };
             let (next, acts) = step(&state, &sp, &i);
             if !events(&acts).is_empty() {
                 prop_assert_ne!(&next, &state);
             }
-            if let RolloutState::Aborted { revision, .. } = &state
+            if let RolloutState::Aborted { revision, retry_request, .. } = &state
                 && *revision == desired
+                && (i.retry.is_none() || i.retry == *retry_request || abort || promote)
             {
                 prop_assert_eq!(&next, &state);
+            }
+            // Held by hand, a canary keeps its step and weight.
+            if let (RolloutState::Progressing(before), RolloutState::Progressing(after)) = (&state, &next)
+                && pause
+                && before.revision == after.revision
+            {
+                prop_assert_eq!((before.step, before.weight), (after.step, after.weight));
             }
             prop_assert!(weight_of(&acts) <= 100);
             for a in &acts {

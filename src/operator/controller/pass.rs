@@ -289,6 +289,11 @@ impl Pass<'_> {
                 &at_rest.pod_revision,
             ),
             manual_abort: gate_names(annotation(names::ANNOTATION_ABORT), &at_rest.pod_revision),
+            manual_pause: gate_names(annotation(names::ANNOTATION_PAUSE), &at_rest.pod_revision),
+            retry: canary::retry_request(
+                annotation(names::ANNOTATION_RETRY),
+                &at_rest.pod_revision,
+            ),
         };
         let (next, actions) = canary::step(&prior, spec, &input);
         ctx.memory(key, |m| match next.window_start() {

@@ -124,6 +124,32 @@ fn waiting_at_the_gate_is_not_an_end() {
 }
 
 #[test]
+fn a_pause_by_hand_is_named_and_is_not_an_end() {
+    let s = snapshot(
+        json!({
+            "observedGeneration": 3, "phase": "Progressing",
+            "canary": {"step": 1, "weight": 25, "verdict": "Paused", "summary": "25% paused", "revision": "rev-2"},
+            "conditions": [
+                condition("Progressing", "True", "ManualPause",
+                    "canary of revision rev-2 paused by hand at 25% (step 2/4); herald rollout resume continues it"),
+            ],
+        }),
+        Some("rev-1"),
+    );
+    let shown = lines(&s);
+    assert!(
+        shown.contains(&"Rollout:     Paused (manual), step 2 of 4, canary weight 25%".to_owned()),
+        "{shown:#?}"
+    );
+    assert!(
+        shown
+            .iter()
+            .any(|l| l.starts_with("Progressing: True, ManualPause: "))
+    );
+    assert_eq!(outcome(&s.tier), None);
+}
+
+#[test]
 fn an_aborted_rollout_says_why_and_ends_in_failure() {
     let why = "revision rev-2 aborted: canary error rate 4.00% (4 of 100 sends) is above maxErrorRatePercent 1%";
     let s = snapshot(

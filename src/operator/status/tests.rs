@@ -277,6 +277,8 @@ fn the_canary_shows_in_status() {
         analyses_passed: 1,
         last_analysis: Some(crate::operator::canary::AnalysisOutcome::Passed),
         last_figures: None,
+        paused_at: None,
+        retry_request: None,
     });
     let mut o = observed(1, Some(&state));
     o.canary = Some(ReplicaCounts {
@@ -301,6 +303,7 @@ fn the_canary_shows_in_status() {
         revision: "abc".into(),
         reason: "p95 too high".into(),
         at: ts(9),
+        retry_request: None,
     };
     let s = tier_status(&t, &observed(10, Some(&aborted)));
     assert_eq!(s.canary.as_ref().unwrap().summary, "aborted");
@@ -311,6 +314,41 @@ fn the_canary_shows_in_status() {
 
     let s = tier_status(&t, &observed(10, Some(&RolloutState::Stable)));
     assert_eq!(s.canary, None);
+}
+
+#[test]
+fn a_pause_by_hand_shows_in_status() {
+    let t = tier(true);
+    let state = RolloutState::Progressing(Progress {
+        revision: "abc".into(),
+        step: 1,
+        weight: 50,
+        step_started_at: ts(0),
+        window_start: ts(0),
+        analyses_passed: 0,
+        last_analysis: None,
+        last_figures: None,
+        paused_at: Some(ts(5)),
+        retry_request: None,
+    });
+    let s = tier_status(&t, &observed(10, Some(&state)));
+    let c = s.canary.as_ref().unwrap();
+    assert_eq!(
+        (c.verdict.as_str(), c.summary.as_str()),
+        ("Paused", "50% paused")
+    );
+    // Two revisions still serve: the tier is still progressing.
+    assert_eq!(s.phase.as_deref(), Some("Progressing"));
+    let p = condition(&s, "Progressing");
+    assert_eq!(
+        (p.status.as_str(), p.reason.as_str()),
+        ("True", MANUAL_PAUSE)
+    );
+    assert!(
+        p.message.contains("paused by hand at 50% (step 2/"),
+        "{}",
+        p.message
+    );
 }
 
 #[test]

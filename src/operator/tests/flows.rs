@@ -592,6 +592,102 @@ async fn a_canary_steps_through_analysis_to_promotion_and_aborts_on_errors() {
     );
 }
 
+/// The gates as the CLI writes them, read by the controller's pass.
+#[tokio::test]
+async fn pause_resume_and_retry_reach_the_canary_through_the_annotations() {
+    use crate::operator::gate::{Gate, request};
+    let h = Harness::new().await;
+    let gate = |g| request(h.client.clone(), NS, "tg", g);
+    h.create(&secret("bot")).await;
+    h.create(&secret("redis")).await;
+    h.create(&telegram_tier("tg", "herald:v1")).await;
+    let deps = h.api::<Deployment>();
+    h.reconcile("tg").await.unwrap();
+    set_image(&h, "tg", "herald:v2").await;
+    h.reconcile("tg").await.unwrap();
+    h.create(&agent_pod("tg", "tg-agent-1", "stable", true, t0()))
+        .await;
+    h.create(&agent_pod("tg", "tg-canary-1", "canary", true, t0()))
+        .await;
+    h.health.set("tg-agent-1", details("tg", 1000, 0, 100));
+    h.health.set("tg-canary-1", details("tg", 0, 0, 100));
+    h.reconcile("tg").await.unwrap();
+
+    // Paused: a clean interval that would end the step does not.
+    gate(Gate::Pause).await.unwrap();
+    h.reconcile("tg").await.unwrap();
+    h.advance(Duration::from_secs(61));
+    h.health.set("tg-agent-1", details("tg", 2000, 0, 100));
+    h.health.set("tg-canary-1", details("tg", 100, 0, 120));
+    h.reconcile("tg").await.unwrap();
+    let status = h.tier("tg").await.status.unwrap();
+    let cs = status.canary.clone().unwrap();
+    assert_eq!((cs.weight, cs.verdict.as_str()), (50, "Paused"));
+    assert_eq!(condition(&status, "Progressing").reason, "ManualPause");
+    assert_eq!(
+        condition(&status, "CanaryAnalysis").reason,
+        "AnalysisPassing"
+    );
+    assert_eq!(replicas(&deps.get("tg-canary").await.unwrap()), 1);
+    assert!(
+        event_reasons(&h)
+            .await
+            .contains(&"RolloutPaused".to_owned())
+    );
+
+    // Resumed: the paused minute does not count, so the step goes on.
+    gate(Gate::Resume).await.unwrap();
+    h.reconcile("tg").await.unwrap();
+    let status = h.tier("tg").await.status.unwrap();
+    let cs = status.canary.clone().unwrap();
+    assert_eq!((cs.weight, cs.verdict.as_str()), (50, "Analysing"));
+    assert_eq!(
+        condition(&status, "Progressing").reason,
+        "CanaryProgressing"
+    );
+    assert!(
+        event_reasons(&h)
+            .await
+            .contains(&"RolloutResumed".to_owned())
+    );
+
+    // Aborted by hand, then retried: the same revision from the first step.
+    gate(Gate::Abort).await.unwrap();
+    h.reconcile("tg").await.unwrap();
+    assert_eq!(
+        h.tier("tg").await.status.unwrap().canary.unwrap().verdict,
+        "Aborted"
+    );
+    assert_eq!(replicas(&deps.get("tg-canary").await.unwrap()), 0);
+    gate(Gate::Retry).await.unwrap();
+    h.reconcile("tg").await.unwrap();
+    let status = h.tier("tg").await.status.unwrap();
+    let cs = status.canary.clone().unwrap();
+    assert_eq!(
+        (cs.step, cs.weight, cs.verdict.as_str()),
+        (0, 50, "Analysing")
+    );
+    assert_eq!(replicas(&deps.get("tg-canary").await.unwrap()), 1);
+    assert_eq!(
+        deployment_image(&deps.get("tg-agent").await.unwrap()),
+        "herald:v1"
+    );
+    assert!(
+        event_reasons(&h)
+            .await
+            .contains(&"RolloutRetried".to_owned())
+    );
+    // The request was used: a later pass does not start another attempt.
+    h.advance(Duration::from_secs(5));
+    h.reconcile("tg").await.unwrap();
+    let retried = event_reasons(&h)
+        .await
+        .iter()
+        .filter(|r| *r == "RolloutRetried")
+        .count();
+    assert_eq!(retried, 1);
+}
+
 async fn set_pdb_allowance(h: &Harness, name: &str, allowed: i32) {
     h.api::<PodDisruptionBudget>()
         .patch_status(
