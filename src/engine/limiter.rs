@@ -197,6 +197,14 @@ impl Limit {
         }
     }
 
+    /// The period lengthened by the guard as if it were one interval: the
+    /// span a windowed count needs so that arrivals jittered by less than
+    /// the guard still fall into windows of `period`.
+    pub fn guarded_period(&self) -> Duration {
+        let p = duration_nanos(self.period);
+        Duration::from_nanos(p.saturating_add(self.guard.extra(p)))
+    }
+
     /// The nominal interval `period / rate`, without guard.
     pub fn nominal_interval(&self) -> Duration {
         Duration::from_nanos(self.nominal_nanos())
