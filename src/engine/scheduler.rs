@@ -14,7 +14,7 @@
 //! still held; a chat that cannot go never delays another chat.
 //!
 //! Shape: every chat with messages sits in exactly one place — a per-class
-//! ready map keyed by its head's age, the timer set keyed by the instant it
+//! ready map keyed by its backlog and its head's age, the timer set keyed by the instant it
 //! becomes eligible, or "out" — so every operation is a few `O(log n)` map
 //! updates, whatever the number of queued messages.
 
@@ -147,8 +147,9 @@ pub struct NotOut;
 /// 16, so the default weights charge exact strides.
 const STRIDE_SCALE: u64 = 720_720;
 
-/// Ready key of a chat: its head's age, then push order.
-type AgeKey = (Instant, u64);
+/// Ready key of a chat: the longest backlog first, then its head's age,
+/// then push order.
+type ReadyKey = (std::cmp::Reverse<usize>, Instant, u64);
 
 fn age_bucket(at: Instant) -> u64 {
     at.as_nanos() / 1_000_000_000
@@ -179,10 +180,6 @@ struct Slot<M> {
 }
 
 impl<M: Copy> Slot<M> {
-    fn key(&self) -> AgeKey {
-        (self.enqueued_at, self.seq)
-    }
-
     fn item(&self, chat: i64) -> Item<M> {
         Item {
             id: self.id,
@@ -215,10 +212,27 @@ struct Chat<M> {
     parked_until: Instant,
 }
 
+impl<M> Chat<M> {
+    /// Where the chat sorts among the ready chats of its head's class. A
+    /// chat of `n` queued messages needs at least `n - 1` of its own
+    /// intervals after the next send, so the chat with the most queued
+    /// goes first: a backlog then ends on every chat at about the same
+    /// time, instead of on a few chats at one message per chat interval.
+    /// Equal backlogs go oldest head first.
+    fn ready_key(&self) -> Option<ReadyKey> {
+        let front = self.queue.front()?;
+        Some((
+            std::cmp::Reverse(self.queue.len()),
+            front.enqueued_at,
+            front.seq,
+        ))
+    }
+}
+
 /// Where chats wait, apart from the chat table so both can be borrowed.
 #[derive(Debug, Default)]
 struct Places {
-    ready: [BTreeMap<AgeKey, i64>; 4],
+    ready: [BTreeMap<ReadyKey, i64>; 4],
     timers: BTreeSet<(Instant, i64)>,
 }
 
@@ -231,7 +245,9 @@ impl Places {
         };
         let at = front.not_before.max(chat.parked_until);
         if at == Instant::ZERO {
-            self.ready[front.priority.index()].insert(front.key(), id);
+            if let Some(key) = chat.ready_key() {
+                self.ready[front.priority.index()].insert(key, id);
+            }
             chat.place = Place::Ready;
         } else {
             self.timers.insert((at, id));
@@ -243,8 +259,8 @@ impl Places {
     fn unplace<M: Copy>(&mut self, id: i64, chat: &Chat<M>) {
         match chat.place {
             Place::Ready => {
-                if let Some(front) = chat.queue.front() {
-                    self.ready[front.priority.index()].remove(&front.key());
+                if let (Some(front), Some(key)) = (chat.queue.front(), chat.ready_key()) {
+                    self.ready[front.priority.index()].remove(&key);
                 }
             }
             Place::Waiting(at) => {
@@ -322,9 +338,19 @@ impl<M: Copy + Eq + Hash> Scheduler<M> {
         self.held[item.priority.index()] += 1;
         *self.ages.entry(age_bucket(item.enqueued_at)).or_default() += 1;
         match self.chats.entry(item.chat) {
-            // A held chat keeps its place; a chat whose head is out is
-            // placed again by complete/requeue.
-            Entry::Occupied(mut held) => held.get_mut().queue.push_back(slot),
+            // A held chat keeps its place (a ready one is sorted again by
+            // its longer backlog); a chat whose head is out is placed again
+            // by complete/requeue.
+            Entry::Occupied(mut held) => {
+                let chat = held.get_mut();
+                if chat.place == Place::Ready {
+                    self.places.unplace(item.chat, chat);
+                    chat.queue.push_back(slot);
+                    self.places.place(item.chat, chat);
+                } else {
+                    chat.queue.push_back(slot);
+                }
+            }
             Entry::Vacant(vacant) => {
                 let chat = vacant.insert(Chat {
                     queue: VecDeque::from([slot]),
@@ -352,7 +378,8 @@ impl<M: Copy + Eq + Hash> Scheduler<M> {
     ///
     /// Order: the class with the smallest stride-scheduling pass among the
     /// allowed classes that have an eligible chat (ties: more urgent class),
-    /// then within it the chat whose head is oldest. A chat that `gate`
+    /// then within it the chat with the most queued messages, then the
+    /// chat whose head is oldest. A chat that `gate`
     /// defers is parked without charging its class, so a chat waiting for
     /// its limiter never holds up another chat. Each candidate costs
     /// `O(log n)`; `gate` sees at most every eligible chat once per call.
@@ -404,8 +431,8 @@ impl<M: Copy + Eq + Hash> Scheduler<M> {
                 continue;
             };
             chat.parked_until = Instant::ZERO;
-            if let Some(front) = chat.queue.front() {
-                self.places.ready[front.priority.index()].insert(front.key(), chat_id);
+            if let (Some(front), Some(key)) = (chat.queue.front(), chat.ready_key()) {
+                self.places.ready[front.priority.index()].insert(key, chat_id);
                 chat.place = Place::Ready;
             }
         }
@@ -669,6 +696,45 @@ mod tests {
             s.complete(id).unwrap();
         }
         assert_eq!(s.oldest_enqueued_at(), Some(Instant::from_secs(2)));
+    }
+
+    #[test]
+    fn the_longest_backlog_goes_first_and_equal_ones_oldest_first() {
+        let mut s = sched();
+        s.push(item(1, 1, Priority::Normal, 1));
+        for id in 2..=4 {
+            s.push(item(id, 2, Priority::Normal, id));
+        }
+        s.push(item(5, 3, Priority::Normal, 5));
+        s.push(item(6, 3, Priority::Normal, 6));
+        // Other classes keep their weighted turns whatever their backlogs.
+        s.push(item(7, 4, Priority::Low, 0));
+        let order: Vec<u64> =
+            std::iter::from_fn(|| s.next_in(T0, PrioritySet::EMPTY.with(Priority::Normal)))
+                .map(|i| i.id)
+                .collect();
+        assert_eq!(order, vec![2, 5, 1], "3 queued, then 2, then 1");
+        for id in [2, 5, 1] {
+            s.complete(id).unwrap();
+        }
+        // A push to a ready chat sorts it again by its longer backlog.
+        s.push(item(8, 3, Priority::Normal, 8));
+        s.push(item(9, 3, Priority::Normal, 9));
+        let order: Vec<u64> =
+            std::iter::from_fn(|| s.next_in(T0, PrioritySet::EMPTY.with(Priority::Normal)))
+                .map(|i| i.id)
+                .collect();
+        assert_eq!(order, vec![6, 3], "chat 3 holds 3 now, chat 2 holds 2");
+        s.complete(6).unwrap();
+        s.complete(3).unwrap();
+        assert_eq!(
+            s.next_in(T0, PrioritySet::EMPTY.with(Priority::Normal))
+                .unwrap()
+                .id,
+            8,
+            "FIFO in the chat"
+        );
+        assert_eq!(s.next(T0).unwrap().id, 7);
     }
 
     fn backlog(s: &mut Scheduler<u64>, per_class: u64) {

@@ -12,6 +12,10 @@
 //! - `max_global_per_second`, `max_chat_per_second`,
 //!   `max_group_per_minute`: the busiest half-open window over the instants
 //!   requests *arrived* at the modelled Telegram, refused ones included.
+//! - `ideal_span_s`: for a backlog, the shortest busy span the entry
+//!   tier's guarded limits allow, counted as Telegram counts (each group a
+//!   sliding window of `rate` per guarded period); `span_vs_ideal` is the
+//!   busy span over it.
 //! - latency: from a message's first submission by its producer to its
 //!   delivery, nearest-rank percentiles, per priority.
 //!
@@ -105,6 +109,11 @@ pub struct SimReport {
     pub busy_span_s: f64,
     pub nominal_rate_per_s: f64,
     pub utilization: Option<f64>,
+    /// The shortest busy span the guarded limits allow this backlog, as
+    /// Telegram counts them; `null` for other arrivals.
+    pub ideal_span_s: Option<f64>,
+    /// `busy_span_s / ideal_span_s`: 1.0 is a perfect drain.
+    pub span_vs_ideal: Option<f64>,
     pub latency: BTreeMap<String, Percentiles>,
     pub tiers: Vec<TierReport>,
     pub breaker_transitions: Vec<BreakerChange>,
@@ -179,6 +188,16 @@ impl SimReport {
                 None => "n/a (fewer than two Telegram sends)".to_owned(),
             },
         )?;
+        if let (Some(ideal), Some(ratio)) = (self.ideal_span_s, self.span_vs_ideal) {
+            row(
+                s,
+                "busy span vs ideal schedule",
+                format!(
+                    "{ratio:.4}  ({:.2} s / {ideal:.2} s at the guarded limits)",
+                    self.busy_span_s
+                ),
+            )?;
+        }
         writeln!(s, "\n  latency, submission to delivery (ms)")?;
         writeln!(
             s,

@@ -29,7 +29,7 @@ use crate::engine::{Instant, Priority, SplitMix64};
 
 use super::report::{BreakerChange, LevelChangeReport, Percentiles, SimReport, TierReport};
 use super::sinks::{SinkModel, Telegram, TelegramAnswer};
-use super::workload::{Arrival, OutageMode, Workload};
+use super::workload::{Arrival, ChatOrder, OutageMode, Workload};
 
 const SECOND: u64 = 1_000_000_000;
 
@@ -103,6 +103,12 @@ struct Flight {
 pub struct Simulation {
     d: Dispatcher,
     rng: SplitMix64,
+    /// Draws the send loop's wake-up lateness apart from `rng`, so a
+    /// workload with jitter makes the same messages and faults as without.
+    wake_rng: SplitMix64,
+    wake_jitter: u64,
+    /// Limits of the entry tier, for the ideal schedule.
+    ideal_limits: Option<crate::engine::limiter::Limits>,
     heap: BinaryHeap<Reverse<Scheduled>>,
     seq: u64,
     telegram: Telegram,
@@ -118,7 +124,9 @@ pub struct Simulation {
     next_msg: u64,
     next_arrival_at: u64,
     flights: HashMap<u64, Flight>,
-    next_wake: Option<u64>,
+    /// The instant the dispatcher asked to be woken at, and when the
+    /// (late) timer fires for it.
+    next_wake: Option<(u64, u64)>,
     horizon: u64,
     settled: u64,
     // Tallies.
@@ -160,6 +168,11 @@ impl Simulation {
                 ..TierReport::default()
             })
             .collect();
+        let ideal_limits = config
+            .tiers
+            .iter()
+            .find(|t| t.sink == Sink::Telegram)
+            .map(|t| t.limits);
         let mut d = Dispatcher::new(config, seed).map_err(|e| e.to_string())?;
         let groups = (workload.chats as f64 * workload.group_share).round() as u64;
         let chat_ids = (0..workload.chats)
@@ -205,6 +218,9 @@ impl Simulation {
         let mut sim = Simulation {
             d,
             rng: SplitMix64::new(seed.wrapping_mul(0x2545_F491_4F6C_DD1D)),
+            wake_rng: SplitMix64::new(seed ^ 0x5741_4B45_4A49_5454),
+            wake_jitter: duration_nanos(workload.wake_jitter.get()),
+            ideal_limits,
             heap: BinaryHeap::new(),
             seq: 0,
             telegram: Telegram::new(workload.telegram.clone()),
@@ -261,7 +277,7 @@ impl Simulation {
                 Ev::Arrivals => self.arrivals(),
                 Ev::Resubmit(id) => self.submit(id),
                 Ev::Wake => {
-                    if self.next_wake == Some(s.at) {
+                    if self.next_wake.is_some_and(|(_, at)| at == s.at) {
                         self.next_wake = None;
                     }
                 }
@@ -318,9 +334,12 @@ impl Simulation {
 
     fn produce(&mut self, id: u64) {
         let chats = self.chat_ids.len() as u64;
-        let chat_no = match self.workload.arrival {
+        let chat_no = match (&self.workload.arrival, self.workload.chat_order) {
             // Spread evenly so a backlog drains across every chat at once.
-            Arrival::Backlog => id % chats,
+            (Arrival::Backlog, ChatOrder::RoundRobin) => id % chats,
+            (Arrival::Backlog, ChatOrder::Consecutive) => {
+                (id * chats / self.workload.messages.max(1)).min(chats - 1)
+            }
             _ => self.rng.below(chats),
         } as usize;
         let priority = pick(&mut self.rng, &self.priorities).unwrap_or(Priority::Normal);
@@ -361,10 +380,19 @@ impl Simulation {
                 Poll::Send(order) => self.send(order),
                 Poll::Idle { wake_at } => {
                     if let Some(w) = wake_at {
-                        let w = w.as_nanos().max(self.now + 1);
-                        if self.next_wake.is_none_or(|n| w < n) {
-                            self.next_wake = Some(w);
-                            self.push(w, Ev::Wake);
+                        let target = w.as_nanos().max(self.now + 1);
+                        // One draw per instant asked for: the loop's timer
+                        // fires late, never early, and asking again for the
+                        // same instant does not get another chance.
+                        if self.next_wake.is_none_or(|(t, _)| target < t) {
+                            let late = if self.wake_jitter > 0 {
+                                self.wake_rng.below(self.wake_jitter + 1)
+                            } else {
+                                0
+                            };
+                            let at = target.saturating_add(late);
+                            self.next_wake = Some((target, at));
+                            self.push(at, Ev::Wake);
                         }
                     }
                     return;
@@ -581,7 +609,13 @@ impl Simulation {
             }
         }
         let dead_lettered = self.dead.values().sum();
+        let ideal_span_s = self.ideal_span().map(|ns| ns as f64 / 1e9);
+        let span_vs_ideal = ideal_span_s
+            .filter(|i| *i > 0.0 && span > 0)
+            .map(|i| busy_span_s / i);
         SimReport {
+            ideal_span_s,
+            span_vs_ideal,
             workload: self.workload.name.clone().unwrap_or_default(),
             messages: self.workload.messages,
             delivered: self.delivered,
@@ -606,6 +640,45 @@ impl Simulation {
             simulated_s: self.now as f64 / 1e9,
             ..SimReport::default()
         }
+    }
+
+    /// The shortest busy span a backlog allows, in ns: every key paced
+    /// exactly at its guarded limit, as Telegram counts it — the bot and
+    /// each chat one send per guarded interval, each group at most `rate`
+    /// sends in any guarded period (a sliding window, so a group may use
+    /// its chat pace until the window is full). Sends take no time and
+    /// never collide. `None` unless the workload is a backlog sent to
+    /// Telegram.
+    fn ideal_span(&self) -> Option<u64> {
+        if !matches!(self.workload.arrival, Arrival::Backlog) {
+            return None;
+        }
+        let limits = self.ideal_limits?;
+        let n = self.msgs.len() as u64;
+        if n == 0 {
+            return None;
+        }
+        let mut per_chat: HashMap<i64, u64> = HashMap::new();
+        for m in &self.msgs {
+            *per_chat.entry(m.chat).or_default() += 1;
+        }
+        let global = limits.global.cell().interval;
+        let chat = limits.per_chat.map_or(0, |l| l.cell().interval);
+        let mut span = (n - 1).saturating_mul(global);
+        for (&id, &count) in &per_chat {
+            let mut s = (count - 1).saturating_mul(chat);
+            if let (true, Some(g)) = (id < 0, limits.per_group) {
+                let window = duration_nanos(g.guarded_period());
+                let per_window = u64::from(g.rate.max(1));
+                let (full, rest) = ((count - 1) / per_window, (count - 1) % per_window);
+                s = s.max(
+                    full.saturating_mul(window)
+                        .saturating_add(rest.saturating_mul(chat)),
+                );
+            }
+            span = span.max(s);
+        }
+        Some(span)
     }
 
     /// The configured global rate of tier `i`, per second.

@@ -13,6 +13,8 @@
 //! arrival: {steady: {rate: 20/s}}   # backlog | steady | poisson | bursts
 //! priorities: {critical: 5, high: 15, normal: 60, low: 20}   # weights
 //! messageTypes: {alert: 90, report: 10}                     # weights
+//! chatOrder: roundRobin       # backlog only: roundRobin | consecutive
+//! wakeJitter: 2ms             # the send loop wakes up to this late
 //! horizon: 2h                 # stop the clock here at the latest
 //! telegram: {arrivalJitter: 5ms, perBot: 30, perChat: 1, perGroupPerMinute: 20}
 //! faults:
@@ -61,6 +63,14 @@ pub struct Workload {
     /// at most 48 h.
     #[serde(default)]
     pub horizon: Option<DurationString>,
+    /// How a backlog's messages are spread over the chats.
+    #[serde(default)]
+    pub chat_order: ChatOrder,
+    /// The agent's send loop sleeps on a coarse timer and wakes between 0
+    /// and this long after the instant it asked for (uniform, from the
+    /// run's seed). Zero: exactly on time.
+    #[serde(default = "zero")]
+    pub wake_jitter: DurationString,
     #[serde(default)]
     pub telegram: TelegramModel,
     #[serde(default)]
@@ -79,6 +89,19 @@ pub enum Arrival {
     Poisson { rate: Rate },
     /// `size` messages at once, every `every`.
     Bursts { size: u64, every: DurationString },
+}
+
+/// The order of a backlog's messages by chat. Other arrivals pick a chat
+/// at random for each message.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ChatOrder {
+    /// Message `i` goes to chat `i mod chats`: every chat has work until
+    /// the end.
+    #[default]
+    RoundRobin,
+    /// Each chat's messages back to back: chat 0's first, then chat 1's.
+    Consecutive,
 }
 
 /// Relative weights of the four priorities.
