@@ -613,7 +613,6 @@ fn an_agent_started_while_redis_is_down_spills_and_attaches_later() {
 /// shares and back to the shared limiter, reconnecting at different times,
 /// and the API never sees more than the limit in a second.
 #[test]
-#[ignore = "not yet met: 0-1 per-bot and 0-4 per-chat 429s per run of three restarts remain (issue 18)"]
 fn redis_restarts_within_the_lease_ttl_keep_the_limit() {
     let mut fleet = Fleet::start(3, Persistence::AofEverySec);
     assert!(
