@@ -337,6 +337,16 @@ fn every_refusal_is_json_and_bad_drop_in_calls_never_reach_telegram() {
             .unwrap();
         assert_eq!(r.status().as_u16(), 200, "{scheme}");
     }
+    // The header that passes the Kubernetes API server's proxy; a wrong
+    // token there is refused like a wrong bearer token.
+    for (token, status) in [(ADMIN, 200), ("wrong", 401)] {
+        let r = client()
+            .get(format!("{}/admin/dlq", a.url))
+            .header("x-herald-admin-token", token)
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status, "x-herald-admin-token {token}");
+    }
     // A well-formed call still goes through.
     let (code, text) = get(&format!("{}{bot}/sendMessage?chat_id=5&text=hi", a.url));
     assert_eq!(code, 200, "{text}");

@@ -16,6 +16,11 @@ use super::refs::SecretKeyRef;
 /// The `kind` of the agent document.
 pub const AGENT_KIND: &str = "Agent";
 
+/// The header that carries the admin token where `Authorization` cannot:
+/// through the Kubernetes API server's service proxy, which keeps
+/// `Authorization` for its own login.
+pub const ADMIN_TOKEN_HEADER: &str = "x-herald-admin-token";
+
 /// Settings of one agent process.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -176,12 +176,6 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// How long a command waits for its answer.
 const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Why the admin API is refused through the service proxy.
-const ADMIN_THROUGH_PROXY: &str = "the admin API cannot be reached with --tier: the Kubernetes API \
-    server takes the Authorization header that carries the admin token for its own \
-    authentication and does not pass it on. Use --url, e.g. with \
-    `kubectl port-forward svc/TIER 8080`";
-
 /// Send one request; print the JSON answer; exit 0 on 2xx, 1 otherwise.
 fn call(
     conn: &Conn,
@@ -203,9 +197,10 @@ fn call(
             let token = if admin { conn.token()? } else { None };
             runtime()?.block_on(direct(&conn.url, method, path, body, token))?
         }
-        // Checked before any token is read, so it never leaves this host.
-        Some(_) if admin => anyhow::bail!(ADMIN_THROUGH_PROXY),
-        Some(tier) => runtime()?.block_on(proxied(conn, tier, method, path, body))?,
+        Some(tier) => {
+            let token = if admin { conn.token()? } else { None };
+            runtime()?.block_on(proxied(conn, tier, method, path, body, token))?
+        }
     };
     match serde_json::from_str::<Value>(&text) {
         Ok(v) => println!("{}", serde_json::to_string_pretty(&v).unwrap_or(text)),
@@ -225,6 +220,7 @@ async fn proxied(
     method: reqwest::Method,
     path: &str,
     body: Option<Value>,
+    admin_token: Option<String>,
 ) -> anyhow::Result<(reqwest::StatusCode, String)> {
     let (client, namespace) = super::rollout::connect(&conn.kube).await?;
     let body = body
@@ -232,7 +228,15 @@ async fn proxied(
         .transpose()
         .context("encoding the request")?;
     let what = || format!("DeliveryTier {namespace}/{tier} through the API server");
-    let send = agent_proxy::send(&client, &namespace, tier, method, path, body);
+    let send = agent_proxy::send(
+        &client,
+        &namespace,
+        tier,
+        method,
+        path,
+        body,
+        admin_token.as_deref(),
+    );
     // The same bound as a direct call's.
     let answer = tokio::time::timeout(TIMEOUT, send)
         .await

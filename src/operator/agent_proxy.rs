@@ -9,13 +9,15 @@
 //! either track, as a port-forward to the Service would.
 //!
 //! The API server authenticates the caller with the `Authorization`
-//! header and removes it before proxying, so nothing sent in it reaches
-//! the agent: an agent's admin token cannot travel this way.
+//! header and removes it before proxying, so the agent's admin token
+//! travels in `X-Herald-Admin-Token` instead (marked sensitive, so kube's
+//! tracing does not print it).
 
 use http::{Method, Request, StatusCode};
 use kube::Client;
 
 use super::names;
+use crate::api::agent::ADMIN_TOKEN_HEADER;
 
 /// Why the request did not get an answer from the API server.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +32,9 @@ pub enum ProxyError {
     Request(#[from] http::Error),
     #[error("the Kubernetes API: {0}")]
     Api(#[from] kube::Error),
+    /// The token is not repeated: it is a secret.
+    #[error("the admin token is not a valid HTTP header value")]
+    AdminToken,
 }
 
 /// What came back: the agent's answer, or the API server's own when it
@@ -85,11 +90,19 @@ pub async fn send(
     method: Method,
     path: &str,
     json_body: Option<Vec<u8>>,
+    admin_token: Option<&str>,
 ) -> Result<Answer, ProxyError> {
     let uri = proxy_path(namespace, tier, path)?;
     let mut request = Request::builder().method(method).uri(uri);
     if json_body.is_some() {
         request = request.header(http::header::CONTENT_TYPE, "application/json");
+    }
+    // The API server keeps `Authorization` for its own login and does not
+    // pass it on; the agent takes its admin token in this header too.
+    if let Some(token) = admin_token {
+        let mut value = http::HeaderValue::from_str(token).map_err(|_| ProxyError::AdminToken)?;
+        value.set_sensitive(true);
+        request = request.header(ADMIN_TOKEN_HEADER, value);
     }
     let request = request.body(kube::client::Body::from(json_body.unwrap_or_default()))?;
     let response = client.send(request).await?;
@@ -107,8 +120,8 @@ mod tests {
 
     use super::*;
 
-    /// Method, URI and body of each request seen.
-    type Seen = Arc<Mutex<Vec<(String, String, String)>>>;
+    /// Method, URI, body and admin-token header of each request seen.
+    type Seen = Arc<Mutex<Vec<(String, String, String, Option<String>)>>>;
 
     /// A client whose "API server" records each request and answers 200
     /// with `{"ok": true}`.
@@ -120,11 +133,17 @@ mod tests {
             async move {
                 let method = req.method().to_string();
                 let uri = req.uri().to_string();
+                let token = req
+                    .headers()
+                    .get(ADMIN_TOKEN_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
                 let body = req.into_body().collect_bytes().await.unwrap_or_default();
                 log.lock().unwrap().push((
                     method,
                     uri,
                     String::from_utf8_lossy(&body).into_owned(),
+                    token,
                 ));
                 Ok::<_, std::convert::Infallible>(
                     http::Response::builder()
@@ -158,6 +177,7 @@ mod tests {
             Method::POST,
             "/admin/dlq/retry?x=1",
             Some(b"{\"all\":true}".to_vec()),
+            Some("admin-SECRET"),
         )
         .await
         .unwrap();
@@ -170,7 +190,8 @@ mod tests {
                 "POST".to_owned(),
                 "/api/v1/namespaces/bots/services/telegram:http/proxy/admin/dlq/retry?x=1"
                     .to_owned(),
-                "{\"all\":true}".to_owned()
+                "{\"all\":true}".to_owned(),
+                Some("admin-SECRET".to_owned()),
             )
         );
     }

@@ -1,4 +1,6 @@
-//! The admin API under `/admin`, behind `Authorization: Bearer <token>`.
+//! The admin API under `/admin`, behind `Authorization: Bearer <token>`
+//! (or `X-Herald-Admin-Token: <token>`, which passes the Kubernetes API
+//! server's service proxy).
 //! Off (404) when no admin token is configured; a missing or wrong token is
 //! 401 and the answer never hints at the token. The scheme is matched
 //! without regard to case (`bearer` works), as RFC 7235 says. A bad query
@@ -25,6 +27,7 @@ use crate::agent::config::constant_time_eq;
 use crate::agent::http::native::message_json;
 use crate::agent::ingest::IngestError;
 use crate::agent::state::{AppState, DispatchCmd};
+use crate::api::agent::ADMIN_TOKEN_HEADER;
 use crate::store::{DeadFilter, DeadSelection, MessageId, Store};
 
 pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
@@ -48,11 +51,18 @@ async fn authorize(State(state): State<Arc<AppState>>, req: Request, next: Next)
             "the admin API is off: set adminTokenRef",
         );
     };
-    let presented = req
-        .headers()
+    let headers = req.headers();
+    // `X-Herald-Admin-Token` is for `--tier` calls through the Kubernetes
+    // API server's proxy, which keeps `Authorization` for its own login.
+    let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(bearer_token)
+        .or_else(|| {
+            headers
+                .get(ADMIN_TOKEN_HEADER)
+                .and_then(|v| v.to_str().ok())
+        })
         .unwrap_or("");
     if !constant_time_eq(presented.as_bytes(), token.expose().as_bytes()) {
         return error(
