@@ -290,3 +290,27 @@ fn crd_command_prints_one_or_all() {
     );
     assert_eq!(herald(&["crd", "--kind", "Nope"]).status.code(), Some(2));
 }
+
+#[test]
+fn simulate_reads_its_config_from_stdin_too() {
+    let config = std::fs::read_to_string("config/samples/full.yaml").unwrap();
+    let out = herald_with_stdin(
+        &[
+            "simulate",
+            "-f",
+            "-",
+            "--workload",
+            "config/samples/workloads/steady.yaml",
+            "--json",
+        ],
+        &config,
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report.is_object(), "{report}");
+}

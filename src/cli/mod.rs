@@ -28,8 +28,8 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
     about,
     long_about = None,
     after_help = "-f names the YAML a command reads, with --filename as its long form everywhere: \
-                  one config file for run, agent and sandbox (also --config); files or directories \
-                  for validate and simulate (validate also reads - as standard input)."
+                  one config file for run, agent and sandbox (also --config); files, directories \
+                  or - (standard input) for validate and simulate."
 )]
 pub struct Cli {
     #[command(subcommand)]

@@ -7,7 +7,8 @@ use herald::sim::{SimArgs, run};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Config files or directories, as for `herald validate`.
+    /// Config files or directories, as for `herald validate`; `-` reads
+    /// standard input.
     #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
     config: Vec<PathBuf>,
     /// The workload file (see config/samples/workloads/).

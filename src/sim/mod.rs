@@ -80,7 +80,8 @@ impl SimError {
 /// Loads, validates and simulates; the CLI renders the report with
 /// [`SimReport::to_table`] or [`SimReport::to_json`].
 pub fn run(args: &SimArgs) -> Result<SimReport, SimError> {
-    let report = validate::validate_paths(&args.config)?;
+    // `-` reads the config from standard input, as `herald validate -f -`.
+    let report = validate::validate_inputs(&args.config, Some(&mut std::io::stdin()))?;
     let path = args.workload.display().to_string();
     let text = std::fs::read_to_string(&args.workload).map_err(|e| SimError::Workload {
         path: path.clone(),
