@@ -8,10 +8,7 @@
 //! store runs the same arithmetic in one Lua script per decision).
 //!
 //! Invariant: reads no clock; a refusal charges nothing; in every closed
-//! window of length `W` a key admits at most `rate·W/period + burst`, or,
-//! with a slot tolerance `s` ([`Limiter::with_slot_tolerance`]), at most
-//! `rate·(W + s)/period' + burst` (`period'` guarded), `s` never above half
-//! the key's guard over one period.
+//! window of length `W` a key admits at most `rate·W/period + burst`.
 //!
 //! # Semantics
 //!
@@ -49,11 +46,6 @@
 //! `g <= 2 %`). Windows shorter than `J / g` (430 ms for 4.3 ms of jitter)
 //! are not covered by the guard; Telegram's published limits are per second
 //! and per minute.
-//!
-//! A loop that wakes late books its send from the slot it was due at, up
-//! to a small tolerance (timer noise), so lateness does not add up send
-//! after send; that tolerance comes out of the same guard, and at most
-//! half of it (docs/decisions.md, "A late send is booked from its slot").
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -213,16 +205,6 @@ impl Limit {
         Duration::from_nanos(p.saturating_add(self.guard.extra(p)))
     }
 
-    /// How far before `now` an admission on this key may be booked
-    /// ([`Limiter::with_slot_tolerance`]): at most `max`, and at most half
-    /// of what the guard adds over one period, so the other half stays for
-    /// the jitter between a send and its arrival. Nothing without a guard:
-    /// such a key paces departures exactly.
-    pub fn slot_tolerance(&self, max: Duration) -> Duration {
-        let p = duration_nanos(self.period);
-        Duration::from_nanos(duration_nanos(max).min(self.guard.extra(p) / 2))
-    }
-
     /// The nominal interval `period / rate`, without guard.
     pub fn nominal_interval(&self) -> Duration {
         Duration::from_nanos(self.nominal_nanos())
@@ -248,21 +230,6 @@ impl Limit {
 }
 
 impl Cell {
-    /// [`Cell::step`], booking an admitted cell at its slot (`TAT`) rather
-    /// than at `now` when `now` is past the slot by at most `slack` — timer
-    /// noise. Later than that, the key was idle or the loop was starved,
-    /// and the cell is booked at `now` as before. The booked instant is
-    /// never after `now` and never more than `slack` before it.
-    pub fn step_booked(self, now: u64, tat: u64, slack: u64) -> Result<u64, u64> {
-        self.step(now, tat).map(|next| {
-            if now > tat && now - tat <= slack {
-                tat.saturating_add(self.interval)
-            } else {
-                next
-            }
-        })
-    }
-
     /// GCRA on raw nanoseconds: `Ok(new_tat)` when admitted, `Err(retry_at)`
     /// when refused. The Lua script mirrors exactly this.
     pub fn step(self, now: u64, tat: u64) -> Result<u64, u64> {
@@ -448,45 +415,17 @@ impl Charge {
     }
 }
 
-/// How late a send loop's wake-up may be and still count as on time: a
-/// coarse timer (1 ms) plus scheduling noise. See
-/// [`Limiter::with_slot_tolerance`].
-pub const SLOT_TOLERANCE: Duration = Duration::from_millis(2);
-
 /// Per-key GCRA state of one bot, in memory.
 #[derive(Clone, Debug, Default)]
 pub struct Limiter {
     tats: HashMap<Key, Instant>,
     paused_all: Instant,
     paused: HashMap<Key, Instant>,
-    /// Most a key's admission is booked before `now`; see
-    /// [`Limiter::with_slot_tolerance`].
-    slot_tolerance: Duration,
 }
 
 impl Limiter {
-    /// A limiter that books every admission at `now`: each key's
-    /// admissions keep `rate·W/period + burst` in every window.
     pub fn new() -> Self {
         Limiter::default()
-    }
-
-    /// Books an admission that comes up to `max` after its key's slot at
-    /// the slot instead of at `now` (per key at most
-    /// [`Limit::slot_tolerance`]). A loop that wakes on a coarse timer is
-    /// late by a little every time; booked from `now`, that lateness would
-    /// add up send after send and the drain would run below the limit.
-    ///
-    /// Bound: a key's booked instants keep the GCRA bound, and every
-    /// admission happened at its booked instant or at most `s` (the key's
-    /// tolerance) after it, so in every window of length `W` a key admits at
-    /// most `rate·(W + s)/period' + burst` (`period'` the guarded period).
-    /// With arrival jitter `J`, arrivals stay within the nominal limit on
-    /// windows `W` where `s + J` is within the guard over `W` — half the
-    /// guard goes to `s`, so the other half still covers `J`.
-    pub fn with_slot_tolerance(mut self, max: Duration) -> Self {
-        self.slot_tolerance = max;
-        self
     }
 
     /// Admit and charge every key, or none. Keys are normally distinct; a
@@ -503,13 +442,8 @@ impl Limiter {
         let mut charge = Charge::default();
         if decision == Decision::Admit {
             for (key, limit) in checks {
-                let slack = duration_nanos(limit.slot_tolerance(self.slot_tolerance));
                 let tat = self.tats.entry(*key).or_insert(Instant::ZERO);
-                if let Ok(next) = limit
-                    .cell()
-                    .step_booked(now.as_nanos(), tat.as_nanos(), slack)
-                {
-                    let next = Instant::from_nanos(next);
+                if let Ok(next) = gcra(now, *tat, limit) {
                     charge.push(*key, *tat, next);
                     *tat = next;
                 }
@@ -904,102 +838,6 @@ mod tests {
         assert!(sent <= nominal + 1, "sent {sent}");
     }
 
-    /// [`drain_with_chats`] by a loop whose timer fires between 0 and
-    /// `jitter` ns after the instant it asked for, with the dispatcher's
-    /// slot tolerance.
-    fn drain_late(
-        limits: &Limits,
-        chats: i64,
-        horizon: Instant,
-        jitter: u64,
-        seed: u64,
-    ) -> Vec<(Instant, i64)> {
-        let mut l = Limiter::new().with_slot_tolerance(SLOT_TOLERANCE);
-        let mut rng = crate::engine::SplitMix64::new(seed);
-        let mut now = Instant::ZERO;
-        let mut admitted = Vec::new();
-        let mut next_chat = 0;
-        while now < horizon {
-            let mut earliest = Instant::MAX;
-            let mut sent = false;
-            for _ in 0..chats {
-                let chat = next_chat;
-                next_chat = (next_chat + 1) % chats;
-                match l.check(now, &limits.checks(Recipient::Chat(chat), Priority::Normal)) {
-                    Decision::Admit => {
-                        admitted.push((now, chat));
-                        sent = true;
-                        break;
-                    }
-                    Decision::Refuse { retry_at, .. } => earliest = earliest.min(retry_at),
-                }
-            }
-            if !sent {
-                now = earliest + Duration::from_nanos(rng.below(jitter + 1));
-            }
-        }
-        admitted.retain(|(t, _)| *t < horizon);
-        admitted
-    }
-
-    #[test]
-    fn a_late_admission_is_booked_from_its_slot_within_the_tolerance() {
-        let limit = Limit::TELEGRAM_GLOBAL;
-        let t = limit.cell().interval;
-        let checks = [(Key::Global, &limit)];
-        let mut l = Limiter::new().with_slot_tolerance(SLOT_TOLERANCE);
-        assert_eq!(l.check(Instant::ZERO, &checks), Decision::Admit);
-        // 1 ms late: booked at the slot, so the next slot does not move.
-        assert_eq!(
-            l.check(Instant::from_nanos(t + MS), &checks),
-            Decision::Admit
-        );
-        assert_eq!(l.tat(&Key::Global), Some(Instant::from_nanos(2 * t)));
-        // 7 ms late is more than timer noise: booked when it happened.
-        let late = 2 * t + 7 * MS;
-        assert_eq!(l.check(Instant::from_nanos(late), &checks), Decision::Admit);
-        assert_eq!(l.tat(&Key::Global), Some(Instant::from_nanos(late + t)));
-        // A fresh key is booked at `now`.
-        let chat = Limit::TELEGRAM_CHAT;
-        let at = Instant::from_secs(5);
-        assert_eq!(l.check(at, &[(Key::Chat(1), &chat)]), Decision::Admit);
-        assert_eq!(
-            l.tat(&Key::Chat(1)),
-            Some(at + chat.nominal_interval() + Duration::from_millis(10))
-        );
-        // The tolerance is at most half the guard over one period, and
-        // nothing without a guard.
-        assert_eq!(limit.slot_tolerance(SLOT_TOLERANCE), SLOT_TOLERANCE);
-        let thin = Limit::per_second(30, 1).with_guard(Guard::Fraction { ppm: 2_000 });
-        assert_eq!(
-            thin.slot_tolerance(SLOT_TOLERANCE),
-            Duration::from_millis(1)
-        );
-        let exact = Limit::per_second(30, 1);
-        assert_eq!(exact.slot_tolerance(SLOT_TOLERANCE), Duration::ZERO);
-        let mut l = Limiter::new().with_slot_tolerance(SLOT_TOLERANCE);
-        let checks = [(Key::Global, &exact)];
-        l.check(Instant::ZERO, &checks);
-        let t = exact.cell().interval;
-        l.check(Instant::from_nanos(t + MS), &checks);
-        assert_eq!(l.tat(&Key::Global), Some(Instant::from_nanos(2 * t + MS)));
-    }
-
-    #[test]
-    fn late_wakeups_keep_the_drain_at_99_percent_of_the_guarded_rate() {
-        let limits = Limits::default();
-        let secs = 60;
-        // Booked from `now`, 2 ms of timer noise would cost about 3 %.
-        let sent = drain_late(&limits, 100, Instant::from_secs(secs), 2 * MS, 7).len();
-        let guarded = 1e9 / limits.global.cell().interval as f64 * secs as f64;
-        let share = sent as f64 / guarded;
-        assert!(
-            share >= 0.99,
-            "{sent} sends, {share:.4} of the guarded rate"
-        );
-        assert!(sent <= 30 * secs as usize + 1, "sent {sent}");
-    }
-
     /// Largest count of `times` (sorted) in any closed window of `w` nanos.
     fn max_in_window(times: &[u64], w: u64) -> usize {
         let mut best = 0;
@@ -1093,45 +931,6 @@ mod tests {
                 Err(at) => {
                     prop_assert!(at > Instant::from_nanos(now));
                     prop_assert!(gcra(at, Instant::from_nanos(tat), &limit).is_ok());
-                }
-            }
-        }
-
-        /// A loop that wakes up to 5 ms late, with sends booked from their
-        /// slots, and up to 5 ms between send and arrival: Telegram's
-        /// windows (1 s per bot and per chat, half-open) never hold more
-        /// than the nominal limit, and the sends themselves keep it on
-        /// every window from 200 ms up.
-        #[test]
-        fn late_wakeups_keep_the_limit_on_arrival(seed in any::<u64>(), jitter_ms in 0u64..=5) {
-            let limits = Limits::default();
-            let sends = drain_late(&limits, 40, Instant::from_secs(5), jitter_ms * MS, seed);
-            let mut rng = crate::engine::SplitMix64::new(seed ^ 1);
-            let mut sent = Vec::new();
-            let mut all = Vec::new();
-            let mut per_chat: HashMap<i64, Vec<u64>> = HashMap::new();
-            for (t, chat) in sends {
-                sent.push(t.as_nanos());
-                let arrival = t.as_nanos() + rng.below(5 * MS + 1);
-                all.push(arrival);
-                per_chat.entry(chat).or_default().push(arrival);
-            }
-            all.sort_unstable();
-            let nominal_global = Limit { guard: Guard::None, ..limits.global };
-            let nominal_chat = Limit::per_second(1, 1);
-            let telegram = 1_000 * MS - 1;
-            prop_assert!(max_in_window(&all, telegram) <= 30);
-            for times in per_chat.values_mut() {
-                times.sort_unstable();
-                prop_assert!(max_in_window(times, telegram) <= 1);
-            }
-            for w in [200 * MS, 500 * MS, 1_000 * MS, 2_000 * MS - 1] {
-                prop_assert!(max_in_window(&sent, w) <= bound(&nominal_global, w));
-            }
-            for w in [1_000 * MS, 1_500 * MS, 2_000 * MS - 1] {
-                prop_assert!(max_in_window(&all, w) <= bound(&nominal_global, w));
-                for times in per_chat.values() {
-                    prop_assert!(max_in_window(times, w) <= bound(&nominal_chat, w));
                 }
             }
         }

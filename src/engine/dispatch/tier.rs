@@ -16,7 +16,7 @@ use crate::engine::Instant;
 use crate::engine::breaker::{Breaker, BreakerState};
 use crate::engine::bulkhead::{Acquire, BulkheadConfig, Bulkheads, Permit};
 use crate::engine::health::{self, BreakerPhase, HealthConfig, HealthReport, HealthTracker};
-use crate::engine::limiter::{Limiter, Recipient, SLOT_TOLERANCE};
+use crate::engine::limiter::{Limiter, Recipient};
 use crate::engine::selector::Ewma;
 
 use super::config::{DispatchError, Sink, TierConfig};
@@ -66,9 +66,7 @@ impl TierState {
         let mut t = TierState {
             key,
             cfg: cfg.clone(),
-            // The agent's loop and the simulator wake on timers that run
-            // late: book each send from its slot, within the guard.
-            limiter: Limiter::new().with_slot_tolerance(SLOT_TOLERANCE),
+            limiter: Limiter::new(),
             bulkheads: Bulkheads::new(UNBOUNDED),
             configured: Vec::new(),
             health: tracker,
