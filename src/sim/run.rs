@@ -671,7 +671,10 @@ impl Simulation {
                 let window = duration_nanos(g.guarded_period());
                 let per_window = u64::from(g.rate.max(1));
                 let (full, rest) = ((count - 1) / per_window, (count - 1) % per_window);
-                s = s.max(full.saturating_mul(window).saturating_add(rest.saturating_mul(chat)));
+                s = s.max(
+                    full.saturating_mul(window)
+                        .saturating_add(rest.saturating_mul(chat)),
+                );
             }
             span = span.max(s);
         }
