@@ -9,6 +9,8 @@
 //! - [`assignment`]: rendezvous partition assignment with the canary's
 //!   exact share (pure).
 //! - [`link`]: the Redis link's state machine (pure).
+//! - [`answer_delay`]: how late a shared slot may be for a slow round trip
+//!   (pure).
 //! - [`task`]: the [`Fleet`] handle and the partition task (heartbeat,
 //!   rebalance, feed, hand-over on SIGTERM).
 //!
@@ -17,6 +19,7 @@
 //! scheduling and sending (the agent's dispatch loop, reached through the
 //! [`Dispatch`] trait, so nothing here imports the agent).
 
+pub mod answer_delay;
 pub mod assignment;
 pub mod link;
 pub mod membership;

@@ -30,6 +30,7 @@ use crate::policy::effective::{Link, SETTLE_MARGIN};
 use crate::store::StoredMessage;
 use crate::store::redis::RedisStore;
 
+use super::answer_delay::RoundTripFloor;
 use super::assignment::{CanarySplit, owned_partitions};
 use super::link::{LinkState, RedisLink};
 use super::membership::{AgentId, LiveAgent, Membership, Track};
@@ -102,6 +103,8 @@ pub struct Fleet {
     /// Partitions taken over from a holder whose lease ran out, with when
     /// their load is due ([`RedisStore::load_wait`]).
     due_loads: Mutex<BTreeMap<u32, tokio::time::Instant>>,
+    /// Round trips of shared decisions, for [`Fleet::answer_delay`].
+    round_trips: Mutex<RoundTripFloor>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -151,6 +154,7 @@ impl Fleet {
             held: AtomicU32::new(0),
             quiet: Mutex::new(BTreeMap::new()),
             due_loads: Mutex::new(BTreeMap::new()),
+            round_trips: Mutex::new(RoundTripFloor::default()),
         })
     }
 
@@ -163,6 +167,16 @@ impl Fleet {
             Ok(mut l) => f(&mut l),
             Err(poisoned) => f(&mut poisoned.into_inner()),
         }
+    }
+
+    /// Records the round trip of a shared decision; answers how late its
+    /// slot may be at most for having come back slower than usual
+    /// ([`RoundTripFloor::observe`]).
+    pub fn answer_delay(&self, round_trip: Duration) -> Duration {
+        self.round_trips
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .observe(round_trip)
     }
 
     /// A Redis call failed as unavailable: decisions fall back until a

@@ -60,6 +60,26 @@ pub struct Counters {
     pub max_per_group_per_60s: u64,
     pub first_delivery_unix_ms: Option<u64>,
     pub last_delivery_unix_ms: Option<u64>,
+    /// The first [`REFUSALS_KEPT`] 429s, for a post-mortem: when each
+    /// arrived (on the clock of the message log) and what it carried.
+    #[serde(default)]
+    pub refusals: Vec<Refusal>,
+}
+
+/// How many refusals [`Counters::refusals`] keeps.
+pub const REFUSALS_KEPT: usize = 100;
+
+/// One send the judge refused.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Refusal {
+    pub chat_id: i64,
+    /// per_bot, per_chat, per_group or flood_ban.
+    pub cause: String,
+    /// The text, or the caption (empty if none).
+    pub text: String,
+    /// Nanoseconds since the sandbox started or was reset, like
+    /// [`DeliveredMessage::arrival_ns`].
+    pub arrival_ns: u64,
 }
 
 /// One delivered message, as `GET /sandbox/messages` lists it.
@@ -153,7 +173,8 @@ impl Recorder {
         self.counters.by_chat.entry(chat).or_default().attempts += 1;
     }
 
-    pub fn rejected_429(&mut self, chat: i64, started_ban: bool, cause: &str) {
+    pub fn rejected_429(&mut self, refusal: Refusal, started_ban: bool) {
+        let (chat, cause) = (refusal.chat_id, refusal.cause.as_str());
         self.counters.rejected_429 += 1;
         *self
             .counters
@@ -162,6 +183,9 @@ impl Recorder {
             .or_default() += 1;
         self.counters.flood_bans += u64::from(started_ban);
         self.counters.by_chat.entry(chat).or_default().rejected_429 += 1;
+        if self.counters.refusals.len() < REFUSALS_KEPT {
+            self.counters.refusals.push(refusal);
+        }
     }
 
     pub fn error_status(&mut self, status: u16, dark: bool) {

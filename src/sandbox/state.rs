@@ -27,7 +27,7 @@ use tokio::time::Instant;
 
 use super::SandboxError;
 use super::config::{SandboxConfig, bot_id_of};
-use super::counters::{Counters, DeliveredMessage, Recorder};
+use super::counters::{Counters, DeliveredMessage, Recorder, Refusal};
 use super::faults::{ChatFault, FaultsConfig, Injector};
 use super::limits::{Cause, Judge, Verdict};
 use super::params::{ParamError, Params, Value};
@@ -57,6 +57,11 @@ impl Clock {
 
     fn since_start(&self, at: Instant) -> Duration {
         at.saturating_duration_since(self.start)
+    }
+
+    /// Nanoseconds since the start: the message log's clock.
+    fn arrival_ns(&self, at: Instant) -> u64 {
+        u64::try_from(self.since_start(at).as_nanos()).unwrap_or(u64::MAX)
     }
 
     fn unix(&self, at: Instant) -> Duration {
@@ -249,8 +254,13 @@ impl State {
                 Cause::PerGroup => "per_group",
                 Cause::FloodBan => "flood_ban",
             };
-            self.recorder
-                .rejected_429(chat_id, started_ban, cause_label);
+            let refusal = Refusal {
+                chat_id,
+                cause: cause_label.to_owned(),
+                text: send.text().to_owned(),
+                arrival_ns: self.clock.arrival_ns(now),
+            };
+            self.recorder.rejected_429(refusal, started_ban);
             tracing::debug!(
                 bot_id,
                 chat_id,
@@ -288,7 +298,7 @@ impl State {
         let message_id = *next;
         *next += 1;
         let unix = self.clock.unix(now);
-        let arrival_ns = u64::try_from(self.clock.since_start(now).as_nanos()).unwrap_or(u64::MAX);
+        let arrival_ns = self.clock.arrival_ns(now);
         let unix_ms = u64::try_from(unix.as_millis()).unwrap_or(u64::MAX);
         let seq = self.recorder.delivered(
             DeliveredMessage {
@@ -560,6 +570,16 @@ mod tests {
         let c = s.counters();
         assert_eq!((c.rejected_429, c.flood_bans, c.delivered), (2, 1, 2));
         assert_eq!(c.by_chat[&5].attempts, 2);
+        let refused: Vec<_> = c
+            .refusals
+            .iter()
+            .map(|r| (r.chat_id, r.cause.as_str(), r.text.as_str(), r.arrival_ns))
+            .collect();
+        assert_eq!(
+            refused,
+            [(5, "per_chat", "b", 0), (6, "flood_ban", "c", 0)],
+            "each refusal is kept with its cause, text and arrival"
+        );
     }
 
     #[test]

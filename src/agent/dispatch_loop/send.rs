@@ -197,18 +197,29 @@ impl SendGate {
             checks: &checks,
             horizon: delay.horizon,
         };
-        match fleet.limiter.decide(ask).await {
+        let asked = tokio::time::Instant::now();
+        let decision = fleet.limiter.decide(ask).await;
+        let answered = tokio::time::Instant::now();
+        // Redis put the slot `wait` after its own now, which lies between
+        // the ask and the answer: an answer slower than usual may already be
+        // that much behind the slot.
+        let unsure = match decision {
+            Ok(_) => fleet.answer_delay(answered.duration_since(asked)),
+            Err(_) => Duration::ZERO,
+        };
+        match decision {
             Ok(SharedDecision::Admitted { wait }) => {
-                let due = tokio::time::Instant::now() + wait;
+                let due = answered + wait;
                 tokio::time::sleep_until(due).await;
                 // A reservation is good at its time only: a send this late
                 // (the process was starved) would reach the API bunched
                 // with the next agents' sends. Its slot is given up and
                 // the send asks again.
-                let late = due.elapsed();
+                let late = due.elapsed() + unsure;
                 if late > delay.late {
                     tracing::debug!(
                         late_ms = late.as_millis() as u64,
+                        unsure_ms = unsure.as_millis() as u64,
                         "a shared slot passed before the send; asking again"
                     );
                     return Some(Duration::ZERO);
