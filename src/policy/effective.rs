@@ -307,10 +307,12 @@ pub fn local_share_limits(limits: &Limits, last_known_live: u32) -> Limits {
 /// cores compressed 30 gaps by up to 10 ms routinely and by more than
 /// 20 ms about once in 3,000 sends. A guard of `g` percent absorbs one send
 /// arriving up to `10 * g` ms behind its slot while the others keep theirs;
-/// 3 % (30 ms) drew a per-bot 429 when two sends of one agent arrived 51 ms
-/// and 18 ms behind their slots, together, at a partition handover (on a
-/// machine loaded beyond the fleet). 4 % absorbs 40 ms and keeps 96 % of
-/// the limit, which the fleet's utilization promise (95 %) still allows.
+/// 3 % (30 ms) drew a per-bot 429 when two sends arrived 51 ms and 18 ms
+/// behind their slots, together; the cause was a slow Redis answer, now
+/// counted as lateness by the send gate (`fleet::answer_delay`). 4 %
+/// absorbs 40 ms of what remains (the wire, a stall after the last check)
+/// and keeps 96 % of the limit, which the fleet's utilization promise
+/// (95 %) still allows.
 pub const FLEET_GUARD_PERCENT: u32 = 4;
 
 /// `limits` with the bot-wide keys' guard raised to [`FLEET_GUARD_PERCENT`]
