@@ -231,6 +231,16 @@ dump_state() {
     kubectl -n "$OPERATOR_NS" logs deploy/"$RELEASE"-operator --tail=30 >&2 2>&1 || true
 }
 
+# Why a workload of the suite's own did not come up: its pods, the
+# namespace's latest events (probe failures, pulls, scheduling) and the
+# pods' own last words.
+dump_workload() { # label value of app.kubernetes.io/name
+    log "pods of $1 in namespace $NS:"
+    k get pods -l "app.kubernetes.io/name=$1" -o wide >&2 2>&1 || true
+    k get events --sort-by=.lastTimestamp 2>&1 | tail -n 15 >&2 || true
+    k logs -l "app.kubernetes.io/name=$1" --all-containers --tail=20 --prefix >&2 2>&1 || true
+}
+
 # ------------------------------------------------------------------ cluster
 
 all_checks=(cluster image chart samples tier-ready delivery canary canary-abort healing redis-outage)
@@ -345,6 +355,7 @@ applied() {
 if applied >"$apply_log" 2>&1; then
     record samples PASS "config/samples, the sandbox (running), Redis and the rollout tier applied"
 else
+    dump_workload telegram-sandbox
     abort_after samples "apply failed: $(tail -n 3 "$apply_log" | tr '\n' ' ')" "${all_checks[@]:4}"
 fi
 
@@ -413,6 +424,7 @@ promoted() {
     [[ "$verdict" == Promoted && "$(stable_image)" == "$canary_image" ]]
 }
 if ! k rollout status deploy/redis --timeout=180s >"$work/redis.log" 2>&1; then
+    dump_workload redis
     record canary FAIL "Redis did not start (can the cluster pull $REDIS_IMAGE? set E2E_REDIS_IMAGE)"
 elif ! wait_until "$READY_TIMEOUT" tier_phase_is e2e-rollout Ready; then
     dump_state

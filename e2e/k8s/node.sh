@@ -34,8 +34,25 @@ node_check_tools() {
     [[ -d /sys/fs/cgroup/memory ]] || die "kubelet here runs on cgroup v1 (cgroupfs); /sys/fs/cgroup/memory is missing"
 }
 
+# A cluster that was killed without down.sh (its owner and watchdog killed
+# together) leaves its pods' network namespaces behind, still plugged into
+# the bridge with their addresses. The next cluster's IPAM starts afresh and
+# hands the same addresses out again, and the kubelet's probes then reach the
+# dead namespace ("connection refused") instead of the new pod. A namespace
+# with no process in it runs nothing; one whose eth0 holds a pod address is
+# one of ours.
+clear_dead_pod_namespaces() {
+    local ns
+    for ns in $(ip netns list 2>/dev/null | awk '/^cni-/ { print $1 }'); do
+        [[ -z "$(ip netns pids "$ns" 2>/dev/null)" ]] || continue
+        ip -n "$ns" -4 -o addr show dev eth0 2>/dev/null | grep -qF "inet ${POD_CIDR%.*/*}." || continue
+        ip netns delete "$ns" 2>/dev/null && log "removed $ns, left behind by an earlier cluster"
+    done
+}
+
 # The bridge exists before the API server starts: the server listens on it.
 node_network() {
+    clear_dead_pod_namespaces
     if ! ip link show "$NODE_BRIDGE" >/dev/null 2>&1; then
         ip link add "$NODE_BRIDGE" type bridge || die "could not create bridge $NODE_BRIDGE (needs CAP_NET_ADMIN)"
     fi
