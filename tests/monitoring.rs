@@ -476,6 +476,7 @@ fn families() -> &'static BTreeMap<String, Family> {
         add(&mut f, &m.redis_up);
         add(&mut f, &m.limiter_mode);
         add(&mut f, &m.shared_refusals);
+        add(&mut f, &m.sends_repaced);
         add(&mut f, &m.spill_waiting);
         add(&mut f, &m.spill_messages);
         // The operator's registry prefixes its names when it gathers them,

@@ -40,6 +40,7 @@ pub struct Metrics {
     pub redis_up: IntGauge,
     pub limiter_mode: IntGaugeVec,
     pub shared_refusals: IntCounterVec,
+    pub sends_repaced: IntCounterVec,
     pub spill_waiting: IntGauge,
     pub spill_messages: IntCounterVec,
 }
@@ -262,6 +263,12 @@ impl Metrics {
                 "Sends the shared (Redis) limiter refused and put back to wait.",
                 &["tier"],
             ),
+            sends_repaced: counter(
+                &r,
+                "herald_sends_repaced_total",
+                "Sends whose task started late, or right behind late ones, and waited for their turn under the tier's limits.",
+                &["tier"],
+            ),
             spill_waiting,
             spill_messages: counter(
                 &r,
@@ -315,6 +322,7 @@ mod tests {
         m.config_reloads.with_label_values(&["ok"]).inc();
         m.limiter_mode.with_label_values(&["t", "shared"]).set(1);
         m.shared_refusals.with_label_values(&["t"]).inc();
+        m.sends_repaced.with_label_values(&["t"]).inc();
         m.spill_messages.with_label_values(&["spilled"]).inc();
         let text = m.render();
         let doc = include_str!("../../docs/metrics.md");

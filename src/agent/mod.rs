@@ -8,6 +8,7 @@ pub mod config;
 pub mod config_map;
 pub mod dispatch_config;
 pub mod dispatch_loop;
+pub mod dispatch_runtime;
 pub mod fleet;
 pub mod http;
 pub mod ingest;

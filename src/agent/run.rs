@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::agent::config::{AgentConfig, ConfigError};
 use crate::agent::dispatch_loop::{DispatchLoop, LoopError};
+use crate::agent::dispatch_runtime::DispatchRuntime;
 use crate::agent::fleet;
 use crate::agent::metrics::Metrics;
 use crate::agent::state::{AppState, DispatchCmd};
@@ -54,6 +55,8 @@ pub enum AgentError {
     Client(#[from] crate::sink::SinkError),
     #[error("HTTP server: {0}")]
     Serve(std::io::Error),
+    #[error("starting the dispatch thread: {0}")]
+    DispatchThread(std::io::Error),
 }
 
 /// A started agent, for embedding (tests, `herald demo`).
@@ -142,13 +145,17 @@ pub async fn start(
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(7);
     let dispatch = DispatchLoop::new(state.clone(), config.clone(), seed)?;
+    let dispatch_runtime = DispatchRuntime::new().map_err(AgentError::DispatchThread)?;
     let (stop, stop_rx) = watch::channel(false);
     let grace = config.agent.shutdown_grace.get();
     let task = tokio::spawn(serve(
         state.clone(),
         listener,
-        dispatch,
-        rx,
+        Dispatch {
+            lp: dispatch,
+            runtime: dispatch_runtime,
+            commands: rx,
+        },
         stop_rx,
         grace,
         path,
@@ -162,17 +169,29 @@ pub async fn start(
     })
 }
 
+/// The dispatch loop, the channel it takes commands from, and the runtime
+/// it runs on.
+struct Dispatch {
+    lp: DispatchLoop,
+    runtime: DispatchRuntime,
+    commands: mpsc::Receiver<DispatchCmd>,
+}
+
 async fn serve(
     state: Arc<AppState>,
     listener: tokio::net::TcpListener,
-    dispatch: DispatchLoop,
-    rx: mpsc::Receiver<DispatchCmd>,
+    dispatch: Dispatch,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
     path: PathBuf,
 ) -> Result<(), AgentError> {
     let (loop_stop_tx, loop_stop_rx) = watch::channel(false);
-    let dispatch_task = tokio::spawn(dispatch.run(rx, loop_stop_rx, grace));
+    let Dispatch {
+        lp,
+        runtime: dispatch_runtime,
+        commands,
+    } = dispatch;
+    let dispatch_task = dispatch_runtime.spawn(lp.run(commands, loop_stop_rx, grace));
     let (aux_stop_tx, aux_stop_rx) = watch::channel(false);
     let fleet_task = state.fleet.clone().map(|f| {
         let config = state.config();
@@ -229,10 +248,14 @@ async fn serve(
         crate::agent::spill::flush(spill, redis).await;
     }
     let _ = loop_stop_tx.send(true);
-    let _ = dispatch_task.await;
+    if let Some(t) = dispatch_task {
+        let _ = t.await;
+    }
     if let Some(f) = &state.fleet {
         crate::fleet::task::hand_over(f).await;
     }
+    // Only now: a Redis connection re-opened by a send drives on it.
+    drop(dispatch_runtime);
     tracing::info!("herald agent stopped");
     served.map_err(AgentError::Serve)
 }

@@ -452,6 +452,35 @@ impl Limiter {
         (decision, charge)
     }
 
+    /// The earliest instant at or after `now` at which every key admits,
+    /// charged as if the cell arrived then: the admission of a cell that
+    /// must go, only *when* being open. A second limiter fed with the
+    /// instants sends really start replays the first one's decisions
+    /// exactly while they start on time, and re-paces them after they
+    /// started late, so that lateness that differs from send to send never
+    /// bunches them closer than the limits.
+    pub fn reserve(&mut self, now: Instant, checks: &[(Key, &Limit)]) -> (Instant, Charge) {
+        let mut at = now;
+        // `retry_at` is exact unless a key repeats in `checks`; then it is
+        // a lower bound, and each round charges nothing and moves on.
+        for _ in 0..=checks.len() {
+            match self.check_charged(at, checks) {
+                (Decision::Admit, charge) => return (at, charge),
+                (Decision::Refuse { retry_at, .. }, _) => at = retry_at.max(at),
+            }
+        }
+        // Only a pause could refuse this often, and a limiter that reserves
+        // is never paused; charge at the last answer all the same.
+        let mut charge = Charge::default();
+        for (key, limit) in checks {
+            let tat = self.tats.entry(*key).or_insert(Instant::ZERO);
+            let next = gcra(at.max(*tat), *tat, limit).unwrap_or(*tat);
+            charge.push(*key, *tat, next);
+            *tat = next;
+        }
+        (at, charge)
+    }
+
     /// Takes back an admission that sent nothing (a shared budget refused
     /// it): each key whose TAT is still what the admission left goes back
     /// to what it was before. A key charged again since keeps its state —
@@ -555,6 +584,48 @@ impl Limiter {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn sends_that_started_late_together_are_paced_again() {
+        let global = Limit::TELEGRAM_GLOBAL;
+        let checks = [(Key::Global, &global)];
+        let interval = global.cell().interval;
+        let (mut handed, mut starts) = (Limiter::new(), Limiter::new());
+        let slots: Vec<Instant> = (0..60)
+            .map(|i| Instant::from_nanos(i * interval))
+            .inspect(|&at| assert_eq!(handed.check(at, &checks), Decision::Admit))
+            .collect();
+        // The first ten tasks start together 300 ms late (a busy runtime);
+        // the rest on time.
+        let late = Instant::from_nanos(300 * MS);
+        let reserved: Vec<u64> = slots
+            .iter()
+            .map(|&slot| starts.reserve(slot.max(late), &checks).0.as_nanos())
+            .collect();
+        assert!(reserved.windows(2).all(|w| w[1] - w[0] >= interval));
+        assert_eq!(reserved[0], 300 * MS);
+        // What the API counts: at most 30 in any second.
+        assert!(max_in_window(&reserved, 1_000 * MS) <= 30);
+    }
+
+    #[test]
+    fn a_reservation_waits_out_a_pause() {
+        let chat = Limit::per_second(1, 1);
+        let mut l = Limiter::new();
+        let until = Instant::from_secs(5);
+        l.pause(PauseScope::Key(Key::Chat(1)), until);
+        l.pause(PauseScope::All, Instant::from_secs(3));
+        let checks = [(Key::Global, &chat), (Key::Chat(1), &chat)];
+        let (at, _) = l.reserve(Instant::from_secs(1), &checks);
+        assert_eq!(at, until);
+        assert_eq!(l.tat(&Key::Chat(1)), Some(until + Duration::from_secs(1)));
+        // A key twice over a burst of one can never admit at once (a
+        // caller's mistake): the reservation still ends, later, charged.
+        let twice = [(Key::Chat(2), &chat), (Key::Chat(2), &chat)];
+        let (at, _) = l.reserve(Instant::from_secs(10), &twice);
+        assert!(at > Instant::from_secs(10));
+        assert!(l.tat(&Key::Chat(2)) > Some(at));
+    }
 
     #[test]
     fn a_refund_takes_back_an_untouched_admission_only() {
@@ -913,6 +984,63 @@ mod tests {
                 }
             }
             for (key, times) in &per_key {
+                let limit = if *key == Key::Global { &global } else { &chat };
+                let period = duration_nanos(limit.period);
+                for w in [0, period / 3, period, 2 * period + 7, 10 * period] {
+                    prop_assert!(max_in_window(times, w) <= bound(limit, w),
+                        "key {:?} window {} count {} bound {}", key, w,
+                        max_in_window(times, w), bound(limit, w));
+                }
+            }
+        }
+
+        /// Fed the instants a first limiter admitted, a second one reserves
+        /// each at that very instant: sends that start on time never wait.
+        #[test]
+        fn reserving_on_time_sends_never_waits(
+            global in arb_limit(),
+            chat in arb_limit(),
+            steps in proptest::collection::vec((0u64..200, 0i64..3), 1..300),
+        ) {
+            let (mut first, mut starts) = (Limiter::new(), Limiter::new());
+            let mut now = 0u64;
+            for (dt_ms, c) in steps {
+                now += dt_ms * MS / 4;
+                let at = Instant::from_nanos(now);
+                let checks = [(Key::Global, &global), (Key::Chat(c), &chat)];
+                if first.check(at, &checks) == Decision::Admit {
+                    prop_assert_eq!(starts.reserve(at, &checks).0, at);
+                }
+            }
+        }
+
+        /// Whenever sends start, what a reserving limiter lets them start
+        /// keeps every window, is never before their start, and never
+        /// later than a check would have admitted.
+        #[test]
+        fn reserved_starts_keep_every_window(
+            global in arb_limit(),
+            chat in arb_limit(),
+            steps in proptest::collection::vec((0u64..200, 0i64..3), 1..300),
+        ) {
+            let mut l = Limiter::new();
+            let mut now = 0u64;
+            let mut per_key: HashMap<Key, Vec<u64>> = HashMap::new();
+            for (dt_ms, c) in steps {
+                now += dt_ms * MS / 4;
+                let start = Instant::from_nanos(now);
+                let checks = [(Key::Global, &global), (Key::Chat(c), &chat)];
+                let expected = match l.peek(start, &checks) {
+                    Decision::Admit => start,
+                    Decision::Refuse { retry_at, .. } => retry_at,
+                };
+                let (at, _) = l.reserve(start, &checks);
+                prop_assert_eq!(at, expected);
+                per_key.entry(Key::Global).or_default().push(at.as_nanos());
+                per_key.entry(Key::Chat(c)).or_default().push(at.as_nanos());
+            }
+            for (key, times) in &mut per_key {
+                times.sort_unstable();
                 let limit = if *key == Key::Global { &global } else { &chat };
                 let period = duration_nanos(limit.period);
                 for w in [0, period / 3, period, 2 * period + 7, 10 * period] {

@@ -25,6 +25,11 @@ impl DispatchLoop {
         if let Some(h) = self.held.get_mut(&done.id) {
             h.sending = false;
         }
+        if done.repaced
+            && let Some(m) = self.state.metrics()
+        {
+            m.sends_repaced.with_label_values(&[&tier_name]).inc();
+        }
         match done.unsent {
             Some(Unsent::Wait(wait)) => {
                 if let Some(m) = self.state.metrics() {

@@ -11,6 +11,7 @@ use crate::engine::limiter::Limits;
 use crate::fleet::Fleet;
 use crate::policy::effective::{LimiterMode, TierLimits, switch_quiet};
 
+use super::start_pacer::StartPacer;
 use super::{DispatchLoop, LoopError};
 
 impl DispatchLoop {
@@ -22,8 +23,24 @@ impl DispatchLoop {
         self.d.reconfigure(now, applied(base, &limits))?;
         self.limits = limits;
         self.config = config;
+        self.sync_pacers();
         self.publish_modes();
         Ok(())
+    }
+
+    /// Each loaded tier's start pacer on its local limits now; a tier that
+    /// stays keeps its pacer's state.
+    pub(super) fn sync_pacers(&mut self) {
+        let mut old = std::mem::take(&mut self.pacers);
+        for (i, l) in self.limits.iter().enumerate() {
+            let name = self.d.tier_name(i).unwrap_or_default().to_owned();
+            let pacer = match old.iter().position(|(n, _)| *n == name) {
+                Some(at) => old.swap_remove(at).1,
+                None => StartPacer::new(l.local),
+            };
+            pacer.set_limits(l.local);
+            self.pacers.push((name, pacer));
+        }
     }
 
     /// Re-cuts the limits when Redis came or went or the live count moved.

@@ -15,14 +15,16 @@
 //! partition's messages in and out), `send` (hand out send orders, the
 //! shared limiter's gate, the send task), `finish` (a finished attempt:
 //! verdict, store writes in order, waiters, receipt), `limits` (each tier's
-//! limits now, asked of `policy::effective`), `snapshot` (metrics, the
-//! ingest gate and `/healthz/details`).
+//! limits now, asked of `policy::effective`), `start_pacer` (each tier's
+//! limits applied again to the instants send tasks really start),
+//! `snapshot` (metrics, the ingest gate and `/healthz/details`).
 
 mod finish;
 mod limits;
 mod queue;
 mod send;
 mod snapshot;
+mod start_pacer;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -49,6 +51,7 @@ use self::limits::{applied, configured, tier_limits};
 use self::queue::Held;
 use self::send::Done;
 use self::snapshot::log_event;
+use self::start_pacer::StartPacer;
 
 /// Everything the loop owns.
 pub struct DispatchLoop {
@@ -69,6 +72,8 @@ pub struct DispatchLoop {
     config: Arc<AgentConfig>,
     /// Per tier index: its limits and the limiter it uses now.
     limits: Vec<TierLimits>,
+    /// Per tier index: its name and start pacer, kept across reloads.
+    pacers: Vec<(String, Arc<StartPacer>)>,
 }
 
 /// Why the loop could not start.
@@ -112,7 +117,9 @@ impl DispatchLoop {
             fleet,
             config: config.clone(),
             limits,
+            pacers: Vec::new(),
         };
+        l.sync_pacers();
         l.build_sinks(&config)?;
         l.publish_modes();
         Ok(l)

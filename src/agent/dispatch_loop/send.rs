@@ -1,14 +1,14 @@
 //! Handing out sends: every order the engine allows now leaves as a task
-//! of its own, after the shared limiter's gate on Redis and a last check
-//! of the partition's lease; a send that never left comes back as
-//! [`Unsent`].
+//! of its own, after its turn under the tier's start pacer, the shared
+//! limiter's gate on Redis and a last check of the partition's lease; a
+//! send that never left comes back as [`Unsent`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::now_ms;
 use crate::engine::dispatch::Poll;
-use crate::engine::limiter::{Limits, Recipient};
+use crate::engine::limiter::{Charge, Limits, Recipient};
 use crate::engine::taxonomy::Outcome;
 use crate::engine::{Instant, Priority};
 use crate::fleet::Fleet;
@@ -19,6 +19,7 @@ use crate::store::Store;
 
 use super::DispatchLoop;
 use super::queue::chain;
+use super::start_pacer::StartPacer;
 
 pub(super) struct Done {
     pub(super) id: u64,
@@ -27,6 +28,9 @@ pub(super) struct Done {
     pub(super) latency: Duration,
     /// Set when the send never left.
     pub(super) unsent: Option<Unsent>,
+    /// The send's task started too close behind late ones and waited for
+    /// its turn under the tier's limits.
+    pub(super) repaced: bool,
 }
 
 /// Why a send order was handed back unsent.
@@ -102,16 +106,10 @@ impl DispatchLoop {
                         m.in_flight.inc();
                     }
                     let gate = self.gate(tier, priority);
+                    let turn = self.turn(tier, order.chat, priority);
                     let lease = self.fleet.clone().zip(partition);
                     self.inflight.spawn(async move {
-                        let held_back = match gate.pass().await {
-                            Some(wait) => Some(Unsent::Wait(wait)),
-                            // The slot may have come after the lease's end
-                            // (or this process was frozen while it waited).
-                            None => lease
-                                .filter(|(f, p)| !f.store.may_send(*p))
-                                .map(|(_, p)| Unsent::Lapsed(p)),
-                        };
+                        let (held_back, repaced) = clear(gate, turn, lease).await;
                         if held_back.is_some() {
                             return Done {
                                 id,
@@ -119,6 +117,7 @@ impl DispatchLoop {
                                 result: unsent(),
                                 latency: Duration::ZERO,
                                 unsent: held_back,
+                                repaced,
                             };
                         }
                         let started = tokio::time::Instant::now();
@@ -129,12 +128,24 @@ impl DispatchLoop {
                             result,
                             latency: started.elapsed(),
                             unsent: None,
+                            repaced,
                         }
                     });
                 }
                 Poll::Idle { wake_at } => return wake_at,
             }
         }
+    }
+
+    /// The turn a send of `tier` to `chat` takes under the tier's local
+    /// limits once its task starts.
+    fn turn(&self, tier: usize, chat: i64, priority: Priority) -> Option<StartTurn> {
+        Some(StartTurn {
+            pacer: self.pacers.get(tier)?.1.clone(),
+            recipient: self.d.tier_recipient(tier, chat)?,
+            priority,
+            epoch: self.epoch,
+        })
     }
 
     /// What a send of `tier` must pass before it leaves.
@@ -152,6 +163,72 @@ impl DispatchLoop {
                 priority,
                 delay: shared.delay,
             })),
+        }
+    }
+}
+
+/// Waits until a send may leave: its turn under the local limits, then
+/// the shared limiter's gate, then the lease. `Some` if it must not leave
+/// (its turn given back); `true` if it waited for its turn.
+async fn clear(
+    gate: SendGate,
+    turn: Option<StartTurn>,
+    lease: Option<(Arc<Fleet>, u32)>,
+) -> (Option<Unsent>, bool) {
+    if matches!(gate, SendGate::Paused) {
+        return (Some(Unsent::Wait(PAUSED_RETRY)), false);
+    }
+    let taken = match turn {
+        Some(turn) => Some(turn.take().await),
+        None => None,
+    };
+    let repaced = taken.as_ref().is_some_and(|t| t.waited);
+    let held_back = match gate.pass().await {
+        Some(wait) => Some(Unsent::Wait(wait)),
+        // The slot may have come after the lease's end (or this process
+        // was frozen while it waited).
+        None => lease
+            .filter(|(f, p)| !f.store.may_send(*p))
+            .map(|(_, p)| Unsent::Lapsed(p)),
+    };
+    if held_back.is_some()
+        && let Some(t) = taken
+    {
+        t.pacer.refund(&t.charge);
+    }
+    (held_back, repaced)
+}
+
+/// A send's place under its tier's start pacer, owned by the send task.
+struct StartTurn {
+    pacer: Arc<StartPacer>,
+    recipient: Recipient,
+    priority: Priority,
+    /// The dispatch loop's engine time zero.
+    epoch: tokio::time::Instant,
+}
+
+struct TakenTurn {
+    pacer: Arc<StartPacer>,
+    charge: Charge,
+    waited: bool,
+}
+
+impl StartTurn {
+    /// Reserves the earliest start the limits allow from now, and waits
+    /// for it.
+    async fn take(self) -> TakenTurn {
+        let now =
+            Instant::from_nanos(u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        let (at, charge) = self.pacer.reserve(now, self.recipient, self.priority);
+        let waited = at > now;
+        if waited {
+            tokio::time::sleep_until(self.epoch + Duration::from_nanos(at.as_nanos())).await;
+        }
+        TakenTurn {
+            pacer: self.pacer,
+            charge,
+            waited,
         }
     }
 }

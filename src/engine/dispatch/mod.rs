@@ -59,7 +59,7 @@ use crate::engine::breaker::{BreakerSet, Ticket};
 use crate::engine::bulkhead::Permit;
 use crate::engine::degradation::{Degrader, Level, LevelChange, Refusal};
 use crate::engine::health::LatencyWindow;
-use crate::engine::limiter::Charge;
+use crate::engine::limiter::{Charge, Recipient};
 use crate::engine::scheduler::{Item, PrioritySet, Scheduler};
 use crate::engine::selector::{Route, SelectorConfig};
 use crate::engine::taxonomy::Correlator;
@@ -327,6 +327,11 @@ impl Dispatcher {
 
     pub fn tier_sink(&self, tier: usize) -> Option<Sink> {
         self.tiers.get(tier).map(|t| t.cfg.sink)
+    }
+
+    /// Whom `tier`'s limiter sees in a send to `chat`.
+    pub fn tier_recipient(&self, tier: usize, chat: i64) -> Option<Recipient> {
+        self.tiers.get(tier).map(|t| t.recipient(chat))
     }
 
     pub fn tier_index(&self, name: &str) -> Option<usize> {

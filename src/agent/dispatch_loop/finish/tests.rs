@@ -104,6 +104,7 @@ impl Harness {
             result,
             latency: Duration::from_millis(12),
             unsent: None,
+            repaced: false,
         });
     }
 
@@ -297,6 +298,7 @@ async fn a_send_the_shared_limiter_refused_goes_back_unsent() {
         result: super::super::send::unsent(),
         latency: Duration::ZERO,
         unsent: Some(Unsent::Wait(Duration::from_millis(200))),
+        repaced: false,
     });
     // Nothing is written and no attempt is counted; the order comes back.
     assert!(h.holds(id));
