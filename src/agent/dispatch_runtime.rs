@@ -6,8 +6,8 @@
 //! by up to 48 ms between their start and their arrival at the API, on
 //! sends a second apart by different amounts, which is how a limiter that
 //! paces hand-outs exactly still drew a 429 from a strict API (its guard
-//! covers 10 ms). On a thread of its own the worst measured was 7.6 ms in
-//! the same runs. The operating system gives that thread its share
+//! covers 10 ms). On a thread of its own the worst measured was 9.4 ms in
+//! eight runs of the same test (docs/decisions.md). The operating system gives that thread its share
 //! whatever the accept path does; within the thread, nothing but sends
 //! and the loop compete.
 
