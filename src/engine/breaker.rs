@@ -15,12 +15,11 @@
 //! admitted while Closed finishing during HalfOpen) is ignored instead of
 //! being taken for a probe's verdict.
 
-use std::collections::HashMap;
 use std::hash::Hash;
 use std::time::Duration;
 
-use crate::engine::Instant;
 use crate::engine::clock::duration_nanos;
+use crate::engine::{FastMap, Instant};
 
 /// Buckets of a time window; the window covers between 9/10 and all of its
 /// configured length.
@@ -616,8 +615,8 @@ impl Breaker {
 pub struct BreakerSet<T> {
     default_tier: BreakerConfig,
     default_chat: BreakerConfig,
-    configs: HashMap<T, (BreakerConfig, BreakerConfig)>,
-    breakers: HashMap<(T, Option<i64>), Breaker>,
+    configs: FastMap<T, (BreakerConfig, BreakerConfig)>,
+    breakers: FastMap<(T, Option<i64>), Breaker>,
 }
 
 impl<T: Hash + Eq + Clone> BreakerSet<T> {
@@ -626,8 +625,8 @@ impl<T: Hash + Eq + Clone> BreakerSet<T> {
         BreakerSet {
             default_tier: tier,
             default_chat: chat,
-            configs: HashMap::new(),
-            breakers: HashMap::new(),
+            configs: FastMap::default(),
+            breakers: FastMap::default(),
         }
     }
 

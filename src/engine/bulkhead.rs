@@ -16,11 +16,10 @@
 //! [`Bulkheads::try_acquire`] waits too, and freed slots go to callers of
 //! [`Bulkheads::retry`].
 
-use std::collections::HashMap;
 use std::hash::Hash;
 use std::time::Duration;
 
-use crate::engine::Instant;
+use crate::engine::{FastMap, Instant};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct BulkheadConfig {
@@ -106,8 +105,8 @@ pub struct Usage {
 #[derive(Clone, Debug)]
 pub struct Bulkheads<M> {
     default: BulkheadConfig,
-    configs: HashMap<M, BulkheadConfig>,
-    usage: HashMap<M, Usage>,
+    configs: FastMap<M, BulkheadConfig>,
+    usage: FastMap<M, Usage>,
 }
 
 impl<M: Hash + Eq + Clone> Bulkheads<M> {
@@ -115,8 +114,8 @@ impl<M: Hash + Eq + Clone> Bulkheads<M> {
     pub fn new(default: BulkheadConfig) -> Self {
         Bulkheads {
             default,
-            configs: HashMap::new(),
-            usage: HashMap::new(),
+            configs: FastMap::default(),
+            usage: FastMap::default(),
         }
     }
 

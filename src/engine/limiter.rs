@@ -47,11 +47,10 @@
 //! are not covered by the guard; Telegram's published limits are per second
 //! and per minute.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::engine::clock::duration_nanos;
-use crate::engine::{Instant, Priority};
+use crate::engine::{FastMap, Instant, Priority};
 
 /// How much longer than nominal the emission interval is made.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -418,9 +417,9 @@ impl Charge {
 /// Per-key GCRA state of one bot, in memory.
 #[derive(Clone, Debug, Default)]
 pub struct Limiter {
-    tats: HashMap<Key, Instant>,
+    tats: FastMap<Key, Instant>,
     paused_all: Instant,
-    paused: HashMap<Key, Instant>,
+    paused: FastMap<Key, Instant>,
 }
 
 impl Limiter {
@@ -584,6 +583,7 @@ impl Limiter {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::HashMap;
 
     #[test]
     fn sends_that_started_late_together_are_paced_again() {

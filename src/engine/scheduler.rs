@@ -19,10 +19,10 @@
 //! updates, whatever the number of queued messages.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::hash::Hash;
 
-use crate::engine::{Instant, Priority};
+use crate::engine::{FastMap, Instant, Priority};
 
 /// One queued message as the scheduler sees it. The payload stays in the
 /// store; the scheduler holds only what ordering needs.
@@ -278,9 +278,9 @@ impl Places {
 /// are out.
 #[derive(Debug)]
 pub struct Scheduler<M> {
-    chats: HashMap<i64, Chat<M>>,
+    chats: FastMap<i64, Chat<M>>,
     places: Places,
-    out: HashMap<M, (i64, Slot<M>)>,
+    out: FastMap<M, (i64, Slot<M>)>,
     /// Held messages (queued or out) per class.
     held: [usize; 4],
     /// Held messages per second of `enqueued_at`: a small, hot map where an
@@ -303,9 +303,9 @@ impl<M: Copy + Eq + Hash> Scheduler<M> {
             *s = STRIDE_SCALE / u64::from(w);
         }
         Ok(Scheduler {
-            chats: HashMap::new(),
+            chats: FastMap::default(),
             places: Places::default(),
-            out: HashMap::new(),
+            out: FastMap::default(),
             held: [0; 4],
             ages: BTreeMap::new(),
             next_seq: 0,
@@ -577,6 +577,7 @@ impl<M: Copy + Eq + Hash> Scheduler<M> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::HashMap;
     use std::time::Duration;
 
     fn item(id: u64, chat: i64, priority: Priority, at_ms: u64) -> Item<u64> {

@@ -15,11 +15,12 @@
 //! 502/503/504 5, other 5xx, connection and unexpected statuses 6, TLS 7,
 //! unknown endpoint (404) 9, bad token (401) 10.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
 use std::hash::Hash;
 use std::time::Duration;
 
-use crate::engine::Instant;
+use crate::engine::{FastMap, Instant};
 
 /// Longest description kept from an error body; Telegram's are far shorter.
 const MAX_DESCRIPTION: usize = 512;
@@ -344,7 +345,7 @@ struct Track {
     /// Observations within the window, oldest first.
     recent: VecDeque<(Instant, Option<i64>)>,
     /// Observations per chat in `recent`.
-    per_chat: HashMap<Option<i64>, u32>,
+    per_chat: FastMap<Option<i64>, u32>,
     escalated: bool,
     last: Instant,
 }
@@ -356,7 +357,7 @@ pub struct Correlator<T> {
     pub window: Duration,
     /// Distinct chats within `window` that escalate (0 acts as 1).
     pub chats_threshold: usize,
-    tracks: HashMap<(T, Class), Track>,
+    tracks: FastMap<(T, Class), Track>,
 }
 
 impl<T> Default for Correlator<T> {
@@ -366,7 +367,7 @@ impl<T> Default for Correlator<T> {
         Correlator {
             window: Duration::from_secs(60),
             chats_threshold: 5,
-            tracks: HashMap::new(),
+            tracks: FastMap::default(),
         }
     }
 }
@@ -376,7 +377,7 @@ impl<T: Hash + Eq + Clone> Correlator<T> {
         Correlator {
             window,
             chats_threshold,
-            tracks: HashMap::new(),
+            tracks: FastMap::default(),
         }
     }
 

@@ -17,11 +17,11 @@
 //! Invariant: a chat is either here or in the scheduler, never both; its
 //! messages keep their order; `len` is the number of messages held here.
 
+use std::collections::VecDeque;
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
 
-use crate::engine::Instant;
 use crate::engine::scheduler::Item;
+use crate::engine::{FastMap, Instant};
 
 use super::types::MessageType;
 
@@ -45,8 +45,8 @@ struct AsideChat {
 
 #[derive(Debug, Default)]
 pub struct Aside {
-    chats: HashMap<i64, AsideChat>,
-    queues: HashMap<BlockKey, VecDeque<i64>>,
+    chats: FastMap<i64, AsideChat>,
+    queues: FastMap<BlockKey, VecDeque<i64>>,
     messages: usize,
 }
 

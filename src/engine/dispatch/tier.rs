@@ -9,15 +9,14 @@
 //! by the degradation level's concurrency factor, never below one slot; a
 //! type dropped from the config becomes unbounded rather than stuck.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::engine::Instant;
 use crate::engine::breaker::{Breaker, BreakerState};
 use crate::engine::bulkhead::{Acquire, BulkheadConfig, Bulkheads, Permit};
 use crate::engine::health::{self, BreakerPhase, HealthConfig, HealthReport, HealthTracker};
 use crate::engine::limiter::{Limiter, Recipient};
 use crate::engine::selector::Ewma;
+use crate::engine::{FastMap, Instant};
 
 use super::config::{DispatchError, Sink, TierConfig};
 use super::intern::TypeTable;
@@ -48,7 +47,7 @@ pub struct TierState {
     /// Set by a critical error; cleared by an operator reset.
     pub stopped: Option<&'static str>,
     /// Chats this tier cannot reach, until the instant.
-    pub unreachable: HashMap<i64, Instant>,
+    pub unreachable: FastMap<i64, Instant>,
     pub in_flight: u32,
     pub counters: TierCounters,
 }
@@ -74,7 +73,7 @@ impl TierState {
             report,
             ewma: Ewma::default(),
             stopped: None,
-            unreachable: HashMap::new(),
+            unreachable: FastMap::default(),
             in_flight: 0,
             counters: TierCounters::default(),
         };
