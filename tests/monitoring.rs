@@ -477,6 +477,7 @@ fn families() -> &'static BTreeMap<String, Family> {
         add(&mut f, &m.limiter_mode);
         add(&mut f, &m.shared_refusals);
         add(&mut f, &m.sends_repaced);
+        add(&mut f, &m.shared_late_slots);
         add(&mut f, &m.spill_waiting);
         add(&mut f, &m.spill_messages);
         // The operator's registry prefixes its names when it gathers them,

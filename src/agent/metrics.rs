@@ -41,6 +41,7 @@ pub struct Metrics {
     pub limiter_mode: IntGaugeVec,
     pub shared_refusals: IntCounterVec,
     pub sends_repaced: IntCounterVec,
+    pub shared_late_slots: IntCounterVec,
     pub spill_waiting: IntGauge,
     pub spill_messages: IntCounterVec,
 }
@@ -269,6 +270,12 @@ impl Metrics {
                 "Sends whose task started late, or right behind late ones, and waited for their turn under the tier's limits.",
                 &["tier"],
             ),
+            shared_late_slots: counter(
+                &r,
+                "herald_shared_limiter_late_slots_total",
+                "Shared (Redis) slots given up because the send could have left after its slot: the agent woke late, or the decision came back slower than its usual round trip. The send asks again at once.",
+                &["tier"],
+            ),
             spill_waiting,
             spill_messages: counter(
                 &r,
@@ -323,6 +330,7 @@ mod tests {
         m.limiter_mode.with_label_values(&["t", "shared"]).set(1);
         m.shared_refusals.with_label_values(&["t"]).inc();
         m.sends_repaced.with_label_values(&["t"]).inc();
+        m.shared_late_slots.with_label_values(&["t"]).inc();
         m.spill_messages.with_label_values(&["spilled"]).inc();
         let text = m.render();
         let doc = include_str!("../../docs/metrics.md");

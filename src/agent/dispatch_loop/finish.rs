@@ -41,6 +41,16 @@ impl DispatchLoop {
                 }
                 return;
             }
+            Some(Unsent::Late) => {
+                if let Some(m) = self.state.metrics() {
+                    m.in_flight.dec();
+                    m.shared_late_slots.with_label_values(&[&tier_name]).inc();
+                }
+                if let Err(e) = self.d.defer(now, done.id, now) {
+                    tracing::warn!(error = %e, "could not put back a send whose shared slot passed");
+                }
+                return;
+            }
             Some(Unsent::Lapsed(p)) => {
                 if let Some(m) = self.state.metrics() {
                     m.in_flight.dec();

@@ -37,6 +37,10 @@ pub(super) struct Done {
 pub(super) enum Unsent {
     /// The shared limiter (or a paused one) said to wait this long.
     Wait(Duration),
+    /// The shared slot may have passed before the send could leave (the
+    /// process woke late, or the decision came back slower than usual):
+    /// given up; the send asks again at once.
+    Late,
     /// The partition's lease lapsed while the send waited for its slot.
     Lapsed(u32),
 }
@@ -184,7 +188,7 @@ async fn clear(
     };
     let repaced = taken.as_ref().is_some_and(|t| t.waited);
     let held_back = match gate.pass().await {
-        Some(wait) => Some(Unsent::Wait(wait)),
+        Some(unsent) => Some(unsent),
         // The slot may have come after the lease's end (or this process
         // was frozen while it waited).
         None => lease
@@ -253,8 +257,8 @@ struct SharedAsk {
 }
 
 impl SendGate {
-    /// `None`: send now. `Some(wait)`: do not send; ask again after `wait`.
-    async fn pass(self) -> Option<Duration> {
+    /// `None`: send now; otherwise why not, and when to ask again.
+    async fn pass(self) -> Option<Unsent> {
         let SharedAsk {
             fleet,
             bot,
@@ -263,7 +267,7 @@ impl SendGate {
             delay,
         } = match self {
             SendGate::Open => return None,
-            SendGate::Paused => return Some(PAUSED_RETRY),
+            SendGate::Paused => return Some(Unsent::Wait(PAUSED_RETRY)),
             SendGate::Shared(ask) => *ask,
         };
         // Chat and group keys stay local: a chat lives in one partition,
@@ -299,21 +303,21 @@ impl SendGate {
                         unsure_ms = unsure.as_millis() as u64,
                         "a shared slot passed before the send; asking again"
                     );
-                    return Some(Duration::ZERO);
+                    return Some(Unsent::Late);
                 }
                 None
             }
-            Ok(SharedDecision::Refused { retry_after, .. }) => Some(
+            Ok(SharedDecision::Refused { retry_after, .. }) => Some(Unsent::Wait(
                 retry_after
                     .saturating_sub(delay.horizon)
                     .max(Duration::from_millis(1)),
-            ),
+            )),
             Err(e) => {
                 tracing::warn!(error = %e, "shared limiter did not decide; the send waits");
                 if e.is_unavailable() {
                     fleet.failed();
                 }
-                Some(PAUSED_RETRY)
+                Some(Unsent::Wait(PAUSED_RETRY))
             }
         }
     }
