@@ -79,6 +79,12 @@ fn check_burst_arrived_once(library: &str, sandbox_port: u16, agent: &Agent) {
         );
     }
     let c = counters(sandbox_port);
+    if c["rejected_429"] != 0 {
+        let (_, messages) = get(&format!(
+            "http://127.0.0.1:{sandbox_port}/sandbox/messages?since=0"
+        ));
+        print_refusal_windows(&c, &messages);
+    }
     assert_eq!(c["rejected_429"], 0, "{library}: the sandbox refused: {c}");
 }
 

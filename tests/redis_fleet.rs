@@ -330,36 +330,6 @@ impl Fleet {
     }
 }
 
-/// For each refusal: the deliveries of the second before it, as offsets
-/// from the refusal, so the CI log shows whether an extra send squeezed in
-/// (a full, evenly paced window) or the pacing itself bunched.
-fn print_refusal_windows(counters: &Value, messages: &str) {
-    let log: Value = serde_json::from_str(messages).unwrap_or(Value::Null);
-    let delivered: Vec<(u64, &str)> = log["messages"]
-        .as_array()
-        .map(|m| {
-            m.iter()
-                .filter_map(|m| Some((m["arrival_ns"].as_u64()?, m["text"].as_str()?)))
-                .collect()
-        })
-        .unwrap_or_default();
-    for r in counters["refusals"].as_array().into_iter().flatten() {
-        let at = r["arrival_ns"].as_u64().unwrap_or(0);
-        let window: Vec<String> = delivered
-            .iter()
-            .filter(|(t, _)| *t <= at + 100_000_000 && *t + 1_000_000_000 > at)
-            .map(|(t, text)| format!("{:+.1}ms {text}", (*t as f64 - at as f64) / 1e6))
-            .collect();
-        eprintln!(
-            "refused {} ({}) at {:.3}s; deliveries from 1 s before to 100 ms after: {}",
-            r["text"],
-            r["cause"],
-            at as f64 / 1e9,
-            window.join(", ")
-        );
-    }
-}
-
 fn signal(pid: u32, sig: &str) {
     let status = Command::new("kill")
         .args([sig, &pid.to_string()])

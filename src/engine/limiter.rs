@@ -929,6 +929,30 @@ mod tests {
             + limit.burst.max(1) as usize
     }
 
+    /// Each key's instants keep `bound` on windows from none to ten periods.
+    fn windows_hold(
+        per_key: HashMap<Key, Vec<u64>>,
+        global: &Limit,
+        chat: &Limit,
+    ) -> Result<(), TestCaseError> {
+        for (key, mut times) in per_key {
+            times.sort_unstable();
+            let limit = if key == Key::Global { global } else { chat };
+            let period = duration_nanos(limit.period);
+            for w in [0, period / 3, period, 2 * period + 7, 10 * period] {
+                prop_assert!(
+                    max_in_window(&times, w) <= bound(limit, w),
+                    "key {:?} window {} count {} bound {}",
+                    key,
+                    w,
+                    max_in_window(&times, w),
+                    bound(limit, w)
+                );
+            }
+        }
+        Ok(())
+    }
+
     fn arb_limit() -> impl Strategy<Value = Limit> {
         (
             1u32..50,
@@ -983,15 +1007,7 @@ mod tests {
                     }
                 }
             }
-            for (key, times) in &per_key {
-                let limit = if *key == Key::Global { &global } else { &chat };
-                let period = duration_nanos(limit.period);
-                for w in [0, period / 3, period, 2 * period + 7, 10 * period] {
-                    prop_assert!(max_in_window(times, w) <= bound(limit, w),
-                        "key {:?} window {} count {} bound {}", key, w,
-                        max_in_window(times, w), bound(limit, w));
-                }
-            }
+            windows_hold(per_key, &global, &chat)?;
         }
 
         /// Fed the instants a first limiter admitted, a second one reserves
@@ -1039,16 +1055,7 @@ mod tests {
                 per_key.entry(Key::Global).or_default().push(at.as_nanos());
                 per_key.entry(Key::Chat(c)).or_default().push(at.as_nanos());
             }
-            for (key, times) in &mut per_key {
-                times.sort_unstable();
-                let limit = if *key == Key::Global { &global } else { &chat };
-                let period = duration_nanos(limit.period);
-                for w in [0, period / 3, period, 2 * period + 7, 10 * period] {
-                    prop_assert!(max_in_window(times, w) <= bound(limit, w),
-                        "key {:?} window {} count {} bound {}", key, w,
-                        max_in_window(times, w), bound(limit, w));
-                }
-            }
+            windows_hold(per_key, &global, &chat)?;
         }
 
         /// Pure single-key GCRA: a refusal names the first admitting instant.
