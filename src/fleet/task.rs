@@ -159,7 +159,7 @@ impl Fleet {
     }
 
     fn now(&self) -> Instant {
-        Instant::from_nanos(u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX))
+        Instant::ZERO + self.epoch.elapsed()
     }
 
     fn with_link<T>(&self, f: impl FnOnce(&mut RedisLink) -> T) -> T {

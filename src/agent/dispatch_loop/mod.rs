@@ -150,7 +150,7 @@ impl DispatchLoop {
     }
 
     fn now(&self) -> Instant {
-        Instant::from_nanos(u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX))
+        Instant::ZERO + self.epoch.elapsed()
     }
 
     /// Engine time of a wall-clock instant in unix milliseconds.

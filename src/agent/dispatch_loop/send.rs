@@ -222,8 +222,7 @@ impl StartTurn {
     /// Reserves the earliest start the limits allow from now, and waits
     /// for it.
     async fn take(self) -> TakenTurn {
-        let now =
-            Instant::from_nanos(u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        let now = Instant::ZERO + self.epoch.elapsed();
         let (at, charge) = self.pacer.reserve(now, self.recipient, self.priority);
         let waited = at > now;
         if waited {

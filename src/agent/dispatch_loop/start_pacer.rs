@@ -20,7 +20,7 @@ use crate::engine::{Instant, Priority};
 const SWEEP_EVERY: u32 = 4096;
 
 /// The start limiter of one tier, shared by its send tasks.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct StartPacer {
     inner: Mutex<Paced>,
 }
