@@ -55,7 +55,15 @@ pub struct EmbeddedOptions {
     /// after a crash is nearly instant instead of a walk over the whole file.
     /// Costs a second fsync per commit (redb then commits in two phases).
     pub quick_repair: bool,
+    /// Memory redb may use to cache pages, reads and writes together.
+    /// Its own default (1 GiB) is reached with a backlog of a few hundred
+    /// thousand messages and stays resident; the open messages' index is
+    /// in memory anyway, so reads rarely need many cached pages.
+    pub cache_bytes: usize,
 }
+
+/// See [`EmbeddedOptions::cache_bytes`].
+pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 impl Default for EmbeddedOptions {
     fn default() -> Self {
@@ -63,6 +71,7 @@ impl Default for EmbeddedOptions {
             idempotency_ttl: Duration::from_secs(24 * 60 * 60),
             max_record_bytes: 16 * 1024 * 1024,
             quick_repair: false,
+            cache_bytes: DEFAULT_CACHE_BYTES,
         }
     }
 }
@@ -100,10 +109,13 @@ impl EmbeddedStore {
             max_record_bytes: options.max_record_bytes,
             idempotency_ttl_ms: millis(options.idempotency_ttl),
         };
-        let db = Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked,
-            e => StoreError::storage(e),
-        })?;
+        let db = Database::builder()
+            .set_cache_size(options.cache_bytes)
+            .create(path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked,
+                e => StoreError::storage(e),
+            })?;
         let txn = groupcommit::begin(&db, options.quick_repair)?;
         layout::ensure(&txn)?;
         let mut tables = Tables::open(&txn, limits)?;
