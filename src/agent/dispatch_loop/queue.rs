@@ -28,7 +28,10 @@ fn chat_key(chat: &ChatRef) -> i64 {
 }
 
 pub(super) struct Held {
-    pub(super) msg: StoredMessage,
+    /// Boxed: a record is a few hundred bytes inline, and the map of held
+    /// messages keeps spare slots, so inline records cost twice their size
+    /// with a large backlog.
+    pub(super) msg: Box<StoredMessage>,
     /// The last store write for this message, awaited before its next send.
     pub(super) persist: Option<JoinHandle<()>>,
     /// Its queue partition, on the Redis store (fixed at accept, even if
@@ -87,7 +90,7 @@ impl DispatchLoop {
             self.held.insert(
                 id,
                 Held {
-                    msg: m,
+                    msg: Box::new(m),
                     persist: None,
                     partition,
                     sending: false,
