@@ -46,3 +46,47 @@ fn quick_bench_measures_everything_and_loses_nothing() {
         assert!(report["idle_rss_mib"].as_f64().is_some_and(|v| v > 0.0));
     }
 }
+
+/// `herald bench --backlog` queues what it says and measures the send rate
+/// with the backlog held; again the figures are not judged.
+#[test]
+fn backlog_bench_holds_the_backlog_and_keeps_sending() {
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args([
+            "bench",
+            "--backlog",
+            "3000",
+            "--chats",
+            "500",
+            "--window",
+            "2",
+            "--json",
+        ])
+        .output()
+        .expect("herald runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "herald bench --backlog failed: {stderr}"
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    assert_eq!(report["messages"], 3000, "{report:#}");
+    assert_eq!(report["chats"], 500, "{report:#}");
+    // Under Telegram's limits at most about 30 a second leave, so nearly
+    // all of the 3,000 are still queued when the memory is read.
+    let queued = report["queued"].as_u64().expect("queued");
+    assert!(queued > 2000 && queued <= 3000, "{report:#}");
+    assert!(
+        report["sent_in_window"].as_u64().is_some_and(|n| n > 0),
+        "{report:#}"
+    );
+    if cfg!(target_os = "linux") {
+        assert!(
+            report["rss_with_backlog_mib"]
+                .as_f64()
+                .is_some_and(|v| v > 0.0),
+            "{report:#}"
+        );
+        assert!(report["bytes_per_queued_message"].is_number(), "{report:#}");
+    }
+}

@@ -2,9 +2,10 @@
 //! the running executable, so its CPU and memory are its own and its idle
 //! RSS can be read.
 //!
-//! Owns: the bench config (one Telegram tier at the null API, limits far
-//! above what a loopback run reaches, so the bench measures herald's own
-//! cost and not Telegram's pacing), the child's life, and reading its RSS.
+//! Owns: the bench config (one Telegram tier at the null API, with limits
+//! far above what a loopback run reaches, so the bench measures herald's own
+//! cost and not Telegram's pacing, or with Telegram's own limits for the
+//! backlog run), the child's life, and reading its RSS.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -14,6 +15,34 @@ use super::BenchError;
 
 /// The bot token of the bench tier; only the null API ever sees it.
 pub const TOKEN: &str = "100000:bench-token";
+
+/// The rate limits the bench tier runs under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limits {
+    /// Out of a loopback run's reach: the agent's own cost is measured.
+    Unbounded,
+    /// Telegram's published limits with herald's default guard: 30 per
+    /// second per bot, 1 per second per chat, 20 per minute per group.
+    Telegram,
+}
+
+impl Limits {
+    fn policy(self) -> &'static str {
+        match self {
+            Limits::Unbounded => {
+                "  global: {rate: 1000000, period: 1s, burst: 1000}
+  perChat: {rate: 1000000, period: 1s, burst: 1000}
+  perGroup: {rate: 1000000, period: 1s, burst: 1000}
+  pacing: {guardPercent: 0, chatGuardPercent: 0}"
+            }
+            Limits::Telegram => {
+                "  global: {rate: 30, period: 1s, burst: 1}
+  perChat: {rate: 1, period: 1s, burst: 1}
+  perGroup: {rate: 20, period: 1m, burst: 1}"
+            }
+        }
+    }
+}
 
 /// A running agent process, killed on drop.
 pub struct AgentProcess {
@@ -28,11 +57,12 @@ impl AgentProcess {
         exe: &Path,
         api_url: &str,
         metrics: bool,
+        limits: Limits,
         client: &reqwest::Client,
     ) -> Result<AgentProcess, BenchError> {
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
-        let config = write_config(dir.path(), port, api_url, metrics)?;
+        let config = write_config(dir.path(), port, api_url, metrics, limits)?;
         let log = std::fs::File::create(dir.path().join("agent.log"))?;
         let child = Command::new(exe)
             .arg("run")
@@ -139,7 +169,13 @@ fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
-fn write_config(dir: &Path, port: u16, api_url: &str, metrics: bool) -> std::io::Result<PathBuf> {
+fn write_config(
+    dir: &Path,
+    port: u16,
+    api_url: &str,
+    metrics: bool,
+    limits: Limits,
+) -> std::io::Result<PathBuf> {
     let secrets = dir.join("secrets/bench-bot");
     std::fs::create_dir_all(&secrets)?;
     std::fs::write(secrets.join("token"), TOKEN)?;
@@ -158,12 +194,9 @@ spec:
 ---
 apiVersion: herald.dev/v1alpha1
 kind: RateLimitPolicy
-metadata: {{name: unbounded}}
+metadata: {{name: bench-limits}}
 spec:
-  global: {{rate: 1000000, period: 1s, burst: 1000}}
-  perChat: {{rate: 1000000, period: 1s, burst: 1000}}
-  perGroup: {{rate: 1000000, period: 1s, burst: 1000}}
-  pacing: {{guardPercent: 0, chatGuardPercent: 0}}
+{policy}
 ---
 # A backlog is what a throughput run builds on purpose; shedding it would
 # measure the degrader, not ingest.
@@ -183,11 +216,12 @@ spec:
   telegram:
     tokenSecretRef: {{name: bench-bot, key: token}}
     apiUrl: {api_url}
-  rateLimitPolicyRef: {{name: unbounded}}
+  rateLimitPolicyRef: {{name: bench-limits}}
   degradationProfileRef: {{name: never}}
   priority: 100
 ",
-        dir = dir.display()
+        dir = dir.display(),
+        policy = limits.policy(),
     );
     let path = dir.join("bench.yaml");
     std::fs::write(&path, text)?;
@@ -199,12 +233,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_bench_config_is_a_valid_agent_config() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = write_config(dir.path(), 1, "http://127.0.0.1:2", false).unwrap();
-        let config = crate::agent::config::AgentConfig::load(&path, &|_| None).unwrap();
-        assert!(!config.agent.metrics.enabled);
-        assert_eq!(config.entry_tier, "bench");
+    fn the_bench_configs_are_valid_agent_configs() {
+        for limits in [Limits::Unbounded, Limits::Telegram] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = write_config(dir.path(), 1, "http://127.0.0.1:2", false, limits).unwrap();
+            let config = crate::agent::config::AgentConfig::load(&path, &|_| None).unwrap();
+            assert!(!config.agent.metrics.enabled);
+            assert_eq!(config.entry_tier, "bench");
+        }
     }
 
     #[test]

@@ -25,8 +25,17 @@ impl Seq {
     }
 }
 
+/// Chats the throughput and latency runs spread their messages over.
+pub const CHATS: u64 = 10_000;
+
+/// Bench message `seq`, to one of `chats` private chats.
+fn message_to(seq: u64, chats: u64) -> Value {
+    let chat = 1_000_000 + i64::try_from(seq % chats.max(1)).unwrap_or(0);
+    json!({"chat_id": chat, "text": format!("bench:{seq}")})
+}
+
 fn message(seq: u64) -> Value {
-    json!({"chat_id": 1_000_000 + (seq % 10_000) as i64, "text": format!("bench:{seq}")})
+    message_to(seq, CHATS)
 }
 
 /// What a throughput run measured.
@@ -40,14 +49,14 @@ pub struct Throughput {
 }
 
 /// `concurrency` producers post batches of `batch` until `total` messages are
-/// accepted.
+/// accepted, spread over `chats` chats.
 pub async fn accept_throughput(
     client: &reqwest::Client,
     url: &str,
     seq: &Arc<Seq>,
     total: u64,
-    concurrency: usize,
-    batch: u64,
+    (concurrency, batch): (usize, u64),
+    chats: u64,
 ) -> Result<Throughput, BenchError> {
     let claimed = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
@@ -64,7 +73,7 @@ pub async fn accept_throughput(
                 }
                 let n = batch.min(total - first);
                 let base = seq.take(n);
-                let body = json!({"messages": (base..base + n).map(message).collect::<Vec<_>>()});
+                let body = json!({"messages": (base..base + n).map(|s| message_to(s, chats)).collect::<Vec<_>>()});
                 let mut last_refusal = None;
                 // A refusal (degradation, draining) is retried after a pause,
                 // bounded so a broken agent ends the bench.

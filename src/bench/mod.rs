@@ -10,6 +10,7 @@
 //! directly. Figures are machine-dependent; nothing here asserts a target.
 
 mod agent_process;
+mod backlog;
 mod load;
 mod null_api;
 
@@ -20,7 +21,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-pub use agent_process::{AgentProcess, rss_of};
+pub use agent_process::{AgentProcess, Limits, rss_of};
+pub use backlog::{BacklogPlan, BacklogReport, render_backlog, run_backlog};
 pub use load::Throughput;
 
 /// Why a bench run failed.
@@ -183,7 +185,8 @@ pub async fn run(plan: &BenchPlan, progress: &mut dyn FnMut(&str)) -> Result<Rep
     let seq = Arc::new(load::Seq::default());
 
     progress("starting an agent (metrics on) against the null API");
-    let agent = AgentProcess::start(&plan.exe, &api.base_url(), true, &client).await?;
+    let agent =
+        AgentProcess::start(&plan.exe, &api.base_url(), true, Limits::Unbounded, &client).await?;
     tokio::time::sleep(plan.idle_wait).await;
     let idle_rss_mib = agent.rss_bytes().map(mib);
 
@@ -233,11 +236,26 @@ pub async fn run(plan: &BenchPlan, progress: &mut dyn FnMut(&str)) -> Result<Rep
                 plan.batch,
                 if metrics { "on" } else { "off" }
             ));
-            let agent = AgentProcess::start(&plan.exe, &api.base_url(), metrics, &client).await?;
+            let agent = AgentProcess::start(
+                &plan.exe,
+                &api.base_url(),
+                metrics,
+                Limits::Unbounded,
+                &client,
+            )
+            .await?;
             // Warm the connection pool and the store file first.
             let delivered_before = api.arrivals.count.load(Ordering::Relaxed);
             let warm_up = plan.batch * 4;
-            load::accept_throughput(&client, &agent.url, &seq, warm_up, 4, plan.batch).await?;
+            load::accept_throughput(
+                &client,
+                &agent.url,
+                &seq,
+                warm_up,
+                (4, plan.batch),
+                load::CHATS,
+            )
+            .await?;
             delivered(&api.arrivals, delivered_before + warm_up).await;
             let cpu_before = agent.cpu_seconds();
             let t = load::accept_throughput(
@@ -245,8 +263,8 @@ pub async fn run(plan: &BenchPlan, progress: &mut dyn FnMut(&str)) -> Result<Rep
                 &agent.url,
                 &seq,
                 plan.throughput_messages,
-                plan.producers,
-                plan.batch,
+                (plan.producers, plan.batch),
+                load::CHATS,
             )
             .await?;
             // The CPU per message covers its delivery too.

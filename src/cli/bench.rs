@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use herald::bench::{BenchPlan, render, run as run_bench};
+use herald::bench::{BacklogPlan, BenchPlan, render, render_backlog, run as run_bench};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -33,10 +33,34 @@ pub struct Args {
     /// Throughput rounds.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=20))]
     rounds: Option<u32>,
+    /// Instead of the other measurements: queue this many messages on an
+    /// agent under Telegram's limits, and report its memory per queued
+    /// message and its send rate with that backlog held.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    backlog: Option<u64>,
+    /// Chats the backlog is spread over.
+    #[arg(long, default_value_t = 100_000, requires = "backlog",
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    chats: u64,
+    /// Seconds the send rate is measured with the backlog held.
+    #[arg(long, default_value_t = 20, requires = "backlog",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    window: u64,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("locating the herald executable")?;
+    if let Some(messages) = args.backlog {
+        return run_backlog(
+            BacklogPlan {
+                exe,
+                messages,
+                chats: args.chats,
+                window: std::time::Duration::from_secs(args.window),
+            },
+            args.json,
+        );
+    }
     let mut plan = if args.quick {
         BenchPlan::quick(exe)
     } else {
@@ -77,6 +101,24 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", render(&report));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_backlog(plan: BacklogPlan, json: bool) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    let report = runtime.block_on(async {
+        let mut progress = |line: &str| {
+            if !json {
+                println!("· {line}");
+            }
+        };
+        herald::bench::run_backlog(&plan, &mut progress).await
+    })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render_backlog(&report));
     }
     Ok(ExitCode::SUCCESS)
 }
