@@ -17,9 +17,11 @@
 //! verdict, store writes in order, waiters, receipt), `limits` (each tier's
 //! limits now, asked of `policy::effective`), `start_pacer` (each tier's
 //! limits applied again to the instants send tasks really start),
+//! `held_params` (a held message's parameters as compact text),
 //! `snapshot` (metrics, the ingest gate and `/healthz/details`).
 
 mod finish;
+mod held_params;
 mod limits;
 mod queue;
 mod send;

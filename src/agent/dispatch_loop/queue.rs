@@ -8,6 +8,7 @@ use crate::engine::dispatch::QueuedMessage;
 use crate::store::{ChatRef, StoredMessage};
 
 use super::DispatchLoop;
+use super::held_params::HeldParams;
 
 /// A stable negative key for a `@username` chat: usernames are channels or
 /// public groups, so they get the (stricter) group limit.
@@ -30,8 +31,9 @@ fn chat_key(chat: &ChatRef) -> i64 {
 pub(super) struct Held {
     /// Boxed: a record is a few hundred bytes inline, and the map of held
     /// messages keeps spare slots, so inline records cost twice their size
-    /// with a large backlog.
+    /// with a large backlog. Its `params` are empty: they are in `params`.
     pub(super) msg: Box<StoredMessage>,
+    pub(super) params: HeldParams,
     /// The last store write for this message, awaited before its next send.
     pub(super) persist: Option<JoinHandle<()>>,
     /// Its queue partition, on the Redis store (fixed at accept, even if
@@ -57,7 +59,7 @@ pub(super) fn chain(
 impl DispatchLoop {
     pub(super) fn enqueue(&mut self, msgs: Vec<StoredMessage>) {
         let now = self.now();
-        for m in msgs {
+        for mut m in msgs {
             if self.ids.contains_key(&m.id) {
                 continue;
             }
@@ -90,6 +92,7 @@ impl DispatchLoop {
             self.held.insert(
                 id,
                 Held {
+                    params: HeldParams::take(&mut m.msg.params),
                     msg: Box::new(m),
                     persist: None,
                     partition,

@@ -87,6 +87,23 @@ impl DispatchLoop {
                     };
                     let mut delivery = Delivery::from_stored(&h.msg);
                     delivery.attempt = order.attempt;
+                    match h.params.expand() {
+                        Ok(params) => delivery.params = params,
+                        Err(e) => {
+                            // serde_json reads back what it wrote, so this
+                            // is a bug; the attempt fails as a retry and the
+                            // message ends as a dead letter if it persists,
+                            // never sent with parameters missing.
+                            tracing::error!(error = %e, "held parameters unreadable");
+                            let _ = self.d.complete(
+                                now,
+                                order.id,
+                                &Outcome::Transport(crate::engine::taxonomy::TransportKind::Other),
+                                Duration::ZERO,
+                            );
+                            continue;
+                        }
+                    }
                     // The in-flight mark is chained behind the message's
                     // earlier writes, never awaited by the send: a send
                     // leaves at the instant the limiter chose, whatever the
