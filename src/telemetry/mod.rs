@@ -38,7 +38,7 @@ use crate::api::DeliveryTier;
 use crate::engine::dispatch::Verdict;
 use crate::engine::taxonomy::Classification;
 use crate::sink::{Sink, SinkResult};
-use crate::store::{Attempt, StoredMessage};
+use crate::store::{Attempt, MessageId, StoredMessage};
 
 /// Telemetry for this process; flushes and stops the exporter when dropped.
 /// Hold it in the command's outermost scope, declared before the tokio
@@ -121,12 +121,33 @@ pub struct AttemptEnd<'a> {
     pub latency: Duration,
 }
 
+/// What an attempt span tells of its message: the message as held before
+/// this attempt is recorded.
+#[derive(Clone, Copy, Debug)]
+pub struct AttemptOf<'a> {
+    pub id: MessageId,
+    pub correlation_id: &'a str,
+    pub created_ms: u64,
+    /// The attempts recorded before this one, oldest first.
+    pub earlier: &'a [Attempt],
+}
+
+impl<'a> From<&'a StoredMessage> for AttemptOf<'a> {
+    fn from(m: &'a StoredMessage) -> Self {
+        AttemptOf {
+            id: m.id,
+            correlation_id: &m.msg.correlation_id,
+            created_ms: m.created_ms,
+            earlier: &m.attempts,
+        }
+    }
+}
+
 /// A send to a sink finished and the engine judged it: emits the attempt
 /// span, a child of the message's root span, ending now and lasting
-/// `end.latency`. `msg` is the message as held before this attempt is
-/// recorded.
+/// `end.latency`.
 #[inline]
-pub fn attempt_finished(msg: &StoredMessage, sink: Option<&Sink>, end: &AttemptEnd<'_>) {
+pub fn attempt_finished(msg: AttemptOf<'_>, sink: Option<&Sink>, end: &AttemptEnd<'_>) {
     #[cfg(feature = "otel")]
     otel::attempt_finished(msg, sink, end);
     #[cfg(not(feature = "otel"))]

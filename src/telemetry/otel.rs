@@ -35,10 +35,10 @@ use opentelemetry_sdk::trace::{
 };
 
 use super::spans::{self, Kind, Plan, Value};
-use super::{AttemptEnd, ids, sampling};
+use super::{AttemptEnd, AttemptOf, ids, sampling};
 use crate::api::DeliveryTier;
 use crate::sink::Sink;
-use crate::store::StoredMessage;
+use crate::store::{MessageId, StoredMessage};
 
 /// Upper bound of the final flush: SIGTERM's grace period belongs to the
 /// delivery drain, not to telemetry.
@@ -197,28 +197,28 @@ fn emit(p: &Pipeline, plan: Plan, trace_id: TraceId, span_id: SpanId, parent: Sp
 }
 
 /// The pipeline, if started and this message's trace is kept.
-fn for_message(msg: &StoredMessage) -> Option<(&'static Pipeline, TraceId, SpanId)> {
+fn for_message(id: MessageId) -> Option<(&'static Pipeline, TraceId, SpanId)> {
     let p = PIPELINE.get()?;
-    let root = ids::root_span_id(msg.id);
+    let root = ids::root_span_id(id);
     sampling::keep(p.ratio, root).then(|| {
         (
             p,
-            TraceId::from_bytes(ids::trace_id(msg.id)),
+            TraceId::from_bytes(ids::trace_id(id)),
             SpanId::from_bytes(root),
         )
     })
 }
 
 pub fn message_accepted(msg: &StoredMessage, source: &str) {
-    let Some((p, trace, root)) = for_message(msg) else {
+    let Some((p, trace, root)) = for_message(msg.id) else {
         return;
     };
     let plan = spans::message(msg, source, SystemTime::now());
     emit(p, plan, trace, root, SpanId::INVALID);
 }
 
-pub fn attempt_finished(msg: &StoredMessage, sink: Option<&Sink>, end: &AttemptEnd<'_>) {
-    let Some((p, trace, root)) = for_message(msg) else {
+pub fn attempt_finished(msg: AttemptOf<'_>, sink: Option<&Sink>, end: &AttemptEnd<'_>) {
+    let Some((p, trace, root)) = for_message(msg.id) else {
         return;
     };
     let plan = spans::attempt(msg, sink.map(Sink::channel), end, SystemTime::now());

@@ -17,7 +17,7 @@ use crate::api::delivery_tier::Channel;
 use crate::engine::dispatch::Verdict;
 use crate::engine::taxonomy::Outcome;
 use crate::store::StoredMessage;
-use crate::telemetry::AttemptEnd;
+use crate::telemetry::{AttemptEnd, AttemptOf};
 
 /// The span kinds herald uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,10 +112,9 @@ pub fn channel_label(c: Channel) -> &'static str {
     }
 }
 
-/// One attempt, ending at `at` after `end.latency`. `msg` is the message
-/// before this attempt is appended to its history.
+/// One attempt, ending at `at` after `end.latency`.
 pub fn attempt(
-    msg: &StoredMessage,
+    msg: AttemptOf<'_>,
     channel: Option<Channel>,
     end: &AttemptEnd<'_>,
     at: SystemTime,
@@ -132,13 +131,13 @@ pub fn attempt(
     // Waiting since acceptance, or since the previous attempt ended (its
     // backoff included): the time the queue, limiter and breaker took.
     let waiting_since = msg
-        .attempts
+        .earlier
         .last()
         .map_or(msg.created_ms, |a| a.at_ms.max(msg.created_ms));
     let mut attributes = vec![
         ("herald.message_id", s(msg.id.to_string())),
-        ("herald.correlation_id", s(msg.msg.correlation_id.as_str())),
-        ("herald.attempt", int(msg.attempts.len().saturating_add(1))),
+        ("herald.correlation_id", s(msg.correlation_id)),
+        ("herald.attempt", int(msg.earlier.len().saturating_add(1))),
         ("herald.tier", s(attempt.tier.as_str())),
         ("herald.outcome", s(verdict_label(verdict))),
         (
@@ -318,7 +317,7 @@ mod tests {
             },
         };
         let p = attempt(
-            &m,
+            (&m).into(),
             Some(Channel::Telegram),
             &AttemptEnd {
                 attempt: &a,
@@ -360,7 +359,7 @@ mod tests {
             detail: None,
         };
         let p = attempt(
-            &m,
+            (&m).into(),
             None,
             &AttemptEnd {
                 attempt: &a,

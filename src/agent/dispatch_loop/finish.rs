@@ -112,7 +112,7 @@ impl DispatchLoop {
             verdict: &verdict,
             latency: done.latency,
         };
-        telemetry::attempt_finished(&h.msg, sink, &end);
+        telemetry::attempt_finished(h.msg.attempt_of(), sink, &end);
         let store = self.state.store.clone();
         let id = h.msg.id;
         if let Some(m) = m
@@ -129,13 +129,13 @@ impl DispatchLoop {
                     m.delivered
                         .with_label_values(&[
                             &tier_name,
-                            h.msg.msg.priority.as_str(),
-                            &h.msg.msg.message_type,
+                            h.msg.priority.as_str(),
+                            &h.msg.message_type,
                         ])
                         .inc();
                     let age = now_ms().saturating_sub(h.msg.created_ms);
                     m.delivery_seconds
-                        .with_label_values(&[&tier_name, h.msg.msg.priority.as_str()])
+                        .with_label_values(&[&tier_name, h.msg.priority.as_str()])
                         .observe(age as f64 / 1000.0);
                 }
                 let result = done.result;
@@ -211,7 +211,7 @@ impl DispatchLoop {
                 }));
             }
             Verdict::Readdressed { new_chat } => {
-                h.msg.msg.chat_id = ChatRef::Id(new_chat);
+                h.msg.chat_id = ChatRef::Id(new_chat);
                 h.persist = Some(chain(h.persist.take(), async move {
                     durably("a readdress", || store.readdress(id, ChatRef::Id(new_chat))).await;
                 }));
@@ -231,10 +231,7 @@ impl DispatchLoop {
         let id = h.msg.id;
         self.state.finish(id, outcome);
         let state = self.state.clone();
-        let receipts = self
-            .receipts
-            .clone()
-            .filter(|_| h.msg.msg.callback_url.is_some());
+        let receipts = self.receipts.clone().filter(|_| h.msg.wants_receipt);
         tokio::spawn(async move {
             if let Some(p) = h.persist {
                 let _ = p.await;

@@ -4,8 +4,10 @@
 
 use tokio::task::JoinHandle;
 
+use crate::engine::Priority;
 use crate::engine::dispatch::QueuedMessage;
-use crate::store::{ChatRef, StoredMessage};
+use crate::store::{Attempt, ChatRef, MessageId, StoredMessage};
+use crate::telemetry::AttemptOf;
 
 use super::DispatchLoop;
 use super::held_params::HeldParams;
@@ -28,11 +30,52 @@ fn chat_key(chat: &ChatRef) -> i64 {
     }
 }
 
+/// What the loop keeps of a waiting message: what sending it, recording
+/// its attempts, its metrics and its caller need. The rest of its record
+/// (idempotency key, bot, receipt fields, ...) stays in the store; the
+/// receipt is read back from there.
+#[derive(Debug)]
+pub(super) struct HeldRecord {
+    pub(super) id: MessageId,
+    pub(super) chat_id: ChatRef,
+    pub(super) method: String,
+    pub(super) correlation_id: String,
+    pub(super) priority: Priority,
+    pub(super) message_type: String,
+    pub(super) created_ms: u64,
+    pub(super) attempts: Vec<Attempt>,
+    pub(super) wants_receipt: bool,
+}
+
+impl HeldRecord {
+    fn of(m: StoredMessage) -> Self {
+        HeldRecord {
+            id: m.id,
+            wants_receipt: m.msg.callback_url.is_some(),
+            chat_id: m.msg.chat_id,
+            method: m.msg.method,
+            correlation_id: m.msg.correlation_id,
+            priority: m.msg.priority,
+            message_type: m.msg.message_type,
+            created_ms: m.created_ms,
+            attempts: m.attempts,
+        }
+    }
+
+    pub(super) fn attempt_of(&self) -> AttemptOf<'_> {
+        AttemptOf {
+            id: self.id,
+            correlation_id: &self.correlation_id,
+            created_ms: self.created_ms,
+            earlier: &self.attempts,
+        }
+    }
+}
+
 pub(super) struct Held {
-    /// Boxed: a record is a few hundred bytes inline, and the map of held
-    /// messages keeps spare slots, so inline records cost twice their size
-    /// with a large backlog. Its `params` are empty: they are in `params`.
-    pub(super) msg: Box<StoredMessage>,
+    /// Boxed: the map of held messages keeps spare slots, so an inline
+    /// record would cost up to twice its size with a large backlog.
+    pub(super) msg: Box<HeldRecord>,
     pub(super) params: HeldParams,
     /// The last store write for this message, awaited before its next send.
     pub(super) persist: Option<JoinHandle<()>>,
@@ -93,7 +136,7 @@ impl DispatchLoop {
                 id,
                 Held {
                     params: HeldParams::take(&mut m.msg.params),
-                    msg: Box::new(m),
+                    msg: Box::new(HeldRecord::of(m)),
                     persist: None,
                     partition,
                     sending: false,

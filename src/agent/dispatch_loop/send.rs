@@ -77,33 +77,28 @@ impl DispatchLoop {
                         continue;
                     };
                     let Some(sink) = self.sinks.get(order.tier).cloned().flatten() else {
-                        let _ = self.d.complete(
-                            now,
-                            order.id,
-                            &Outcome::Transport(crate::engine::taxonomy::TransportKind::Other),
-                            Duration::ZERO,
-                        );
+                        self.fail_before_send(order.id, order.tier, "no sink for the tier");
                         continue;
                     };
-                    let mut delivery = Delivery::from_stored(&h.msg);
-                    delivery.attempt = order.attempt;
-                    match h.params.expand() {
-                        Ok(params) => delivery.params = params,
+                    let params = match h.params.expand() {
+                        Ok(params) => params,
                         Err(e) => {
                             // serde_json reads back what it wrote, so this
-                            // is a bug; the attempt fails as a retry and the
-                            // message ends as a dead letter if it persists,
-                            // never sent with parameters missing.
+                            // is a bug; the message is never sent with
+                            // parameters missing.
                             tracing::error!(error = %e, "held parameters unreadable");
-                            let _ = self.d.complete(
-                                now,
-                                order.id,
-                                &Outcome::Transport(crate::engine::taxonomy::TransportKind::Other),
-                                Duration::ZERO,
-                            );
+                            self.fail_before_send(order.id, order.tier, "parameters unreadable");
                             continue;
                         }
-                    }
+                    };
+                    let delivery = Delivery {
+                        message_id: h.msg.id,
+                        correlation_id: h.msg.correlation_id.clone(),
+                        chat: h.msg.chat_id.clone(),
+                        method: h.msg.method.clone(),
+                        params,
+                        attempt: order.attempt,
+                    };
                     // The in-flight mark is chained behind the message's
                     // earlier writes, never awaited by the send: a send
                     // leaves at the instant the limiter chose, whatever the
@@ -121,7 +116,7 @@ impl DispatchLoop {
                     let timeout = order.deadline.since(now).max(Duration::from_millis(1));
                     let (id, tier) = (order.id, order.tier);
                     h.sending = true;
-                    let priority = h.msg.msg.priority;
+                    let priority = h.msg.priority;
                     let partition = h.partition;
                     if let Some(m) = self.state.metrics() {
                         m.in_flight.inc();
@@ -340,6 +335,29 @@ impl SendGate {
 }
 
 /// The result slot of a send that never left (never looked at).
+impl DispatchLoop {
+    /// An order that cannot be sent at all (no sink for its tier, its
+    /// parameters unreadable) ends as a failed attempt through `finish`, so
+    /// its verdict (retry, failover, dead letter) is recorded like any
+    /// other, and the message is never left open with no one to send it.
+    fn fail_before_send(&mut self, id: u64, tier: usize, why: &str) {
+        if let Some(m) = self.state.metrics() {
+            // `finish` counts the attempt out of flight.
+            m.in_flight.inc();
+        }
+        let mut result = unsent();
+        result.detail = Some(why.to_owned());
+        self.finish(Done {
+            id,
+            tier,
+            result,
+            latency: Duration::ZERO,
+            unsent: None,
+            repaced: false,
+        });
+    }
+}
+
 pub(super) fn unsent() -> SinkResult {
     SinkResult {
         outcome: Outcome::Transport(crate::engine::taxonomy::TransportKind::Other),

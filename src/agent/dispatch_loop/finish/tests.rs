@@ -280,7 +280,7 @@ async fn a_migrated_group_is_readdressed_without_an_attempt() {
     };
     h.answer(&order, answered(migrated, Some(400)));
     assert!(h.holds(id));
-    assert_eq!(h.l.held[&order.id].msg.msg.chat_id, ChatRef::Id(-100_042));
+    assert_eq!(h.l.held[&order.id].msg.chat_id, ChatRef::Id(-100_042));
     let m = h
         .eventually(id, |m| m.msg.chat_id == ChatRef::Id(-100_042))
         .await;
